@@ -1,0 +1,143 @@
+"""The `quantbench` command line: `run`, `schemes`, `report`.
+
+Bad input is a `UserError`: one line on stderr, exit status 2, no traceback unless `--debug`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from quantbench import __version__
+from quantbench.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="Quantize an LLM with several schemes and measure what each costs against BF16.",
+)
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks for errors")] = False,
+) -> None:
+    """Global options (handled in `main`)."""
+
+
+@app.command()
+def run(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="study YAML; flags override it")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="built-in name, local HF folder, .gguf file or hub id"),
+    ] = None,
+    schemes: Annotated[
+        str | None, typer.Option(help="comma-separated scheme names (see `quantbench schemes`)")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="output folder [default: quantbench-out]")
+    ] = None,
+    calibration: Annotated[
+        str | None,
+        typer.Option(
+            help="'builtin', a local .jsonl/.json/.parquet/.txt file, or a hub dataset id"
+        ),
+    ] = None,
+    calibration_samples: Annotated[int | None, typer.Option(help="number of samples")] = None,
+    calibration_seq_len: Annotated[int | None, typer.Option(help="tokens per sample")] = None,
+    seed: Annotated[int | None, typer.Option(help="calibration sampling seed")] = None,
+    executor: Annotated[str, typer.Option(help="where variants run: local")] = "local",
+) -> None:
+    """Quantize the model with every scheme of the study and write OUT/results.json."""
+    from quantbench.config import load_study_config
+    from quantbench.report.terminal import results_table
+    from quantbench.study import run_study
+
+    overrides = {
+        "model": model,
+        "schemes": schemes,
+        "out": str(out) if out else None,
+        "calibration": {
+            "source": calibration,
+            "num_samples": calibration_samples,
+            "seq_len": calibration_seq_len,
+            "seed": seed,
+        },
+    }
+    study = load_study_config(config, overrides)
+    err = Console(stderr=True)
+    results = run_study(study, err, executor=executor)
+    Console().print(results_table(results))
+    err.print(f"results: {study.out / 'results.json'}")
+    if any(v.status != "ok" for v in results.variants):
+        raise typer.Exit(1)
+
+
+@app.command("schemes")
+def list_schemes() -> None:
+    """List the quantization schemes, their options and the hardware that runs them natively."""
+    from quantbench.schemes import all_schemes
+
+    table = Table(title="quantbench schemes", show_lines=True, title_justify="left")
+    for column in ("scheme", "description", "calibration", "native kernels", "options"):
+        table.add_column(column)
+    for scheme in all_schemes():
+        options = "\n".join(f"{k}: {v}" for k, v in scheme.defaults.items()) or "–"
+        table.add_row(
+            scheme.name,
+            f"{scheme.description}\nweights: {scheme.weight_format}; "
+            f"activations: {scheme.activation_format}",
+            "yes" if scheme.needs_calibration else "no",
+            scheme.native_hardware,
+            options,
+        )
+    Console().print(table)
+
+
+@app.command()
+def report(out: Annotated[Path, typer.Argument(help="a study's output folder")]) -> None:
+    """Print a finished study's table again, from its saved results only."""
+    from quantbench.report.terminal import results_table
+    from quantbench.results import load_results
+
+    Console().print(results_table(load_results(out)))
+
+
+@app.command()
+def version() -> None:
+    """Print the quantbench version."""
+    print(__version__)
+
+
+def main() -> None:
+    debug = "--debug" in sys.argv
+    err = Console(stderr=True)
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        if debug:
+            raise
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        err.print("[yellow]interrupted[/]: finished stages are kept; run again to resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

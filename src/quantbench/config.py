@@ -1,0 +1,173 @@
+"""Typed study configuration.
+
+A `StudyConfig` is plain data: building one reads no files, touches no network and imports
+nothing heavy. Names (models, schemes, calibration sources) are resolved later, by the
+planner, so that a config can be written, validated and hashed anywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from quantbench.errors import UserError, did_you_mean
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_SCHEMES = ("bf16", "fp8-dynamic", "w4a16-gptq", "w8a8-int8")
+DEFAULT_OUT = Path("quantbench-out")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SchemeEntry(_Strict):
+    """One variant to build: a scheme plus the options that differ from its defaults."""
+
+    scheme: str
+    name: str | None = Field(
+        default=None, description="variant name; derived from the scheme and options if unset"
+    )
+    group_size: int | None = Field(default=None, gt=0, description="weights per scale group")
+    smoothing_strength: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="SmoothQuant alpha"
+    )
+    dampening_frac: float | None = Field(
+        default=None, gt=0.0, lt=1.0, description="GPTQ Hessian dampening, fraction of mean diag"
+    )
+    block_size: int | None = Field(default=None, gt=0, description="GPTQ columns per block")
+    ignore: tuple[str, ...] | None = Field(
+        default=None, description="module names or 're:' patterns left unquantized"
+    )
+    on_indivisible: Literal["shrink", "skip-layers"] | None = Field(
+        default=None,
+        description="when the group size does not divide a layer's input width: pick the "
+        "largest group size that does (shrink) or leave those layers unquantized",
+    )
+
+    def options(self) -> dict[str, Any]:
+        """The options the user set explicitly (None means 'use the scheme default')."""
+        skip = {"scheme", "name"}
+        return {k: v for k, v in self.model_dump().items() if k not in skip and v is not None}
+
+
+class CalibrationConfig(_Strict):
+    """Where calibration text comes from and how much of it GPTQ / SmoothQuant see.
+
+    The defaults (64 samples of up to 512 tokens) are llm-compressor's guidance scaled down
+    to a laptop CPU; raise them on a GPU box (512 × 2048 is common there).
+    """
+
+    source: str = Field(
+        default="builtin",
+        description="'builtin', a local .jsonl/.json/.parquet/.txt file, or a hub dataset id",
+    )
+    split: str = "train"
+    num_samples: int = Field(default=64, gt=0)
+    seq_len: int = Field(default=512, gt=0, description="tokens per sample, at most")
+    seed: int = 0
+
+
+class StudyConfig(_Strict):
+    """Everything that defines a study; flags on the command line override the file."""
+
+    model: str = DEFAULT_MODEL
+    schemes: tuple[SchemeEntry, ...] = Field(
+        default=tuple(SchemeEntry(scheme=s) for s in DEFAULT_SCHEMES), min_length=1
+    )
+    calibration: CalibrationConfig = CalibrationConfig()
+    out: Path = DEFAULT_OUT
+
+    @field_validator("schemes", mode="before")
+    @classmethod
+    def _accept_plain_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [s.strip() for s in value.split(",") if s.strip()]
+        if isinstance(value, list | tuple):
+            return [{"scheme": v} if isinstance(v, str) else v for v in value]
+        return value
+
+
+def _field_names(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """Names allowed at `loc` (used for 'did you mean' on a typo'd key)."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        candidates = [annotation, *args]
+        current = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+        if current is None:
+            return []
+    return list(current.model_fields)
+
+
+def _explain(error: ValidationError, origin: str) -> str:
+    problems = []
+    for item in error.errors():
+        loc = tuple(item["loc"])
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            hint = did_you_mean(str(loc[-1]), _field_names(StudyConfig, loc))
+            problems.append(f"unknown key '{where}'{hint}")
+        else:
+            problems.append(f"'{where}': {item['msg']}")
+    return f"{origin}: " + "; ".join(problems)
+
+
+def load_study_config(
+    path: Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> StudyConfig:
+    """Read a YAML study file (optional), apply command-line overrides, and validate.
+
+    Overrides are nested mappings; a value of None means "not given on the command line".
+    """
+    data: dict[str, Any] = {}
+    origin = "command line"
+    if path is not None:
+        origin = str(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise UserError(f"study config not found: {path}") from None
+        except OSError as exc:
+            raise UserError(f"cannot read study config {path}: {exc.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            detail = " ".join(str(exc).split())
+            raise UserError(f"{path} is not valid YAML: {detail}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise UserError(f"{path}: a study config must be a mapping of keys, not a list")
+        data = loaded
+    _merge(data, overrides or {})
+    try:
+        return StudyConfig.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(_explain(exc, origin)) from None
+
+
+def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if isinstance(value, Mapping):
+            nested = base.get(key)
+            if not isinstance(nested, dict):
+                nested = {}
+                base[key] = nested
+            _merge(nested, value)
+        else:
+            base[key] = value

@@ -1,0 +1,76 @@
+"""Pre-flight: every problem of a study, found before minutes of compute are spent.
+
+For each pending variant the scheme checks the model's layer shapes (and may decide, e.g., a
+smaller group size), and a memory estimate for loading + calibration is compared with the
+memory available now.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from quantbench.config import CalibrationConfig
+from quantbench.models import ModelInfo
+from quantbench.plan import VariantPlan
+from quantbench.schemes import Preflight
+
+RUNTIME_OVERHEAD_BYTES = 1 << 30  # Python, torch and llm-compressor themselves
+GIB = float(1 << 30)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weights_bytes: int
+    calibration_bytes: int
+    total_bytes: int
+
+
+def estimate_memory(
+    info: ModelInfo, needs_calibration: bool, calibration: CalibrationConfig
+) -> MemoryEstimate:
+    """Peak resident bytes to quantize one variant on the CPU (a deliberate over-estimate).
+
+    The model is held in BF16 plus a compressed copy while saving (≈ 2 × weights). With
+    calibration, GPTQ keeps one float32 Hessian (in_features²) per Linear of the current
+    decoder layer, and the sequential pipeline caches each sample's hidden states (BF16)
+    at a layer's input and output.
+    """
+    weights = info.bf16_bytes
+    calibration_bytes = 0
+    if needs_calibration:
+        widest = max((layer.in_features for layer in info.linear_layers), default=0)
+        per_layer_linears = 7
+        hessians = per_layer_linears * widest * widest * 4
+        hidden = info.hidden_size or widest
+        activations = 2 * calibration.num_samples * calibration.seq_len * hidden * 2
+        calibration_bytes = hessians + activations
+    total = 2 * weights + calibration_bytes + RUNTIME_OVERHEAD_BYTES
+    return MemoryEstimate(weights, calibration_bytes, total)
+
+
+def available_memory_bytes() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def preflight_variants(
+    variants: list[VariantPlan],
+    info: ModelInfo,
+    calibration: CalibrationConfig,
+    available_bytes: int,
+) -> dict[str, Preflight]:
+    """Run every scheme's checks plus the memory check; problems are collected, not raised."""
+    outcomes: dict[str, Preflight] = {}
+    for variant in variants:
+        outcome = variant.scheme.preflight(info, variant.requested)
+        estimate = estimate_memory(info, variant.needs_calibration, calibration)
+        if estimate.total_bytes > available_bytes:
+            outcome.problems.append(
+                f"{variant.name}: needs about {estimate.total_bytes / GIB:.1f} GiB to quantize "
+                f"but {available_bytes / GIB:.1f} GiB is available; free memory, lower "
+                "calibration.num_samples / seq_len, or use a bigger machine"
+            )
+        outcome.notes.append(f"estimated peak memory {estimate.total_bytes / GIB:.1f} GiB")
+        outcomes[variant.name] = outcome
+    return outcomes

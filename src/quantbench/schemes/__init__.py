@@ -1,0 +1,41 @@
+"""Registry of quantization schemes: one module per scheme, one line here per scheme.
+
+Entries are lazy "module:attribute" strings so that listing schemes imports no scheme code
+(and never llm-compressor).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from quantbench.errors import UserError, did_you_mean
+from quantbench.schemes.base import Preflight, Scheme
+
+REGISTRY: dict[str, str] = {
+    "bf16": "quantbench.schemes.baseline:BF16",
+    "fp16": "quantbench.schemes.baseline:FP16",
+    "fp8-dynamic": "quantbench.schemes.fp8_dynamic:FP8_DYNAMIC",
+    "w4a16-gptq": "quantbench.schemes.gptq:W4A16_GPTQ",
+    "w8a16-gptq": "quantbench.schemes.gptq:W8A16_GPTQ",
+    "w8a8-int8": "quantbench.schemes.w8a8_int8:W8A8_INT8",
+}
+
+
+def get_scheme(name: str) -> Scheme:
+    """The scheme registered as `name`, or a user error naming the closest match."""
+    target = REGISTRY.get(name)
+    if target is None:
+        raise UserError(
+            f"unknown scheme '{name}'{did_you_mean(name, REGISTRY)}; "
+            f"known schemes: {', '.join(REGISTRY)} (see `quantbench schemes`)"
+        )
+    module_name, attribute = target.split(":")
+    scheme: Scheme = getattr(importlib.import_module(module_name), attribute)
+    return scheme
+
+
+def all_schemes() -> list[Scheme]:
+    return [get_scheme(name) for name in REGISTRY]
+
+
+__all__ = ["REGISTRY", "Preflight", "Scheme", "all_schemes", "get_scheme"]

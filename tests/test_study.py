@@ -1,0 +1,183 @@
+"""The study spine end to end on a tiny random model: real llm-compressor, real artifacts."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from conftest import read_json, run_cli, tiny_study_yaml
+from quantbench import study as study_module
+from quantbench.config import load_study_config
+from quantbench.results import load_results
+from quantbench.store import exclusive
+from quantbench.study import LOCK_FILE, run_study
+
+SCHEMES: list[object] = [
+    "bf16",
+    "fp8-dynamic",
+    {"scheme": "w4a16-gptq", "group_size": 64},
+    "w8a8-int8",
+]
+
+
+def quiet() -> Console:
+    return Console(file=io.StringIO(), width=200)
+
+
+@pytest.fixture(scope="module")
+def finished_study(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("study")
+    config = tiny_study_yaml(root / "study.yaml", tiny_model, root / "out", SCHEMES)
+    result = run_cli("run", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "w4a16-gptq-g64" in result.stdout  # the table printed at the end
+    return root
+
+
+def test_results_list_every_variant_with_its_artifact(finished_study: Path) -> None:
+    results = load_results(finished_study / "out")
+    assert [v.name for v in results.variants] == [
+        "bf16",
+        "fp8-dynamic",
+        "w4a16-gptq-g64",
+        "w8a8-int8",
+    ]
+    raw = read_json(finished_study / "out" / "results.json")
+    assert raw["schema_version"] == 1
+    for variant in results.variants:
+        assert variant.status == "ok"
+        assert variant.quantization and variant.quantization.wall_s > 0
+        assert variant.quantization.peak_rss_bytes > 0
+        assert (
+            variant.disk_bytes
+            and variant.artifact_bytes
+            and variant.artifact_bytes > variant.disk_bytes
+        )
+        artifact = Path(variant.artifact_path or "")
+        assert (artifact / "config.json").is_file() and (artifact / "tokenizer.json").is_file()
+        assert (artifact / "chat_template.jinja").is_file()
+    w4 = results.variant("w4a16-gptq-g64")
+    assert w4.options["group_size"] == 32  # hidden 96 is not a multiple of 64
+    assert "using 32" in w4.decisions[0]
+    assert results.calibration and results.calibration.num_samples == 8
+
+
+def test_sizes_order_like_the_bit_widths(finished_study: Path) -> None:
+    sizes = {v.name: v.disk_bytes or 0 for v in load_results(finished_study / "out").variants}
+    assert sizes["w4a16-gptq-g64"] < sizes["w8a8-int8"] < sizes["bf16"]
+    assert abs(sizes["w8a8-int8"] - sizes["fp8-dynamic"]) / sizes["fp8-dynamic"] < 0.05
+
+
+def test_artifacts_are_compressed_tensors_that_transformers_loads(finished_study: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    results = load_results(finished_study / "out")
+    formats = {}
+    for variant in results.variants:
+        path = Path(variant.artifact_path or "")
+        config = json.loads((path / "config.json").read_text())
+        formats[variant.name] = config.get("quantization_config", {}).get("format")
+        model = AutoModelForCausalLM.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hello"}], add_generation_prompt=True, return_tensors="pt"
+        )["input_ids"]
+        with torch.inference_mode():
+            out = model.generate(ids, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+        assert out.shape[1] == ids.shape[1] + 5
+    assert formats["bf16"] is None
+    assert formats["w4a16-gptq-g64"] == "pack-quantized"
+    assert formats["w8a8-int8"] == "int-quantized"
+    assert formats["fp8-dynamic"] == "float-quantized"
+
+
+def test_rerun_does_no_model_work(finished_study: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_work(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a finished study must not start a worker")
+
+    monkeypatch.setattr(study_module, "run_worker", no_work)
+    config = load_study_config(finished_study / "study.yaml")
+    started = time.perf_counter()
+    results = run_study(config, quiet())
+    assert time.perf_counter() - started < 10
+    assert all(v.status == "ok" for v in results.variants)
+
+
+def test_changing_one_option_reruns_only_that_variant(
+    finished_study: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[str] = []
+    real = study_module.run_worker
+
+    def spy(request: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        started.append(request["scheme"])
+        return real(request, *args, **kwargs)
+
+    monkeypatch.setattr(study_module, "run_worker", spy)
+    changed = [*SCHEMES[:3], {"scheme": "w8a8-int8", "smoothing_strength": 0.5}]
+    config = load_study_config(
+        finished_study / "study.yaml", {"out": str(finished_study / "out")}
+    ).model_copy(update={"schemes": load_study_config(None, {"schemes": changed}).schemes})
+    results = run_study(config, quiet())
+    assert started == ["w8a8-int8"]
+    assert results.variants[-1].name == "w8a8-int8-sq0.5"
+    assert results.variants[-1].options["smoothing_strength"] == 0.5
+
+
+def test_a_second_run_on_the_same_folder_is_refused(finished_study: Path) -> None:
+    with exclusive(finished_study / "out" / LOCK_FILE, what="test"):
+        result = run_cli("run", "--config", str(finished_study / "study.yaml"))
+    assert result.returncode == 2
+    assert "another quantbench run is using" in result.stderr
+
+
+def test_sigkill_mid_quantization_then_resume(tiny_model: Path, tmp_path: Path) -> None:
+    config = tiny_study_yaml(
+        tmp_path / "study.yaml",
+        tiny_model,
+        tmp_path / "out",
+        [{"scheme": "w4a16-gptq", "group_size": 32}],
+    )
+    text = (
+        config.read_text()
+        .replace("num_samples: 8", "num_samples: 64")
+        .replace("seq_len: 64", "seq_len: 256")
+    )
+    config.write_text(text)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "quantbench", "run", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    stage_root = tmp_path / "out" / "stages" / "quantize"
+    deadline = time.monotonic() + 120
+    killed = False
+    while time.monotonic() < deadline and process.poll() is None:
+        logs = list(stage_root.glob(".tmp-*/quantize.log")) if stage_root.exists() else []
+        if logs and '"phase": "quantizing"' in logs[0].read_text(errors="replace"):
+            os.kill(process.pid, signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.05)
+    process.wait(30)
+    assert killed, "the run finished before it could be killed"
+    assert not [p for p in stage_root.iterdir() if not p.name.startswith(".tmp-")]
+    assert not (tmp_path / "out" / "results.json").exists()
+
+    resumed = run_cli("run", "--config", str(config))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "removed 1 unfinished stage folder" in resumed.stderr
+    results = load_results(tmp_path / "out")
+    assert results.variants[0].status == "ok"
+    assert not list(stage_root.glob(".tmp-*"))
