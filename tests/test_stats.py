@@ -1,0 +1,523 @@
+"""Tests for quantbench.stats.
+
+Golden values are computed independently inside each test (exact fractions, math.log,
+hand-written interpolation) rather than by calling the function under test another way.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from itertools import product
+
+import numpy as np
+import pytest
+
+from quantbench.stats import (
+    Summary,
+    bootstrap_ci,
+    kl_divergence_per_token,
+    mcnemar_exact_p,
+    paired_bootstrap_diff_ci,
+    pareto_front,
+    percentiles,
+    perplexity,
+    perplexity_ci,
+    ratio_bootstrap_ci,
+    reference_prob_delta,
+    summarize,
+    top1_agreement,
+    wilson_interval,
+)
+
+# --------------------------------------------------------------------------------------
+# helpers (independent reference implementations)
+# --------------------------------------------------------------------------------------
+
+
+def _log_rows(rows: list[list[Fraction]]) -> np.ndarray:
+    """Natural-log probabilities of exact fractional distributions (0 -> -inf)."""
+    for row in rows:
+        assert sum(row) == 1
+    return np.array(
+        [[math.log(p) if p > 0 else -math.inf for p in row] for row in rows], dtype=np.float64
+    )
+
+
+def _kl_exact(p: list[Fraction], q: list[Fraction]) -> float:
+    """KL(p || q) = sum p_i * log(p_i / q_i), with exact ratios before the log."""
+    return sum(float(pi) * math.log(pi / qi) for pi, qi in zip(p, q, strict=True) if pi > 0)
+
+
+def _type7_percentile(values: list[float], q: float) -> float:
+    """Percentile by explicit linear interpolation on the sorted list."""
+    s = sorted(values)
+    rank = q / 100 * (len(s) - 1)
+    lo = math.floor(rank)
+    hi = min(lo + 1, len(s) - 1)
+    frac = rank - lo
+    return s[lo] + frac * (s[hi] - s[lo])
+
+
+def _binom_cdf_half(k: int, n: int) -> Fraction:
+    """P[X <= k] for X ~ Binomial(n, 1/2), exactly."""
+    return Fraction(sum(math.comb(n, i) for i in range(k + 1)), 2**n)
+
+
+# --------------------------------------------------------------------------------------
+# perplexity
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vocab", [2, 17, 32000, 151936])
+def test_perplexity_of_uniform_distribution_equals_vocab_size(vocab: int) -> None:
+    n_tokens = 1234
+    nll_per_token = math.log(vocab)  # -log(1/V)
+    assert perplexity(nll_per_token * n_tokens, n_tokens) == pytest.approx(vocab, rel=1e-12)
+
+
+def test_perplexity_hand_value() -> None:
+    # Two tokens with probabilities 1/2 and 1/8: mean NLL = (ln2 + ln8)/2 = 2 ln2 -> ppl 4.
+    nll = -math.log(0.5) - math.log(0.125)
+    assert perplexity(nll, 2) == pytest.approx(4.0, rel=1e-14)
+    assert perplexity(0.0, 10) == 1.0
+
+
+@pytest.mark.parametrize("n_tokens", [0, -1])
+def test_perplexity_rejects_non_positive_token_count(n_tokens: int) -> None:
+    with pytest.raises(ValueError):
+        perplexity(1.0, n_tokens)
+
+
+# --------------------------------------------------------------------------------------
+# KL divergence, top-1 agreement, Δp
+# --------------------------------------------------------------------------------------
+
+F = Fraction
+
+
+def test_kl_matches_exact_hand_computation() -> None:
+    base = [
+        [F(1, 2), F(1, 4), F(1, 4)],
+        [F(1, 3), F(1, 3), F(1, 3)],
+        [F(9, 10), F(1, 20), F(1, 20)],
+    ]
+    variant = [
+        [F(1, 4), F(1, 2), F(1, 4)],
+        [F(1, 3), F(1, 3), F(1, 3)],
+        [F(1, 10), F(1, 10), F(4, 5)],
+    ]
+    got = kl_divergence_per_token(_log_rows(base), _log_rows(variant))
+    assert got.dtype == np.float64
+    assert got.shape == (3,)
+    expected = [_kl_exact(p, q) for p, q in zip(base, variant, strict=True)]
+    # First row by hand: 1/2 ln 2 + 1/4 ln(1/2) + 0 = ln(2)/4.
+    assert expected[0] == pytest.approx(math.log(2) / 4, rel=1e-15)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-15)
+    assert got[1] == 0.0  # identical rows: exactly zero (clipped at worst)
+
+
+def test_kl_is_asymmetric() -> None:
+    p = [F(1, 2), F(1, 4), F(1, 4)]
+    q = [F(1, 10), F(1, 10), F(4, 5)]
+    pq = kl_divergence_per_token(_log_rows([p]), _log_rows([q]))[0]
+    qp = kl_divergence_per_token(_log_rows([q]), _log_rows([p]))[0]
+    assert pq == pytest.approx(_kl_exact(p, q), rel=1e-12)
+    assert qp == pytest.approx(_kl_exact(q, p), rel=1e-12)
+    assert pq != pytest.approx(qp)
+
+
+def test_kl_zero_probability_conventions() -> None:
+    # Base puts zero mass on token 2: that term contributes 0 (no NaN), even where the
+    # variant is also zero there.
+    base = [[F(1, 2), F(1, 2), F(0)], [F(1, 2), F(1, 2), F(0)]]
+    variant = [[F(1, 4), F(1, 4), F(1, 2)], [F(1, 2), F(1, 2), F(0)]]
+    got = kl_divergence_per_token(_log_rows(base), _log_rows(variant))
+    assert got[0] == pytest.approx(math.log(2), rel=1e-14)
+    assert got[1] == 0.0
+    # Variant puts zero mass where the base does not: infinite divergence.
+    inf = kl_divergence_per_token(_log_rows([[F(1, 2), F(1, 2)]]), _log_rows([[F(1), F(0)]]))
+    assert math.isinf(inf[0]) and inf[0] > 0
+
+
+def test_kl_clips_round_off_negatives_and_accepts_float32() -> None:
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(64, 1000))
+    logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    # Same distribution, perturbed by float32 round-off only: KL must be ~0 and never < 0.
+    got = kl_divergence_per_token(logp.astype(np.float32), logp)
+    assert got.dtype == np.float64
+    assert np.all(got >= 0.0)
+    assert np.all(got < 1e-6)
+
+
+def test_kl_large_vocab_chunked_matches_naive() -> None:
+    # Enough rows x vocab to exercise the chunked path; compare against a naive formula
+    # using probability ratios.
+    rng = np.random.default_rng(2)
+    n, vocab = 40, 150_000
+    a = rng.normal(size=(n, vocab))
+    b = a + 0.1 * rng.normal(size=(n, vocab))
+    pa = np.exp(a) / np.exp(a).sum(axis=1, keepdims=True)
+    pb = np.exp(b) / np.exp(b).sum(axis=1, keepdims=True)
+    naive = (pa * np.log(pa / pb)).sum(axis=1)
+    got = kl_divergence_per_token(np.log(pa), np.log(pb))
+    np.testing.assert_allclose(got, naive, rtol=1e-9)
+
+
+def test_kl_shape_validation() -> None:
+    with pytest.raises(ValueError):
+        kl_divergence_per_token(np.zeros((2, 3)), np.zeros((2, 4)))
+    with pytest.raises(ValueError):
+        kl_divergence_per_token(np.zeros(3), np.zeros(3))
+
+
+def test_top1_agreement() -> None:
+    base = np.log(np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.2, 0.3, 0.5]]))
+    variant = np.log(np.array([[0.5, 0.4, 0.1], [0.1, 0.3, 0.6], [0.1, 0.1, 0.8]]))
+    got = top1_agreement(base, variant)
+    assert got.dtype == np.bool_
+    assert got.tolist() == [True, False, True]
+    with pytest.raises(ValueError):
+        top1_agreement(np.zeros((2, 3)), np.zeros((3, 3)))
+
+
+def test_reference_prob_delta() -> None:
+    base = np.log(np.array([0.5, 0.25, 0.9]))
+    variant = np.log(np.array([0.25, 0.25, 0.95]))
+    got = reference_prob_delta(base, variant)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, [-0.25, 0.0, 0.05], atol=1e-15)
+    with pytest.raises(ValueError):
+        reference_prob_delta(np.zeros(2), np.zeros(3))
+
+
+# --------------------------------------------------------------------------------------
+# percentiles / summarize
+# --------------------------------------------------------------------------------------
+
+
+def test_percentiles_match_explicit_interpolation() -> None:
+    rnd = np.random.default_rng(3)
+    for n in (1, 2, 7, 100, 101):
+        values = [float(v) for v in rnd.exponential(size=n)]
+        got = percentiles(values)
+        assert list(got) == ["p1", "p5", "p50", "p95", "p99"]
+        for q in (1, 5, 50, 95, 99):
+            assert got[f"p{q}"] == pytest.approx(_type7_percentile(values, q), rel=1e-12)
+
+
+def test_percentiles_hand_values_and_keys() -> None:
+    values = [10.0, 0.0, 30.0, 20.0]  # sorted: 0, 10, 20, 30
+    got = percentiles(values, qs=(0, 25, 50, 99.9, 100))
+    assert got == pytest.approx({"p0": 0.0, "p25": 7.5, "p50": 15.0, "p99.9": 29.97, "p100": 30.0})
+
+
+def test_percentiles_validation() -> None:
+    with pytest.raises(ValueError):
+        percentiles([])
+    with pytest.raises(ValueError):
+        percentiles([1.0, float("nan")])
+    with pytest.raises(ValueError):
+        percentiles([1.0], qs=(101,))
+
+
+def test_summarize_hand_values() -> None:
+    s = summarize([1.0, 2.0, 3.0, 4.0, 10.0])
+    assert isinstance(s, Summary)
+    assert s.n == 5
+    assert s.mean == pytest.approx(4.0)
+    assert s.median == pytest.approx(3.0)
+    # rank 0.9*4 = 3.6 -> 4 + 0.6*(10-4); rank 0.99*4 = 3.96 -> 4 + 0.96*6
+    assert s.p90 == pytest.approx(7.6)
+    assert s.p99 == pytest.approx(9.76)
+    assert s.min == 1.0 and s.max == 10.0
+    # squared deviations 9+4+1+0+36 = 50, ddof=1 -> var 12.5
+    assert s.std == pytest.approx(math.sqrt(12.5))
+    assert s.cv == pytest.approx(math.sqrt(12.5) / 4.0)
+
+
+def test_summarize_single_sample_and_zero_mean() -> None:
+    one = summarize([0.25])
+    assert (one.n, one.mean, one.median, one.std, one.cv) == (1, 0.25, 0.25, 0.0, 0.0)
+    assert one.p90 == one.p99 == one.min == one.max == 0.25
+    zero = summarize([-1.0, 1.0])
+    assert zero.mean == 0.0
+    assert math.isnan(zero.cv)
+    with pytest.raises(ValueError):
+        summarize([])
+
+
+def test_summary_is_frozen() -> None:
+    s = summarize([1.0, 2.0])
+    with pytest.raises(AttributeError):
+        s.mean = 3.0  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------------------
+# bootstrap
+# --------------------------------------------------------------------------------------
+
+
+# Note on the coverage tests: they are deterministic (fixed seeds), not flaky. With 300
+# repetitions the binomial sd of the observed rate is ~1.3 points, and the percentile
+# bootstrap with 500 resamples covers ~94% on average at n=200, so the 0.93 floor is only
+# ~1 sd below the expectation: re-seeding can legitimately fail about 1 time in 5. If a
+# seed change makes one fail, raise the repetition count rather than lowering the floor.
+
+
+def test_bootstrap_ci_coverage_of_normal_mean() -> None:
+    rng = np.random.default_rng(12345)
+    reps, n = 300, 200
+    covered = 0
+    for r in range(reps):
+        x = rng.normal(0.0, 1.0, size=n)
+        lo, hi = bootstrap_ci(x, confidence=0.95, n_resamples=500, seed=r)
+        assert lo <= float(np.mean(x)) <= hi
+        covered += lo <= 0.0 <= hi
+    rate = covered / reps
+    # Nominal 95%; the upper bound catches intervals that are far too wide.
+    assert 0.93 <= rate <= 0.99, rate
+
+
+def test_paired_bootstrap_diff_ci_coverage_on_correlated_pairs() -> None:
+    rng = np.random.default_rng(54321)
+    reps, n, true_diff = 300, 200, 0.3
+    covered = 0
+    widths = []
+    for r in range(reps):
+        shared = rng.normal(0.0, 3.0, size=n)  # large between-unit variation
+        baseline = shared + rng.normal(0.0, 0.5, size=n)
+        variant = shared + true_diff + rng.normal(0.0, 0.5, size=n)
+        est, lo, hi = paired_bootstrap_diff_ci(variant, baseline, n_resamples=500, seed=r)
+        assert est == pytest.approx(float(np.mean(variant) - np.mean(baseline)))
+        assert lo <= est <= hi
+        covered += lo <= true_diff <= hi
+        widths.append(hi - lo)
+    rate = covered / reps
+    assert 0.93 <= rate <= 0.99, rate
+    # Pairing cancels the shared component: the interval width is governed by the
+    # difference noise sd sqrt(0.5^2 * 2) ~ 0.707, i.e. about 2*1.96*0.707/sqrt(200) ~ 0.196,
+    # not by the ~3-sd shared component (which would give ~1.2).
+    assert float(np.mean(widths)) == pytest.approx(
+        2 * 1.96 * math.sqrt(0.5) / math.sqrt(n), rel=0.1
+    )
+
+
+def test_paired_bootstrap_uses_same_indices_for_both_arrays() -> None:
+    rng = np.random.default_rng(7)
+    baseline = rng.normal(size=50)
+    variant = baseline + 0.5  # every pair differs by exactly 0.5
+    est, lo, hi = paired_bootstrap_diff_ci(variant, baseline, n_resamples=300)
+    assert est == pytest.approx(0.5)
+    assert lo == pytest.approx(0.5, abs=1e-12)
+    assert hi == pytest.approx(0.5, abs=1e-12)
+
+
+def test_paired_bootstrap_validation() -> None:
+    with pytest.raises(ValueError):
+        paired_bootstrap_diff_ci([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError):
+        paired_bootstrap_diff_ci([], [])
+
+
+def test_bootstrap_ci_deterministic_and_seed_dependent() -> None:
+    x = np.random.default_rng(0).exponential(size=100)
+    a = bootstrap_ci(x, seed=11, n_resamples=400)
+    b = bootstrap_ci(x, seed=11, n_resamples=400)
+    c = bootstrap_ci(x, seed=12, n_resamples=400)
+    assert a == b
+    assert a != c
+
+
+def test_bootstrap_ci_constant_and_single_value() -> None:
+    assert bootstrap_ci([2.5] * 30, n_resamples=100) == (2.5, 2.5)
+    assert bootstrap_ci([7.0], n_resamples=100) == (7.0, 7.0)
+    with pytest.raises(ValueError):
+        bootstrap_ci([])
+    with pytest.raises(ValueError):
+        bootstrap_ci([1.0, 2.0], confidence=1.0)
+    with pytest.raises(ValueError):
+        bootstrap_ci([1.0, 2.0], n_resamples=0)
+
+
+def test_bootstrap_ci_exhaustive_small_sample() -> None:
+    # For 3 values every resample is one of 27 equally likely index triples; with many
+    # resamples the bootstrap distribution of the median approaches the exact one, whose
+    # 2.5% / 97.5% quantiles we can enumerate by hand.
+    x = [1.0, 2.0, 10.0]
+    medians = sorted(float(sorted(x[i] for i in idx)[1]) for idx in product(range(3), repeat=3))
+    # exact distribution: P(median=1)=7/27, P(2)=13/27, P(10)=7/27 -> quantiles 1 and 10
+    assert medians.count(1.0) == 7 and medians.count(10.0) == 7
+    lo, hi = bootstrap_ci(x, statistic=np.median, n_resamples=4000, seed=3)
+    assert (lo, hi) == (1.0, 10.0)
+
+
+def test_bootstrap_ci_accepts_statistic_without_axis() -> None:
+    x = np.random.default_rng(5).normal(size=60)
+
+    def trimmed_range(a: np.ndarray) -> float:  # no axis parameter -> per-row fallback
+        s = np.sort(a)
+        return float(s[-2] - s[1])
+
+    lo, hi = bootstrap_ci(x, statistic=trimmed_range, n_resamples=200)
+    assert 0.0 < lo <= hi
+    # A numpy reduction with axis and the same function wrapped without axis agree.
+    vec = bootstrap_ci(x, statistic=np.std, n_resamples=200, seed=9)
+    loop = bootstrap_ci(x, statistic=lambda a: float(np.std(a)), n_resamples=200, seed=9)
+    assert vec == pytest.approx(loop, rel=1e-12)
+
+
+def test_ratio_bootstrap_and_perplexity_ci_point_estimates() -> None:
+    nll = [10.0, 30.0, 5.0]
+    tokens = [10, 20, 2]
+    ratio, lo, hi = ratio_bootstrap_ci(nll, tokens, n_resamples=300)
+    assert ratio == pytest.approx(45.0 / 32.0)
+    assert lo <= ratio <= hi
+    ppl, plo, phi = perplexity_ci(nll, tokens, n_resamples=300)
+    assert ppl == pytest.approx(math.exp(45.0 / 32.0))
+    assert plo <= ppl <= phi
+    assert (plo, phi) == pytest.approx((math.exp(lo), math.exp(hi)))
+
+
+def test_perplexity_ci_degenerate_when_every_window_has_the_same_rate() -> None:
+    tokens = np.array([5, 50, 500, 17])
+    nll = tokens * math.log(8.0)  # every token costs ln 8 nats
+    ppl, lo, hi = perplexity_ci(nll, tokens, n_resamples=200)
+    assert ppl == pytest.approx(8.0)
+    assert lo == pytest.approx(8.0) and hi == pytest.approx(8.0)
+
+
+def test_perplexity_ci_coverage_with_unequal_windows() -> None:
+    # Per-token NLL iid with mean mu; windows of very different lengths. The true
+    # perplexity is exp(mu). The sum-over-sum estimator must be used; averaging
+    # per-window rates would still be unbiased here, but the ratio CI must cover.
+    rng = np.random.default_rng(99)
+    mu, reps, n_windows = 2.0, 200, 100
+    covered = 0
+    for r in range(reps):
+        counts = rng.integers(5, 500, size=n_windows)
+        sums = np.array([rng.gamma(4.0, mu / 4.0, size=c).sum() for c in counts])
+        _, lo, hi = perplexity_ci(sums, counts, n_resamples=500, seed=r)
+        covered += lo <= math.exp(mu) <= hi
+    assert covered / reps >= 0.92, covered / reps
+
+
+def test_ratio_bootstrap_validation() -> None:
+    with pytest.raises(ValueError):
+        ratio_bootstrap_ci([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError):
+        ratio_bootstrap_ci([1.0, 2.0], [1.0, 0.0])
+    with pytest.raises(ValueError):
+        perplexity_ci([], [])
+
+
+# --------------------------------------------------------------------------------------
+# McNemar / Wilson
+# --------------------------------------------------------------------------------------
+
+
+def test_mcnemar_known_table() -> None:
+    # n = 10, P[X <= 1] = (1 + 10) / 1024, two-sided = 22/1024 exactly.
+    assert mcnemar_exact_p(1, 9) == 0.021484375
+    assert mcnemar_exact_p(9, 1) == 0.021484375
+
+
+def test_mcnemar_no_discordant_pairs_and_balanced() -> None:
+    assert mcnemar_exact_p(0, 0) == 1.0
+    assert mcnemar_exact_p(5, 5) == 1.0
+    assert mcnemar_exact_p(5, 6) == 1.0  # 2 * P[X <= 5 | n=11] = 1 exactly
+
+
+@pytest.mark.parametrize(("b", "c"), [(0, 1), (0, 5), (2, 7), (3, 20), (40, 60), (0, 30)])
+def test_mcnemar_matches_exact_fraction_and_is_symmetric(b: int, c: int) -> None:
+    expected = float(min(Fraction(1), 2 * _binom_cdf_half(min(b, c), b + c)))
+    assert mcnemar_exact_p(b, c) == expected
+    assert mcnemar_exact_p(c, b) == expected
+
+
+def test_mcnemar_large_counts_stay_accurate() -> None:
+    # 2 * P[X <= 450 | n = 1000]: float-based binomial tails lose accuracy here; compare
+    # against an exact Fraction computation.
+    b, c = 450, 550
+    expected = float(2 * _binom_cdf_half(b, b + c))
+    got = mcnemar_exact_p(b, c)
+    assert got == pytest.approx(expected, rel=1e-15)
+    assert 0.001 < got < 0.003
+    # Extremely lopsided large table underflows gracefully to a tiny positive or zero.
+    assert 0.0 <= mcnemar_exact_p(0, 5000) < 1e-300
+
+
+def test_mcnemar_rejects_negative() -> None:
+    with pytest.raises(ValueError):
+        mcnemar_exact_p(-1, 3)
+
+
+def test_wilson_interval_golden() -> None:
+    lo, hi = wilson_interval(8, 10)
+    assert lo == pytest.approx(0.4902, abs=1e-4)
+    assert hi == pytest.approx(0.9433, abs=1e-4)
+
+
+def test_wilson_interval_formula_with_textbook_z() -> None:
+    # z_{0.975} = 1.959963984540054 (standard normal table); independent evaluation of the
+    # Wilson formula for a few cases.
+    z = 1.959963984540054
+    for k, n in [(0, 10), (1, 20), (37, 50), (500, 1000), (20, 20)]:
+        p = k / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        lo, hi = wilson_interval(k, n)
+        assert lo == pytest.approx(max(0.0, centre - half), abs=1e-12)
+        assert hi == pytest.approx(min(1.0, centre + half), abs=1e-12)
+        assert 0.0 <= lo <= p <= hi <= 1.0
+    assert wilson_interval(0, 10)[0] == 0.0
+    assert wilson_interval(20, 20)[1] == 1.0
+
+
+def test_wilson_interval_wider_at_higher_confidence_and_validation() -> None:
+    lo90, hi90 = wilson_interval(30, 100, confidence=0.90)
+    lo99, hi99 = wilson_interval(30, 100, confidence=0.99)
+    assert lo99 < lo90 < 0.3 < hi90 < hi99
+    with pytest.raises(ValueError):
+        wilson_interval(1, 0)
+    with pytest.raises(ValueError):
+        wilson_interval(11, 10)
+    with pytest.raises(ValueError):
+        wilson_interval(-1, 10)
+
+
+# --------------------------------------------------------------------------------------
+# Pareto front
+# --------------------------------------------------------------------------------------
+
+
+def test_pareto_front_minimize_both() -> None:
+    # (size GiB, KL nats)
+    points = [
+        (16.0, 0.0),  # 0 bf16: best KL -> front
+        (8.5, 0.01),  # 1 int8: front
+        (8.5, 0.02),  # 2 dominated by 1
+        (4.5, 0.05),  # 3 front
+        (5.0, 0.06),  # 4 dominated by 3
+        (4.5, 0.05),  # 5 exact duplicate of 3 -> kept as well
+        (3.0, 0.30),  # 6 smallest -> front
+        (16.0, 0.5),  # 7 dominated by 0
+    ]
+    assert pareto_front(points) == [0, 1, 3, 5, 6]
+
+
+def test_pareto_front_mixed_directions() -> None:
+    # (throughput tok/s: maximise, size GiB: minimise)
+    points = [(100.0, 16.0), (180.0, 8.0), (150.0, 4.0), (120.0, 8.0), (90.0, 4.0)]
+    assert pareto_front(points, minimize=(False, True)) == [1, 2]
+    # Maximise both: (accuracy, throughput)
+    pts = [(0.8, 100.0), (0.7, 200.0), (0.6, 150.0), (0.8, 90.0)]
+    assert pareto_front(pts, minimize=(False, False)) == [0, 1]
+
+
+def test_pareto_front_edge_cases() -> None:
+    assert pareto_front([]) == []
+    assert pareto_front([(1.0, 2.0)]) == [0]
+    with pytest.raises(ValueError):
+        pareto_front([(1.0, float("nan"))])
