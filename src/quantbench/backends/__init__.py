@@ -1,0 +1,50 @@
+"""Backend registry: one module per inference runtime, one line here per backend.
+
+Entries are lazy "module:attribute" strings so that importing this package (to list or
+validate backend names) imports no torch or transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from quantbench.backends.base import (
+    Backend,
+    ExecutionMode,
+    GenerationOutput,
+    GenerationTiming,
+    LoadInfo,
+    WindowScores,
+)
+from quantbench.errors import UserError, did_you_mean
+
+REGISTRY: dict[str, str] = {
+    "hf": "quantbench.backends.hf:HFBackend",
+}
+
+
+def get_backend(name: str, **kwargs: Any) -> Backend:
+    """A new backend registered as `name`, built with `kwargs`, or a user error naming the
+    closest match."""
+    target = REGISTRY.get(name)
+    if target is None:
+        raise UserError(
+            f"unknown backend '{name}'{did_you_mean(name, REGISTRY)}; "
+            f"known backends: {', '.join(REGISTRY)}"
+        )
+    module_name, attribute = target.split(":")
+    backend: Backend = getattr(importlib.import_module(module_name), attribute)(**kwargs)
+    return backend
+
+
+__all__ = [
+    "REGISTRY",
+    "Backend",
+    "ExecutionMode",
+    "GenerationOutput",
+    "GenerationTiming",
+    "LoadInfo",
+    "WindowScores",
+    "get_backend",
+]
