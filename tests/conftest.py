@@ -85,14 +85,22 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
-def tiny_study_yaml(path: Path, model: Path, out: Path, schemes: list[object]) -> Path:
-    """A study file for the tiny model with a small calibration budget."""
+def tiny_study_yaml(
+    path: Path,
+    model: Path,
+    out: Path,
+    schemes: list[object],
+    evaluation: dict[str, object] | None = None,
+) -> Path:
+    """A study file for the tiny model with a small calibration budget (no evaluation unless
+    `evaluation` is given: the spine's tests stay fast)."""
     import yaml
 
     study = {
         "model": str(model),
         "schemes": schemes,
         "calibration": {"num_samples": 8, "seq_len": 64},
+        "evaluation": evaluation or {"metrics": []},
         "out": str(out),
     }
     path.write_text(yaml.safe_dump(study))

@@ -62,6 +62,46 @@ def test_quantized_artifacts_generate_coherent_text(default_study: tuple[Path, f
         assert "Paris" in text, f"{variant.name}: {text!r}"
 
 
+def test_every_variant_has_every_metric(default_study: tuple[Path, float]) -> None:
+    results = load_results(default_study[0])
+    for variant in results.variants:
+        metrics = variant.metrics
+        assert not metrics.errors, (variant.name, metrics.errors)
+        assert metrics.size and metrics.perplexity and metrics.divergence
+        assert metrics.speed and metrics.generations
+        assert metrics.perplexity.n_tokens == 16384
+        assert metrics.generations.n_prompts >= 40
+        expected_mode = "native" if variant.scheme == "bf16" else "emulated"
+        assert metrics.speed.execution_mode == expected_mode
+        assert [p.batch_size for p in metrics.speed.points] == [1, 8, 32]
+    baseline = results.variant("bf16").metrics
+    assert baseline.divergence and baseline.divergence.kl_mean.estimate == 0.0
+    assert baseline.divergence.top1_agreement.estimate == 1.0
+    kl = {
+        v.name: v.metrics.divergence.kl_mean.estimate
+        for v in results.variants
+        if v.metrics.divergence
+    }
+    ppl = {
+        v.name: v.metrics.perplexity.perplexity.estimate
+        for v in results.variants
+        if v.metrics.perplexity
+    }
+    # 4-bit weights lose the most; both 8-bit schemes stay close to the baseline.
+    assert kl["w4a16-gptq"] > max(kl["fp8-dynamic"], kl["w8a8-int8"]) > 0
+    assert ppl["w4a16-gptq"] > max(ppl["fp8-dynamic"], ppl["w8a8-int8"]) > ppl["bf16"]
+    assert max(kl["fp8-dynamic"], kl["w8a8-int8"]) < 0.1
+    hashes = {v.metrics.perplexity.tokens_sha256 for v in results.variants if v.metrics.perplexity}
+    assert len(hashes) == 1
+
+
+def test_report_files_mark_emulated_speed(default_study: tuple[Path, float]) -> None:
+    report = (default_study[0] / "report.md").read_text()
+    assert "emulated" in report and "Speed figures marked *emulated*" in report
+    csv_text = (default_study[0] / "results.csv").read_text()
+    assert csv_text.count("\n") == 5 and "emulated" in csv_text
+
+
 def test_rerun_returns_in_seconds(default_study: tuple[Path, float]) -> None:
     started = time.perf_counter()
     result = run_cli("run", "--out", str(default_study[0]))

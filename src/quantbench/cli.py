@@ -56,6 +56,21 @@ def run(
     calibration_samples: Annotated[int | None, typer.Option(help="number of samples")] = None,
     calibration_seq_len: Annotated[int | None, typer.Option(help="tokens per sample")] = None,
     seed: Annotated[int | None, typer.Option(help="calibration sampling seed")] = None,
+    metrics: Annotated[
+        str | None,
+        typer.Option(help="comma-separated metrics, or 'none' [default: all]"),
+    ] = None,
+    corpus: Annotated[
+        str | None,
+        typer.Option(help="perplexity corpus: 'builtin', 'wikitext2', or a .txt/.jsonl file"),
+    ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="scored-token budget for perplexity and divergence")
+    ] = None,
+    prompts: Annotated[
+        str | None, typer.Option(help="generation prompts: 'builtin' or a .jsonl file")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="evaluation device: auto, cpu, cuda")] = None,
     executor: Annotated[str, typer.Option(help="where variants run: local")] = "local",
 ) -> None:
     """Quantize the model with every scheme of the study and write OUT/results.json."""
@@ -73,12 +88,18 @@ def run(
             "seq_len": calibration_seq_len,
             "seed": seed,
         },
+        "evaluation": {
+            "metrics": metrics,
+            "device": device,
+            "corpus": {"source": corpus, "max_tokens": max_tokens},
+            "generations": {"prompts": prompts},
+        },
     }
     study = load_study_config(config, overrides)
     err = Console(stderr=True)
     results = run_study(study, err, executor=executor)
-    Console().print(results_table(results))
-    err.print(f"results: {study.out / 'results.json'}")
+    _stdout().print(results_table(results))
+    err.print(f"results: {study.out / 'results.json'}, {study.out / 'report.md'}")
     if any(v.status != "ok" for v in results.variants):
         raise typer.Exit(1)
 
@@ -106,11 +127,19 @@ def list_schemes() -> None:
 
 @app.command()
 def report(out: Annotated[Path, typer.Argument(help="a study's output folder")]) -> None:
-    """Print a finished study's table again, from its saved results only."""
+    """Rebuild results.csv and report.md and print the table, from saved results only."""
     from quantbench.report.terminal import results_table
-    from quantbench.results import load_results
+    from quantbench.results import load_results, save_results
 
-    Console().print(results_table(load_results(out)))
+    results = load_results(out)
+    save_results(out, results)
+    _stdout().print(results_table(results))
+    Console(stderr=True).print(f"wrote {out / 'results.csv'} and {out / 'report.md'}")
+
+
+def _stdout() -> Console:
+    """A console for tables: wide enough when piped to a file, where rich would assume 80."""
+    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 @app.command()

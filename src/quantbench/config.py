@@ -72,6 +72,71 @@ class CalibrationConfig(_Strict):
     seed: int = 0
 
 
+DEFAULT_METRICS = ("size", "perplexity", "divergence", "speed", "generations")
+
+
+class CorpusConfig(_Strict):
+    """Token corpus for perplexity and divergence: the same windows for every variant."""
+
+    source: str = Field(
+        default="builtin",
+        description="'builtin', 'wikitext2' (hub), or a local .txt / .jsonl ('text' rows) file",
+    )
+    window: int = Field(default=512, ge=2, description="tokens per window")
+    stride: int = Field(
+        default=512, gt=0, description="tokens between window starts; < window overlaps"
+    )
+    max_tokens: int = Field(default=16384, gt=0, description="budget of scored tokens")
+    top_k: int = Field(
+        default=256, gt=0, description="baseline log-probs kept per token (plus the tail mass)"
+    )
+    exact_check_tokens: int = Field(
+        default=128,
+        ge=0,
+        description="tokens whose full baseline distribution is kept to measure the top-k error",
+    )
+
+
+class SpeedConfig(_Strict):
+    """Fixed-shape generation timing; warm-up runs are excluded from the figures."""
+
+    prompt_tokens: int = Field(default=64, gt=0)
+    output_tokens: int = Field(default=32, gt=1)
+    batch_sizes: tuple[int, ...] = Field(default=(1, 8, 32), min_length=1)
+    repeats: int = Field(default=5, gt=0)
+    warmup: int = Field(default=1, ge=0)
+
+
+class GenerationsConfig(_Strict):
+    prompts: str = Field(
+        default="builtin", description="'builtin' (48 prompts) or a .jsonl file of chat rows"
+    )
+    max_new_tokens: int = Field(default=64, gt=0)
+    batch_size: int = Field(default=16, gt=0)
+
+
+class EvaluationConfig(_Strict):
+    """Which metrics run on every variant (the baseline included), and through which backend."""
+
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    backend: str = "hf"
+    device: str = Field(default="auto", description="'auto', 'cpu' or 'cuda'")
+    threads: int | None = Field(default=None, gt=0, description="torch threads; default all")
+    corpus: CorpusConfig = CorpusConfig()
+    speed: SpeedConfig = SpeedConfig()
+    generations: GenerationsConfig = GenerationsConfig()
+    seed: int = Field(default=0, description="bootstrap seed")
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _accept_comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value.strip().lower() == "none":
+                return ()
+            return tuple(m.strip() for m in value.split(",") if m.strip())
+        return value
+
+
 class StudyConfig(_Strict):
     """Everything that defines a study; flags on the command line override the file."""
 
@@ -80,6 +145,7 @@ class StudyConfig(_Strict):
         default=tuple(SchemeEntry(scheme=s) for s in DEFAULT_SCHEMES), min_length=1
     )
     calibration: CalibrationConfig = CalibrationConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     out: Path = DEFAULT_OUT
 
     @field_validator("schemes", mode="before")

@@ -9,22 +9,18 @@ only commits the stage after checking it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import resource
-import signal
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quantbench.errors import StageFailed
+from quantbench.workers import die_with_parent, emit, failure, run_python_worker
 
 ARTIFACT_DIR = "artifact"
 LOG_FILE = "quantize.log"
@@ -40,113 +36,31 @@ class Progress:
     total: int | None = None
 
 
-def _read_stream(
-    stream: Any, log: Any, on_line: Callable[[str], None], lock: threading.Lock
-) -> None:
-    buffer = ""
-    while True:
-        chunk = stream.read1(4096) if hasattr(stream, "read1") else stream.read(4096)
-        if not chunk:
-            break
-        text = chunk.decode(errors="replace")
-        buffer += text
-        parts = re.split(r"[\r\n]", buffer)
-        buffer = parts.pop()
-        for part in parts:
-            if part:
-                on_line(part)
-        with lock:
-            log.write(text)
-            log.flush()
-    if buffer:
-        on_line(buffer)
-
-
 def run_worker(
     request: dict[str, Any], work: Path, on_progress: Callable[[Progress], None]
 ) -> dict[str, Any]:
     """Run the quantization worker for `request` with `work` as its folder; return its result."""
-    (work / REQUEST_FILE).write_text(json.dumps(request, indent=2))
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "quantbench.quantize", str(work / REQUEST_FILE)]
-    lock = threading.Lock()
 
     def on_stderr(line: str) -> None:
         match = _PROGRESS.search(line)
         if match:
             on_progress(Progress("calibrating", int(match[1]) - 1, int(match[2])))
 
-    def on_stdout(line: str) -> None:
-        if line.startswith("{"):
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                return
-            on_progress(Progress(str(event.get("phase", "")), None, None))
+    def on_event(event: dict[str, Any]) -> None:
+        on_progress(Progress(str(event.get("phase", ""))))
 
-    with open(work / LOG_FILE, "w") as log:
-        process = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-        readers = [
-            threading.Thread(target=_read_stream, args=(process.stdout, log, on_stdout, lock)),
-            threading.Thread(target=_read_stream, args=(process.stderr, log, on_stderr, lock)),
-        ]
-        for reader in readers:
-            reader.daemon = True
-            reader.start()
-        try:
-            returncode = process.wait()
-        except BaseException:
-            _kill_group(process)
-            raise
-        for reader in readers:
-            reader.join(timeout=5)
+    returncode = run_python_worker(
+        "quantbench.quantize", request, work / REQUEST_FILE, work / LOG_FILE, on_event, on_stderr
+    )
     result_path = work / RESULT_FILE
     if returncode != 0 or not result_path.is_file():
-        tail = (work / LOG_FILE).read_text(errors="replace").strip().splitlines()[-15:]
-        reason = next(
-            (line for line in reversed(tail) if "Error" in line or "error" in line),
-            tail[-1] if tail else f"exit code {returncode}",
-        )
-        raise StageFailed(
-            f"quantization failed (exit code {returncode}): {reason.strip()}",
-            str(work / LOG_FILE),
-        )
+        raise failure("quantization", returncode, work / LOG_FILE)
     result: dict[str, Any] = json.loads(result_path.read_text())
     return result
 
 
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-
-
-def _emit(phase: str, **extra: Any) -> None:
-    print(json.dumps({"phase": phase, **extra}), flush=True)
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this worker when its parent dies, so no orphan keeps computing."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() == 1:  # the parent died before prctl took effect
-        os._exit(1)
-
-
 def _worker_main(request_path: Path) -> None:
-    _die_with_parent()
+    die_with_parent()
     request = json.loads(request_path.read_text())
     work = request_path.parent
     started = time.perf_counter()
@@ -159,7 +73,7 @@ def _worker_main(request_path: Path) -> None:
     from quantbench.schemes.baseline import Baseline
 
     scheme = get_scheme(request["scheme"])
-    _emit("loading")
+    emit("loading")
     mark = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(request["model_path"])
     dtype = getattr(torch, scheme.dtype if isinstance(scheme, Baseline) else "bfloat16")
@@ -168,7 +82,7 @@ def _worker_main(request_path: Path) -> None:
     artifact = work / ARTIFACT_DIR
 
     if isinstance(scheme, Baseline):
-        _emit("saving")
+        emit("saving")
         mark = time.perf_counter()
         model.save_pretrained(artifact)
     else:
@@ -193,11 +107,11 @@ def _worker_main(request_path: Path) -> None:
                 "max_seq_length": int(request["seq_len"]),
                 "shuffle_calibration_samples": False,
             }
-        _emit("quantizing")
+        emit("quantizing")
         mark = time.perf_counter()
         oneshot(model=model, recipe=recipe, **kwargs)
         phases["quantize_s"] = time.perf_counter() - mark
-        _emit("saving")
+        emit("saving")
         mark = time.perf_counter()
         model.save_pretrained(artifact, save_compressed=True)
     tokenizer.save_pretrained(artifact)
@@ -212,7 +126,7 @@ def _worker_main(request_path: Path) -> None:
     tmp = work / f".{RESULT_FILE}.tmp"
     tmp.write_text(json.dumps(result, indent=2))
     os.replace(tmp, work / RESULT_FILE)
-    _emit("done")
+    emit("done")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from quantbench.store import write_json_atomic
 
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
+CSV_FILE = "results.csv"
+MARKDOWN_FILE = "report.md"
 
 
 class _Record(BaseModel):
@@ -27,6 +29,137 @@ class QuantizationRecord(_Record):
     phases: dict[str, float] = Field(default_factory=dict, description="seconds per phase")
     peak_rss_bytes: int = Field(description="peak resident memory of the worker process, bytes")
     torch_threads: int | None = None
+
+
+class Spread(_Record):
+    """Summary of repeated measurements (seconds, or tokens per second for throughput)."""
+
+    n: int
+    median: float
+    p90: float
+    mean: float
+    min: float
+    max: float
+    cv: float = Field(description="coefficient of variation, std / mean")
+
+
+class Interval(_Record):
+    """A point estimate with its bootstrap confidence interval."""
+
+    estimate: float
+    low: float
+    high: float
+    confidence: float = 0.95
+
+
+class SizeRecord(_Record):
+    weights_bytes: int = Field(description="bytes of the weight files on disk")
+    artifact_bytes: int = Field(description="bytes of the whole artifact folder on disk")
+    param_bytes_by_dtype: dict[str, int] = Field(
+        description="bytes of stored tensors per dtype, read from safetensors headers"
+    )
+    load_s: float = Field(description="seconds to load the artifact with the backend")
+    rss_loaded_bytes: int = Field(
+        description="resident memory of the evaluation process after load and a first forward"
+    )
+    rss_peak_generating_bytes: int = Field(
+        description="peak resident memory of the evaluation process through generation"
+    )
+    gpu_peak_bytes: int | None = Field(default=None, description="peak CUDA memory allocated")
+    backend: str
+    device: str
+
+
+class PerplexityRecord(_Record):
+    corpus: str
+    corpus_key: str
+    tokens_sha256: str = Field(
+        description="hash of the evaluated token ids; equal for all variants"
+    )
+    window: int
+    stride: int
+    n_windows: int
+    n_tokens: int = Field(description="scored tokens (targets)")
+    nll_mean: float = Field(description="mean negative log-likelihood, nats per token")
+    perplexity: Interval
+    delta_vs_baseline: Interval | None = Field(
+        default=None, description="perplexity minus the baseline's, paired bootstrap over windows"
+    )
+    ratio_vs_baseline: float | None = None
+
+
+class DivergenceRecord(_Record):
+    n_tokens: int
+    top_k: int = Field(description="baseline distribution stored as its top-k plus the tail mass")
+    kl_mean: Interval = Field(description="KL(baseline ‖ variant), nats per token")
+    kl_median: float
+    kl_p99: float
+    kl_max: float
+    top1_agreement: Interval = Field(description="fraction of tokens with the same argmax")
+    ref_prob_delta: dict[str, float] = Field(
+        description="variant minus baseline probability of the reference token: mean and "
+        "percentiles p1 p5 p50 p95 p99, probability units"
+    )
+    approximation: dict[str, float] = Field(
+        default_factory=dict,
+        description="check of the top-k + tail approximation against exact full-vocabulary KL "
+        "on the first tokens: check_tokens, kl_mean_exact, kl_mean_approx, max_abs_error",
+    )
+
+
+class SpeedPoint(_Record):
+    batch_size: int
+    prompt_tokens: int
+    output_tokens: int
+    ttft_s: Spread = Field(description="time to first token (prefill + first token), seconds")
+    tpot_s: Spread = Field(description="time per output token after the first, seconds")
+    e2e_s: Spread = Field(description="end-to-end latency for the whole batch, seconds")
+    throughput_tok_s: Spread = Field(description="output tokens per second, whole batch")
+
+
+class SpeedRecord(_Record):
+    backend: str
+    execution_mode: Literal["native", "emulated"]
+    detail: str
+    device: str
+    threads: int | None = None
+    warmup: int
+    repeats: int
+    points: list[SpeedPoint]
+
+
+class GenerationItem(_Record):
+    id: str
+    category: str
+    prompt: str | None = Field(default=None, description="the last user message")
+    text: str
+    n_tokens: int
+    exact_match: bool | None = Field(default=None, description="identical to the baseline's")
+    rouge_l: float | None = Field(default=None, description="ROUGE-L F1 on token ids vs baseline")
+    first_diff: int | None = Field(
+        default=None, description="index of the first token that differs from the baseline's"
+    )
+
+
+class GenerationsRecord(_Record):
+    suite: str
+    suite_sha256: str
+    max_new_tokens: int
+    decoding: str = "greedy"
+    n_prompts: int
+    exact_match_rate: float | None = None
+    rouge_l_mean: float | None = None
+    first_diff_median: float | None = None
+    items: list[GenerationItem]
+
+
+class VariantMetrics(_Record):
+    size: SizeRecord | None = None
+    perplexity: PerplexityRecord | None = None
+    divergence: DivergenceRecord | None = None
+    speed: SpeedRecord | None = None
+    generations: GenerationsRecord | None = None
+    errors: dict[str, str] = Field(default_factory=dict, description="metric name → why it failed")
 
 
 class VariantResult(_Record):
@@ -47,6 +180,7 @@ class VariantResult(_Record):
     disk_bytes: int | None = Field(default=None, description="bytes of the weight files")
     artifact_bytes: int | None = Field(default=None, description="bytes of the whole artifact")
     stage_keys: dict[str, str] = Field(default_factory=dict)
+    metrics: VariantMetrics = Field(default_factory=VariantMetrics)
 
 
 class CalibrationRecord(_Record):
@@ -76,8 +210,14 @@ class StudyResults(_Record):
 
 
 def save_results(out: Path, results: StudyResults) -> Path:
+    """Write results.json, then the files derived from it (results.csv, report.md)."""
+    from quantbench.report.csv_table import write_csv
+    from quantbench.report.markdown import write_markdown
+
     path = out / RESULTS_FILE
     write_json_atomic(path, results.model_dump(mode="json"))
+    write_csv(results, out / CSV_FILE)
+    write_markdown(results, out / MARKDOWN_FILE)
     return path
 
 

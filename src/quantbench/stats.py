@@ -34,15 +34,22 @@ __all__ = [
     "Statistic",
     "Summary",
     "bootstrap_ci",
+    "exact_match_rate",
+    "first_difference",
     "kl_divergence_per_token",
+    "kl_topk_tail",
+    "kl_topk_tail_from_full",
     "mcnemar_exact_p",
     "paired_bootstrap_diff_ci",
+    "paired_window_ppl_diff_ci",
     "pareto_front",
     "percentiles",
     "perplexity",
     "perplexity_ci",
     "ratio_bootstrap_ci",
     "reference_prob_delta",
+    "rouge_l_f1",
+    "spread",
     "summarize",
     "top1_agreement",
     "wilson_interval",
@@ -572,3 +579,348 @@ def pareto_front(
     lt = np.any(costs[None, :, :] < costs[:, None, :], axis=2)
     dominated = np.any(leq & lt, axis=1)
     return [int(i) for i in np.flatnonzero(~dominated)]
+
+
+# --------------------------------------------------------------------------------------
+# KL divergence from stored top-k log-probabilities
+# --------------------------------------------------------------------------------------
+
+# Multiple of the input dtype's machine epsilon below which a computed tail mass counts as
+# round-off (see ``kl_topk_tail``). The error of ``1 - sum_k exp(logp_i)`` is about
+# ``eps * (entropy + log2(k))``; entropy is at most ln(vocab) ~ 12 nats for real vocabularies
+# and pairwise summation adds log2(k) <= ~18, so 64 leaves a factor of two of margin.
+_TAIL_ROUND_OFF_EPS = 64.0
+
+
+def _default_tail_atol(*dtypes: np.dtype[Any]) -> float:
+    """Round-off level of a tail mass computed from log-probabilities of ``dtypes``.
+
+    The least precise floating dtype wins (float32 log-probs give ~7.6e-6, float64 ~1.4e-14);
+    non-floating dtypes are converted to float64 and use its epsilon.
+    """
+    floats = [dt if np.issubdtype(dt, np.floating) else np.dtype(np.float64) for dt in dtypes]
+    eps = max(float(np.finfo(dt).eps) for dt in floats)
+    return _TAIL_ROUND_OFF_EPS * eps
+
+
+def _tail_mass(logp: FloatArray) -> FloatArray:
+    """``1 - sum_k exp(logp)`` per row, clipped to ``>= 0`` (probability units).
+
+    Computed as ``-expm1(logsumexp(logp))`` with the log-sum-exp written as
+    ``m + log1p(sum_{i != argmax} exp(logp_i - m))``: when the top-k tokens hold almost all
+    the mass (a confident prediction) the tail is a tiny difference from 1, and forming
+    ``sum exp(logp)`` first would round it away. Rows that are all ``-inf`` have tail 1.
+    """
+    n = logp.shape[0]
+    m = np.max(logp, axis=1)
+    lse = np.full(n, -np.inf, dtype=np.float64)
+    live = np.isfinite(m)
+    if np.any(live):
+        x = logp[live]
+        mx = m[live]
+        e = np.exp(x - mx[:, None])
+        e[np.arange(x.shape[0]), np.argmax(x, axis=1)] = 0.0  # the max contributes exactly 1
+        lse[live] = mx + np.log1p(e.sum(axis=1))
+    tail: FloatArray = np.maximum(-np.expm1(lse), 0.0)
+    return tail
+
+
+def kl_topk_tail(
+    base_topk_logprobs: npt.ArrayLike,
+    variant_logprobs_at_base_topk: npt.ArrayLike,
+    *,
+    tail_atol: float | None = None,
+) -> FloatArray:
+    """Per-token KL(base ‖ variant) in nats when the base is stored only as its top-k.
+
+    Storing full ``(n_tokens, vocab)`` baseline log-probabilities is prohibitive for large
+    vocabularies (150k entries per token), so the baseline is often kept as its ``k`` most
+    likely tokens. Both distributions are then coarsened to ``k + 1`` outcomes: the k
+    stored tokens and one "tail" outcome holding the remaining mass,
+
+    ``P_T = 1 - sum_k P_i``, ``Q_T = 1 - sum_k Q_i``
+
+    (computed as ``-expm1(logsumexp(.))`` for accuracy and clipped to ``>= 0``), and
+
+    ``KL_approx = sum_k P_i (log P_i - log Q_i) + P_T (log P_T - log Q_T)``.
+
+    By the log-sum inequality, merging the tail tokens can only lose divergence, so
+    ``KL_approx`` is a **lower bound** of the exact KL; it **equals** the exact KL when the
+    baseline's tail mass is zero (e.g. ``k == vocab``, or the base puts no mass outside its
+    top-k). The gap is the divergence *within* the tail, so it is small when ``P_T`` is.
+
+    Args:
+        base_topk_logprobs: ``(n_tokens, k)`` natural-log probabilities of the baseline's
+            top-k tokens (any order; ``k >= 1``), taken from a complete log-softmax.
+        variant_logprobs_at_base_topk: ``(n_tokens, k)`` the variant's natural-log
+            probabilities at the *same* token ids, from its complete log-softmax.
+        tail_atol: tail masses are differences from 1 and carry round-off of the inputs'
+            precision. Only used for the ``Q_T == 0`` case below: a baseline tail mass
+            ``<= tail_atol`` there is treated as zero instead of producing ``+inf``. The
+            default (``None``) is 64 machine epsilons of the less precise input dtype
+            (~7.6e-6 for float32, ~1.4e-14 for float64). Pass 0.0 for the strict rule.
+
+    Conventions (``0 * log(0 / x) = 0``):
+
+    * a base entry of ``-inf`` (probability 0), or ``P_T == 0``, contributes 0;
+    * an entry the base gives positive probability but the variant ``-inf`` makes the
+      token's KL ``+inf``; likewise ``P_T > tail_atol`` with ``Q_T == 0``;
+    * tiny negative totals caused by round-off are clipped to 0.
+
+    Returns:
+        float64 array of shape ``(n_tokens,)``, nats per token.
+
+    Raises:
+        ValueError: on shapes other than two equal ``(n_tokens, k >= 1)`` arrays, NaN or
+            ``+inf`` log-probabilities, or a negative/non-finite ``tail_atol``.
+    """
+    base = np.asarray(base_topk_logprobs)
+    variant = np.asarray(variant_logprobs_at_base_topk)
+    if base.ndim != 2:
+        raise ValueError(f"base_topk_logprobs must be 2-D (n_tokens, k), got shape {base.shape}")
+    if base.shape != variant.shape:
+        raise ValueError(f"shape mismatch: base {base.shape} vs variant {variant.shape}")
+    n_tokens, k = base.shape
+    if k == 0:
+        raise ValueError("k must be at least 1")
+    if tail_atol is None:
+        atol = _default_tail_atol(base.dtype, variant.dtype)
+    else:
+        atol = float(tail_atol)
+        if not (math.isfinite(atol) and atol >= 0.0):
+            raise ValueError(f"tail_atol must be finite and >= 0, got {tail_atol!r}")
+    out = np.empty(n_tokens, dtype=np.float64)
+    rows_per_chunk = max(1, _MAX_CHUNK_ELEMENTS // k)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        for start in range(0, n_tokens, rows_per_chunk):
+            stop = min(start + rows_per_chunk, n_tokens)
+            p = base[start:stop].astype(np.float64, copy=False)
+            q = variant[start:stop].astype(np.float64, copy=False)
+            if np.any(np.isnan(p) | np.isposinf(p)) or np.any(np.isnan(q) | np.isposinf(q)):
+                raise ValueError("log-probabilities contain NaN or +inf")
+            terms = np.exp(p) * (p - q)
+            terms[np.isneginf(p)] = 0.0  # 0 * log(0 / x) = 0, avoids 0 * inf = NaN
+            head = terms.sum(axis=1)
+            p_tail = _tail_mass(p)
+            q_tail = _tail_mass(q)
+            tail_term = np.zeros_like(head)
+            both = (p_tail > 0.0) & (q_tail > 0.0)
+            tail_term[both] = p_tail[both] * (np.log(p_tail[both]) - np.log(q_tail[both]))
+            tail_term[(q_tail == 0.0) & (p_tail > atol)] = np.inf
+            out[start:stop] = head + tail_term
+    np.maximum(out, 0.0, out=out)
+    return out
+
+
+def kl_topk_tail_from_full(
+    base_topk_ids: npt.ArrayLike,
+    base_topk_logprobs: npt.ArrayLike,
+    variant_full_logprobs: npt.ArrayLike,
+    *,
+    tail_atol: float | None = None,
+) -> FloatArray:
+    """:func:`kl_topk_tail` when the variant's full log-softmax is at hand.
+
+    Gathers ``variant_full_logprobs[i, base_topk_ids[i, j]]`` (``np.take_along_axis``, in
+    the input dtype so no full float64 copy of the ``(n_tokens, vocab)`` array is made) and
+    returns the top-k + tail KL(base ‖ variant) per token, in nats, shape ``(n_tokens,)``.
+
+    Args:
+        base_topk_ids: ``(n_tokens, k)`` integer vocabulary ids of the baseline's top-k
+            tokens; distinct within each row (a repeated id would count its mass twice).
+        base_topk_logprobs: ``(n_tokens, k)`` the baseline's natural-log probabilities at
+            those ids.
+        variant_full_logprobs: ``(n_tokens, vocab)`` the variant's complete log-softmax.
+        tail_atol: see :func:`kl_topk_tail`.
+
+    Raises:
+        ValueError: on non-integer, out-of-range or repeated ids, mismatched shapes, or any
+            error :func:`kl_topk_tail` raises.
+    """
+    ids = np.asarray(base_topk_ids)
+    base = np.asarray(base_topk_logprobs)
+    full = np.asarray(variant_full_logprobs)
+    if ids.ndim != 2:
+        raise ValueError(f"base_topk_ids must be 2-D (n_tokens, k), got shape {ids.shape}")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"base_topk_ids must be integers, got dtype {ids.dtype}")
+    if base.shape != ids.shape:
+        raise ValueError(f"shape mismatch: ids {ids.shape} vs base logprobs {base.shape}")
+    if full.ndim != 2 or full.shape[0] != ids.shape[0]:
+        raise ValueError(
+            f"variant_full_logprobs must be 2-D with {ids.shape[0]} rows, got shape {full.shape}"
+        )
+    vocab = full.shape[1]
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+        raise ValueError(f"base_topk_ids must lie in [0, {vocab})")
+    if ids.shape[1] > 1:
+        s = np.sort(ids, axis=1)
+        if np.any(s[:, 1:] == s[:, :-1]):
+            raise ValueError("base_topk_ids contains a repeated id within a row")
+    gathered = np.take_along_axis(full, ids.astype(np.intp, copy=False), axis=1)
+    return kl_topk_tail(base, gathered, tail_atol=tail_atol)
+
+
+# --------------------------------------------------------------------------------------
+# Generated-text comparisons (token ids)
+# --------------------------------------------------------------------------------------
+
+
+def _lcs_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common subsequence of two 1-D token sequences.
+
+    Standard O(len(a) * len(b)) dynamic programme, one numpy row update per token of the
+    shorter sequence. The row recurrence ``cur[j] = max(cur[j-1], prev[j],
+    prev[j-1] + 1 if match)`` is a running maximum, hence ``np.maximum.accumulate``.
+    """
+    x = np.asarray(a)
+    y = np.asarray(b)
+    if x.ndim != 1 or y.ndim != 1:
+        raise ValueError(f"token sequences must be 1-D, got shapes {x.shape} and {y.shape}")
+    if x.size > y.size:
+        x, y = y, x
+    prev = np.zeros(y.size + 1, dtype=np.int64)
+    for tok in x:
+        cand = np.where(y == tok, prev[:-1] + 1, prev[1:])
+        cur = np.empty_like(prev)
+        cur[0] = 0
+        np.maximum.accumulate(cand, out=cur[1:])
+        prev = cur
+    return int(prev[-1])
+
+
+def rouge_l_f1(candidate: Sequence[int], reference: Sequence[int]) -> float:
+    """ROUGE-L F1 (beta = 1) between two token-id sequences, in ``[0, 1]``.
+
+    With ``L`` the longest-common-subsequence length, precision ``L / len(candidate)``,
+    recall ``L / len(reference)`` and F1 their harmonic mean, ``2 L / (len(c) + len(r))``.
+    Used to compare a quantized model's greedy generation with the baseline's: it rewards
+    the same tokens in the same order even after an early divergence shifts positions.
+
+    Operating on token ids keeps it language-neutral. (The popular ``rouge_score`` package's
+    default tokenizer keeps only ``[a-z0-9]`` runs, so CJK or other non-Latin text
+    tokenizes to nothing and scores as empty.) Both sequences should come from the same
+    tokenizer. Both empty gives 1.0 (identical); exactly one empty gives 0.0.
+
+    Cost is O(len(c) * len(r)) time, fine for generations up to a few thousand tokens.
+
+    Raises:
+        ValueError: if an input is not a 1-D sequence.
+    """
+    n_c, n_r = len(candidate), len(reference)
+    if n_c == 0 and n_r == 0:
+        return 1.0
+    if n_c == 0 or n_r == 0:
+        return 0.0
+    lcs = _lcs_length(candidate, reference)
+    return 2.0 * lcs / (n_c + n_r)
+
+
+def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
+    """Index of the first position where two token sequences differ, or ``None``.
+
+    If one sequence is a strict prefix of the other, the answer is the length of the
+    shorter one (the first position the shorter lacks). ``None`` means identical. Reported
+    for greedy generations: how many tokens the variant reproduces before diverging.
+    """
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    if len(a) != len(b):
+        return min(len(a), len(b))
+    return None
+
+
+def exact_match_rate(pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> float:
+    """Fraction (0..1) of ``(variant, baseline)`` token sequences that are identical.
+
+    Raises:
+        ValueError: if ``pairs`` is empty (the rate would be undefined).
+    """
+    if len(pairs) == 0:
+        raise ValueError("pairs must not be empty")
+    matches = sum(first_difference(a, b) is None for a, b in pairs)
+    return matches / len(pairs)
+
+
+# --------------------------------------------------------------------------------------
+# Timing records and paired perplexity comparison
+# --------------------------------------------------------------------------------------
+
+
+def spread(samples: npt.ArrayLike) -> dict[str, float]:
+    """Compact dictionary summary of repeated timings (same unit as ``samples``, seconds).
+
+    Keys: ``n`` (an int), ``median``, ``p90``, ``mean``, ``min``, ``max`` and ``cv``
+    (``std(ddof=1) / mean``, dimensionless; 0 for a single sample, NaN when the mean is 0).
+    The median is the figure to report for timings (robust to a slow first repeat); ``cv``
+    flags unstable measurements. Values come from :func:`summarize`.
+
+    Raises:
+        ValueError: on empty or non-finite samples.
+    """
+    s = summarize(samples)
+    return {
+        "n": s.n,
+        "median": s.median,
+        "p90": s.p90,
+        "mean": s.mean,
+        "min": s.min,
+        "max": s.max,
+        "cv": s.cv,
+    }
+
+
+def _ppl_diff(mean_nll_variant: Any, mean_nll_baseline: Any) -> Any:
+    """``exp(v) - exp(b)`` written as ``exp(b) * expm1(v - b)``, accurate for ``v ≈ b``."""
+    return np.exp(mean_nll_baseline) * np.expm1(mean_nll_variant - mean_nll_baseline)
+
+
+def paired_window_ppl_diff_ci(
+    variant_nll_sums: npt.ArrayLike,
+    baseline_nll_sums: npt.ArrayLike,
+    token_counts: npt.ArrayLike,
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Perplexity difference ``ppl(variant) - ppl(baseline)`` with a paired window bootstrap.
+
+    Window ``i`` is the same text for both models: ``variant_nll_sums[i]`` and
+    ``baseline_nll_sums[i]`` are their summed NLLs (nats) over its ``token_counts[i]``
+    predicted tokens. Each perplexity is ``exp(sum(nll) / sum(tokens))``. Every bootstrap
+    resample draws one set of window indices and uses it for both models, so the large
+    window-to-window variation in difficulty, which both share, cancels; the interval is
+    far tighter than one built from two separate perplexity intervals. Windows, not tokens,
+    are resampled because tokens within a window are correlated.
+
+    Returns:
+        ``(estimate, low, high)``: the difference on all windows and its percentile
+        interval, in perplexity units (positive = variant worse).
+
+    Raises:
+        ValueError: on length mismatch, empty or non-finite input, any token count
+            ``<= 0``, or invalid ``confidence``/``n_resamples``.
+    """
+    v = _as_1d_finite(variant_nll_sums, "variant_nll_sums")
+    b = _as_1d_finite(baseline_nll_sums, "baseline_nll_sums")
+    t = _as_1d_finite(token_counts, "token_counts")
+    if not v.size == b.size == t.size:
+        raise ValueError(
+            f"length mismatch: {v.size} variant, {b.size} baseline, {t.size} token counts"
+        )
+    if np.any(t <= 0):
+        raise ValueError("token_counts must all be positive")
+    _check_confidence(confidence)
+    _check_n_resamples(n_resamples)
+    total = t.sum()
+    estimate = float(_ppl_diff(v.sum() / total, b.sum() / total))
+    rng = np.random.default_rng(seed)
+    reps_list = []
+    for idx in _resample_indices(rng, v.size, n_resamples):
+        tot = t[idx].sum(axis=1)
+        reps_list.append(_ppl_diff(v[idx].sum(axis=1) / tot, b[idx].sum(axis=1) / tot))
+    reps = np.concatenate(reps_list).astype(np.float64, copy=False)
+    lo, hi = _percentile_interval(reps, confidence)
+    return estimate, lo, hi

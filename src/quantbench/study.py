@@ -23,9 +23,11 @@ from rich.progress import (
 
 from quantbench import __version__
 from quantbench.calibration import SAMPLES_FILE, prepare_calibration
-from quantbench.config import StudyConfig
+from quantbench.config import SchemeEntry, StudyConfig
+from quantbench.corpus import prepare_corpus
 from quantbench.errors import StageFailed, UserError
-from quantbench.executors import get_executor
+from quantbench.evaluate import BASELINE_SCHEMES, EvalPlan, evaluate_variant, plan_evaluation
+from quantbench.executors import Executor, get_executor
 from quantbench.models import inspect_model, resolve_model
 from quantbench.plan import StudyPlan, VariantPlan, build_plan
 from quantbench.preflight import available_memory_bytes, preflight_variants
@@ -59,10 +61,16 @@ def run_study(config: StudyConfig, console: Console, executor: str = "local") ->
         model = resolve_model(config.model, on_status=lambda s: console.print(f"[dim]{s}"))
         for note in model.notes:
             console.print(f"[dim]model: {note}")
+        config = _with_baseline(config, console)
         plan = build_plan(config, model)
+        eval_plan = plan_evaluation(plan, config.evaluation) if config.evaluation.metrics else None
         pending = [v for v in plan.variants if not store.is_done(v.quantize)]
         preflights = _preflight(plan, pending, console)
         calibration = _calibration(plan, pending, store, console)
+        if eval_plan and eval_plan.corpus and not store.is_done(eval_plan.corpus):
+            with console.status("tokenizing the evaluation corpus"):
+                prepare_corpus(store, eval_plan.corpus, config.evaluation.corpus, model)
+        console.print("[bold]quantize")
         with _progress(console) as progress:
             tasks = {
                 v.name: progress.add_task(v.name, total=None, phase="waiting")
@@ -80,6 +88,8 @@ def run_study(config: StudyConfig, console: Console, executor: str = "local") ->
                 )
 
             variants = runner.map(job, list(plan.variants))
+        if eval_plan:
+            variants = _evaluate(plan, eval_plan, variants, store, console, runner)
         results = StudyResults(
             quantbench_version=__version__,
             created_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -90,6 +100,56 @@ def run_study(config: StudyConfig, console: Console, executor: str = "local") ->
         )
         save_results(out, results)
     return results
+
+
+def _with_baseline(config: StudyConfig, console: Console) -> StudyConfig:
+    """Add a bf16 baseline when metrics compare against one and the study lists none."""
+    comparing = {"perplexity", "divergence", "generations"} & set(config.evaluation.metrics)
+    if not comparing or any(e.scheme in BASELINE_SCHEMES for e in config.schemes):
+        return config
+    console.print("[dim]no baseline scheme listed: adding bf16, the reference for comparisons")
+    return config.model_copy(update={"schemes": (SchemeEntry(scheme="bf16"), *config.schemes)})
+
+
+def _evaluate(
+    plan: StudyPlan,
+    eval_plan: EvalPlan,
+    variants: list[VariantResult],
+    store: StageStore,
+    console: Console,
+    runner: Executor,
+) -> list[VariantResult]:
+    by_name = {v.name: v for v in variants}
+    ordered = [v for v in eval_plan.order(plan.variants) if by_name[v.name].status == "ok"]
+    logs = store.root.parent / "logs"
+    console.print(f"[bold]evaluate[/] ({', '.join(eval_plan.config.metrics)})")
+    with _progress(console) as progress:
+        tasks = {v.name: progress.add_task(v.name, total=None, phase="waiting") for v in ordered}
+
+        def job(variant: VariantPlan) -> VariantResult:
+            task = tasks[variant.name]
+
+            def on_progress(phase: str, done: int | None, total: int | None) -> None:
+                if total:
+                    progress.update(task, total=total, completed=done or 0, phase=phase)
+                else:
+                    progress.update(task, phase=phase)
+
+            result = by_name[variant.name]
+            metrics = evaluate_variant(
+                eval_plan, variant, Path(result.artifact_path or ""), store, logs, on_progress
+            )
+            failed = ", ".join(metrics.errors)
+            progress.update(
+                task,
+                total=1,
+                completed=1,
+                phase=f"[red]failed: {failed}" if failed else "done",
+            )
+            return result.model_copy(update={"metrics": metrics})
+
+        evaluated = {v.name: v for v in runner.map(job, ordered)}
+    return [evaluated.get(v.name, v) for v in variants]
 
 
 def _preflight(

@@ -1,49 +1,74 @@
-"""The table printed at the end of `quantbench run` and by `quantbench report`."""
+"""The compact headline table printed at the end of `quantbench run` and by `quantbench report`.
+
+It reads the same cells as results.csv and report.md (`report.headline`), so the figures
+agree; intervals and details are left to report.md to keep the table within a terminal.
+Emulated speed figures carry a `*` and the warning below the table.
+"""
 
 from __future__ import annotations
 
-from rich.table import Table
+from collections.abc import Callable
 
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from quantbench.report.headline import MIB, Cell, HeadlineRow, headline_rows
 from quantbench.results import StudyResults
 
-MIB = float(1 << 20)
-GIB = float(1 << 30)
+EMULATED_NOTE = (
+    "* emulated: transformers decompresses the weights and simulates activation "
+    "quantization, so these speeds say nothing about real low-precision kernels (quantized "
+    "variants look slower than BF16 for that reason). See report.md."
+)
 
 
-def _options_text(options: dict[str, object]) -> str:
-    shown = {k: v for k, v in options.items() if k not in ("ignore", "on_indivisible")}
-    return ", ".join(f"{k}={v}" for k, v in shown.items()) or "–"
+def _speed(cell: Cell, scale: float) -> str:
+    star = "*" if cell.mode == "emulated" else ""
+    return f"{float(cell.value or 0) * scale:,.1f}{star}"
 
 
-def results_table(results: StudyResults) -> Table:
-    baseline = next(
-        (v for v in results.variants if v.scheme in ("bf16", "fp16") and v.disk_bytes), None
-    )
+def _num(fmt: str, scale: float = 1.0) -> Callable[[Cell], str]:
+    return lambda cell: format(float(cell.value or 0) * scale, fmt)
+
+
+COMPACT: tuple[tuple[str, str, Callable[[Cell], str]], ...] = (
+    ("weights", "MiB", _num(",.1f", 1 / MIB)),
+    ("size_ratio", "× base", _num(".2f")),
+    ("ppl", "ppl", _num(".2f")),
+    ("ppl_delta", "Δppl", _num("+.2f")),
+    ("kl_mean", "KL nats/tok", _num(".4f")),
+    ("top1", "top-1 %", _num(".1f", 100)),
+    ("decode_b1", "ms/tok b1", lambda c: _speed(c, 1000)),
+    ("throughput", "tok/s max b", lambda c: _speed(c, 1)),
+    ("exact_match", "gen = %", _num(".0f", 100)),
+    ("quant_wall", "quant s", _num(",.1f")),
+)
+
+
+def _row(row: HeadlineRow, keys: list[tuple[str, str, Callable[[Cell], str]]]) -> list[str]:
+    name = f"{row.name} (base)" if row.is_baseline else row.name
+    cells = [name]
+    for key, _, render in keys:
+        cell = row.cell(key)
+        cells.append("–" if cell.missing else render(cell))
+    failed = row.cell("status").detail
+    status = row.status if not failed else f"{row.status}; failed: {failed}"
+    cells.append(status)
+    return cells
+
+
+def results_table(results: StudyResults) -> RenderableType:
+    rows = headline_rows(results)
+    keys = [c for c in COMPACT if any(not r.cell(c[0]).missing for r in rows)]
     table = Table(title=f"quantbench · {results.model.get('spec')}", title_justify="left")
-    table.add_column("variant", style="bold")
-    table.add_column("scheme")
-    table.add_column("options")
-    table.add_column("weights on disk", justify="right")
-    table.add_column("vs baseline", justify="right")
-    table.add_column("quantize time", justify="right")
-    table.add_column("peak memory", justify="right")
+    table.add_column("variant", no_wrap=True)
+    for _, title, _ in keys:
+        table.add_column(title, justify="right")
     table.add_column("status")
-    for variant in results.variants:
-        size = f"{variant.disk_bytes / MIB:,.1f} MiB" if variant.disk_bytes else "–"
-        ratio = (
-            f"{variant.disk_bytes / baseline.disk_bytes:.2f}×"
-            if baseline and baseline.disk_bytes and variant.disk_bytes
-            else "–"
-        )
-        quant = variant.quantization
-        table.add_row(
-            variant.name,
-            variant.scheme,
-            _options_text(variant.options),
-            size,
-            ratio,
-            f"{quant.wall_s:,.1f} s" if quant else "–",
-            f"{quant.peak_rss_bytes / GIB:.2f} GiB" if quant else "–",
-            "[green]ok" if variant.status == "ok" else f"[red]failed: {variant.error}",
-        )
-    return table
+    for row in rows:
+        table.add_row(*_row(row, keys))
+    emulated = any(
+        v.metrics.speed and v.metrics.speed.execution_mode == "emulated" for v in results.variants
+    )
+    return Group(table, Text(EMULATED_NOTE, style="yellow")) if emulated else table

@@ -1,0 +1,247 @@
+"""Evaluate every variant (the baseline first) in its own worker process.
+
+The parent plans one content-keyed stage per (variant, metric): the key covers the metric's
+config slice, the variant's quantize stage, the corpus, the stages it reads (its own and the
+baseline's) and the backend. Pending stages of one variant run in one worker process that
+loads the artifact once; a metric that fails is recorded with its reason and the others go
+on. Finished stages are never recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from quantbench.config import EvaluationConfig
+from quantbench.corpus import corpus_ref, read_windows
+from quantbench.plan import StudyPlan, VariantPlan, library_versions
+from quantbench.results import VariantMetrics
+from quantbench.store import StageRef, StageStore, content_key
+from quantbench.workers import die_with_parent, emit, failure, run_python_worker
+
+BASELINE_SCHEMES = ("bf16", "fp16")
+EVALUATE_STAGE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    config: EvaluationConfig
+    corpus: StageRef | None
+    baseline: str | None
+    stages: dict[str, dict[str, StageRef]]
+    """variant name → stage name → ref, in execution order."""
+
+    def order(self, variants: tuple[VariantPlan, ...]) -> list[VariantPlan]:
+        """The baseline first: the others read its stages."""
+        return sorted(variants, key=lambda v: v.name != self.baseline)
+
+
+def baseline_name(variants: tuple[VariantPlan, ...]) -> str | None:
+    return next((v.name for v in variants if v.scheme.name in BASELINE_SCHEMES), None)
+
+
+def plan_evaluation(plan: StudyPlan, config: EvaluationConfig) -> EvalPlan:
+    from quantbench.metrics import stages_for
+
+    metrics = stages_for(config.metrics)
+    corpus = corpus_ref(config.corpus, plan.model) if any(m.uses_corpus for m in metrics) else None
+    baseline = baseline_name(plan.variants)
+    versions = library_versions(("torch", "transformers", "compressed-tensors"))
+    backend = {"name": config.backend, "device": config.device, "threads": config.threads}
+    stages: dict[str, dict[str, StageRef]] = {}
+    ordered = sorted(plan.variants, key=lambda v: v.name != baseline)
+    for variant in ordered:
+        own: dict[str, StageRef] = {}
+        for metric in metrics:
+            needs_baseline = bool(metric.baseline_inputs)
+            if needs_baseline and baseline is None:
+                continue
+            baseline_keys: Any = "self"
+            if variant.name != baseline and baseline is not None:
+                baseline_keys = {n: stages[baseline][n].key for n in metric.baseline_inputs}
+            payload = {
+                "stage": metric.name,
+                "v": [EVALUATE_STAGE_VERSION, metric.version],
+                "config": metric.key_config(config),
+                "variant": variant.quantize.key,
+                "backend": backend,
+                "corpus": corpus.key if metric.uses_corpus and corpus else None,
+                "own": {n: own[n].key for n in metric.own_inputs},
+                "baseline": baseline_keys,
+                "versions": versions,
+            }
+            own[metric.name] = StageRef(metric.name, content_key(payload))
+        stages[variant.name] = own
+    return EvalPlan(config, corpus, baseline, stages)
+
+
+def evaluate_variant(
+    eval_plan: EvalPlan,
+    variant: VariantPlan,
+    artifact: Path,
+    store: StageStore,
+    logs: Path,
+    on_progress: Callable[[str, int | None, int | None], None],
+) -> VariantMetrics:
+    refs = eval_plan.stages.get(variant.name, {})
+    pending = [(name, ref.key) for name, ref in refs.items() if not store.is_done(ref)]
+    errors: dict[str, str] = {}
+    if pending:
+        logs.mkdir(parents=True, exist_ok=True)
+        result_path = logs / f"eval-{variant.name}.result.json"
+        result_path.unlink(missing_ok=True)
+        baseline_refs = eval_plan.stages.get(eval_plan.baseline or "", {})
+        request = {
+            "artifact": str(artifact),
+            "variant": variant.name,
+            "is_baseline": variant.name == eval_plan.baseline,
+            "config": eval_plan.config.model_dump(mode="json"),
+            "store_root": str(store.root),
+            "pending": pending,
+            "own_keys": {name: ref.key for name, ref in refs.items()},
+            "baseline_keys": {name: ref.key for name, ref in baseline_refs.items()},
+            "corpus_key": eval_plan.corpus.key if eval_plan.corpus else None,
+            "result_path": str(result_path),
+        }
+
+        def on_event(event: dict[str, Any]) -> None:
+            on_progress(str(event.get("phase", "")), event.get("done"), event.get("total"))
+
+        log_path = logs / f"eval-{variant.name}.log"
+        returncode = run_python_worker(
+            "quantbench.evaluate",
+            request,
+            logs / f"eval-{variant.name}.request.json",
+            log_path,
+            on_event,
+        )
+        if returncode != 0 or not result_path.is_file():
+            reason = str(failure("evaluation", returncode, log_path))
+            errors = {name: reason for name, _ in pending}
+        else:
+            errors = json.loads(result_path.read_text())["errors"]
+    return collect_metrics(refs, store, errors)
+
+
+def collect_metrics(
+    refs: dict[str, StageRef], store: StageStore, errors: dict[str, str]
+) -> VariantMetrics:
+    """Assemble the reported records from finished stage manifests."""
+    from quantbench.metrics import REGISTRY
+
+    records: dict[str, Any] = {}
+    for name, ref in refs.items():
+        if name == "scores" or name not in REGISTRY:
+            continue
+        if store.is_done(ref):
+            records[name] = store.manifest(ref)["record"]
+        elif name not in errors:
+            errors[name] = "not computed (an input stage failed)"
+    reported = {k: v for k, v in errors.items() if k in refs}
+    return VariantMetrics.model_validate({**records, "errors": reported})
+
+
+def _worker_main(request_path: Path) -> None:
+    die_with_parent()
+    request = json.loads(request_path.read_text())
+    from quantbench.backends import get_backend
+    from quantbench.backends.base import Backend, LoadInfo
+    from quantbench.metrics import REGISTRY
+    from quantbench.metrics import _load as load_metric
+    from quantbench.metrics.base import EvalContext
+
+    config = EvaluationConfig.model_validate(request["config"])
+    store = StageStore(Path(request["store_root"]))
+    artifact = Path(request["artifact"])
+    is_baseline = bool(request["is_baseline"])
+    corpus_key = request["corpus_key"]
+    windows = read_windows(store.path(StageRef("corpus", corpus_key))) if corpus_key else None
+    loaded: dict[str, Any] = {}
+    state: dict[str, Any] = {"corpus_key": corpus_key or ""}
+
+    def backend_factory() -> tuple[Backend, LoadInfo]:
+        if "backend" not in loaded:
+            import psutil
+
+            emit("loading")
+            backend = get_backend(config.backend, device=config.device, threads=config.threads)
+            loaded["info"] = backend.load(artifact)
+            loaded["backend"] = backend
+            state["rss_loaded_bytes"] = psutil.Process().memory_info().rss
+        return loaded["backend"], loaded["info"]
+
+    def own_path(name: str) -> Path:
+        return store.path(StageRef(name, request["own_keys"][name]))
+
+    errors: dict[str, str] = {}
+    for name, key in request["pending"]:
+        metric = load_metric(REGISTRY[name])
+        missing = [
+            n for n in metric.own_inputs if not store.is_done(StageRef(n, request["own_keys"][n]))
+        ]
+        own = {n: own_path(n) for n in metric.own_inputs}
+        if is_baseline:
+            baseline = {n: own_path(n) for n in metric.baseline_inputs if n != name}
+        else:
+            baseline = {
+                n: store.path(StageRef(n, request["baseline_keys"][n]))
+                for n in metric.baseline_inputs
+                if n in request["baseline_keys"]
+            }
+            missing += [n for n, p in baseline.items() if not (p / "manifest.json").is_file()]
+            missing += [n for n in metric.baseline_inputs if n not in request["baseline_keys"]]
+        if missing:
+            errors[name] = f"needs {', '.join(sorted(set(missing)))}, which did not finish"
+            continue
+        ref = StageRef(name, key)
+        emit(name)
+
+        def progress(phase: str, done: int, total: int) -> None:
+            emit(phase, done=done, total=total)
+
+        with store.build(ref) as work:
+            context = EvalContext(
+                variant=request["variant"],
+                is_baseline=is_baseline,
+                artifact=artifact,
+                config=config,
+                work=work,
+                own=own,
+                baseline=baseline,
+                windows=windows,
+                progress=progress,
+                backend_factory=backend_factory,
+                state=state,
+            )
+            try:
+                record = metric.compute(context)
+            except Exception as exc:  # one metric failing must not lose the others
+                traceback.print_exc()
+                errors[name] = f"{type(exc).__name__}: {exc}"
+                continue
+            store.commit(
+                ref,
+                work,
+                {
+                    "metric": name,
+                    "variant": request["variant"],
+                    "record": record.model_dump(mode="json"),
+                },
+            )
+    if "backend" in loaded:
+        loaded["backend"].close()
+    result_path = Path(request["result_path"])
+    tmp = result_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"errors": errors}))
+    os.replace(tmp, result_path)
+    emit("done")
+
+
+if __name__ == "__main__":
+    _worker_main(Path(sys.argv[1]))

@@ -1,0 +1,60 @@
+"""What a metric is: a named, cached stage computed for one variant inside its evaluation worker.
+
+A metric declares the stages it reads (its own variant's, e.g. `scores`, and the baseline's,
+e.g. the baseline's `generations`), the slice of the evaluation config that shapes its output
+(part of its content key), and whether it needs the model loaded. `compute` returns a typed
+record (see `quantbench.results`) and may write files into its stage folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from quantbench.backends.base import Backend, LoadInfo
+from quantbench.config import EvaluationConfig
+from quantbench.corpus import Windows
+
+
+@dataclass
+class EvalContext:
+    """Everything a metric may use inside the evaluation worker of one variant."""
+
+    variant: str
+    is_baseline: bool
+    artifact: Path
+    config: EvaluationConfig
+    work: Path
+    """This metric's stage folder under construction (files written here are kept)."""
+    own: dict[str, Path]
+    """Finished stage folders of this variant, by stage name."""
+    baseline: dict[str, Path]
+    """Finished stage folders of the baseline variant, by stage name."""
+    windows: Windows | None
+    progress: Callable[[str, int, int], None]
+    backend_factory: Callable[[], tuple[Backend, LoadInfo]]
+    state: dict[str, Any] = field(default_factory=dict)
+    """Measurements shared between metrics of one worker (e.g. memory after load)."""
+
+    def backend(self) -> tuple[Backend, LoadInfo]:
+        return self.backend_factory()
+
+
+class Metric(Protocol):
+    name: str
+    version: int
+    needs_model: bool
+    uses_corpus: bool
+    own_inputs: tuple[str, ...]
+    baseline_inputs: tuple[str, ...]
+    reported: bool
+
+    def key_config(self, config: EvaluationConfig) -> dict[str, Any]:
+        """The config slice that determines this metric's output."""
+        ...
+
+    def compute(self, ctx: EvalContext) -> BaseModel: ...

@@ -1,0 +1,87 @@
+"""Size on disk (weights and whole artifact, bytes per stored dtype) and resident memory.
+
+Memory is read in the evaluation process, which holds only this variant: after loading plus
+a first forward (compressed-tensors models decompress at the first forward, so memory read
+right after loading would flatter them), and the peak through generation.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import struct
+from pathlib import Path
+from typing import Any
+
+from quantbench.config import EvaluationConfig
+from quantbench.metrics.base import EvalContext
+from quantbench.results import SizeRecord
+from quantbench.store import dir_bytes
+
+_DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
+
+
+def safetensors_bytes_by_dtype(folder: Path) -> dict[str, int]:
+    """Bytes of stored tensors per dtype, read from the safetensors headers (no weights loaded)."""
+    totals: dict[str, int] = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        with open(file, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            begin, end = entry["data_offsets"]
+            dtype = entry["dtype"]
+            totals[dtype] = totals.get(dtype, 0) + (end - begin)
+    return totals
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process so far (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class SizeMetric:
+    name = "size"
+    version = 1
+    needs_model = True
+    uses_corpus = False
+    own_inputs: tuple[str, ...] = ()
+    baseline_inputs: tuple[str, ...] = ()
+    reported = True
+
+    def key_config(self, config: EvaluationConfig) -> dict[str, Any]:
+        return {"after": [m for m in config.metrics if m in ("speed", "generations")]}
+
+    def compute(self, ctx: EvalContext) -> SizeRecord:
+        _, load = ctx.backend()
+        gpu_peak = None
+        if load.device.startswith("cuda"):
+            import torch
+
+            gpu_peak = int(torch.cuda.max_memory_allocated())
+        return SizeRecord(
+            weights_bytes=dir_bytes(ctx.artifact, (".safetensors", ".bin")),
+            artifact_bytes=dir_bytes(ctx.artifact),
+            param_bytes_by_dtype=safetensors_bytes_by_dtype(ctx.artifact),
+            load_s=load.load_s,
+            rss_loaded_bytes=int(ctx.state["rss_loaded_bytes"]),
+            rss_peak_generating_bytes=peak_rss_bytes(),
+            gpu_peak_bytes=gpu_peak,
+            backend=ctx.config.backend,
+            device=load.device,
+        )

@@ -1,0 +1,434 @@
+"""The headline figures of a study: one row per variant, one column per figure.
+
+Every table (CSV, Markdown, terminal, HTML) is built from `HEADLINE_COLUMNS` and
+`headline_rows`, so they all show the same numbers under the same titles. A `Cell` holds a
+figure in base units (bytes, seconds, nats per token, fractions); each column's formatter turns
+it into display units (MiB, ms, %), and its `csv` fields name the base-unit values a
+machine-readable table keeps. A figure whose record is missing is an empty cell, never an error:
+results of a partly failed study must still render.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from quantbench.results import (
+    Interval,
+    SpeedPoint,
+    SpeedRecord,
+    StudyResults,
+    VariantResult,
+)
+
+MIB = float(1 << 20)
+BASELINE_SCHEMES = ("bf16", "fp16")
+
+CellValue = float | int | str | None
+CellAttribute = Literal["value", "low", "high", "mode", "batch", "detail"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One figure of one variant, in base units.
+
+    `low` / `high` bound a confidence interval around `value` (same units); `mode` is the
+    speed record's execution mode ("native" or "emulated") for speed figures; `batch` is the
+    batch size a speed figure was measured at; `detail` is free text (failed metric names).
+    """
+
+    value: CellValue = None
+    low: float | None = None
+    high: float | None = None
+    mode: str | None = None
+    batch: int | None = None
+    detail: str | None = None
+
+    @property
+    def missing(self) -> bool:
+        return self.value is None
+
+
+Extractor = Callable[[VariantResult, VariantResult | None], Cell]
+Formatter = Callable[[Cell], str]
+
+
+@dataclass(frozen=True)
+class HeadlineColumn:
+    """A headline figure: where it comes from, how it reads, and its machine-readable fields.
+
+    `title` carries the display unit; `csv` maps CSV column names (which carry the base unit)
+    to the `Cell` attribute each holds.
+    """
+
+    key: str
+    title: str
+    extract: Extractor
+    format: Formatter
+    csv: tuple[tuple[str, CellAttribute], ...]
+    align: Literal["left", "right"] = "right"
+    speed: bool = False
+
+    def text(self, row: HeadlineRow) -> str:
+        """The display text of this figure for `row`; empty when the figure is missing."""
+        cell = row.cells.get(self.key, Cell())
+        return "" if cell.missing else self.format(cell)
+
+
+@dataclass(frozen=True)
+class HeadlineRow:
+    """The headline figures of one variant, keyed by `HeadlineColumn.key`."""
+
+    name: str
+    scheme: str
+    status: str
+    is_baseline: bool
+    cells: Mapping[str, Cell] = field(default_factory=dict)
+
+    def cell(self, key: str) -> Cell:
+        return self.cells.get(key, Cell())
+
+    def text(self, key: str) -> str:
+        return column(key).text(self)
+
+
+def find_baseline(results: StudyResults) -> VariantResult | None:
+    """The variant every delta is taken against: the first one with scheme bf16 or fp16."""
+    return next((v for v in results.variants if v.scheme in BASELINE_SCHEMES), None)
+
+
+def decimals_for(value: float, significant: int, minimum: int, maximum: int = 6) -> int:
+    """Decimal places that show `significant` digits of `value`, but at least `minimum`.
+
+    Keeps small figures (a Δppl of 0.004, a KL of 0.0012) from rounding to zero while large
+    ones keep a fixed, readable precision.
+    """
+    if value == 0 or not math.isfinite(value):
+        return minimum
+    magnitude = math.floor(math.log10(abs(value)))
+    return max(minimum, min(maximum, significant - 1 - magnitude))
+
+
+def format_number(value: float, significant: int = 3, minimum: int = 2, sign: bool = False) -> str:
+    places = decimals_for(value, significant, minimum)
+    return f"{value:+,.{places}f}" if sign else f"{value:,.{places}f}"
+
+
+def format_interval(
+    cell: Cell, significant: int = 3, minimum: int = 2, sign: bool = False, scale: float = 1.0
+) -> str:
+    """`estimate [low, high]` with one precision for all three, chosen from the estimate."""
+    assert isinstance(cell.value, int | float)
+    value = float(cell.value) * scale
+    places = decimals_for(value, significant, minimum)
+    spec = f"{'+' if sign else ''},.{places}f"
+    text = format(value, spec)
+    if cell.low is not None and cell.high is not None:
+        text += f" [{format(cell.low * scale, spec)}, {format(cell.high * scale, spec)}]"
+    return text
+
+
+def _interval_cell(interval: Interval | None) -> Cell:
+    if interval is None:
+        return Cell()
+    return Cell(interval.estimate, low=interval.low, high=interval.high)
+
+
+def weights_bytes(variant: VariantResult) -> int | None:
+    """Bytes of the weight files: the size metric's reading, else the quantizer's."""
+    size = variant.metrics.size
+    return size.weights_bytes if size is not None else variant.disk_bytes
+
+
+def _speed_point(speed: SpeedRecord | None, batch: int | None) -> SpeedPoint | None:
+    """The point at batch size `batch`, or at the largest batch size when `batch` is None."""
+    if speed is None or not speed.points:
+        return None
+    if batch is None:
+        return max(speed.points, key=lambda p: p.batch_size)
+    return next((p for p in speed.points if p.batch_size == batch), None)
+
+
+def _variant(variant: VariantResult, baseline: VariantResult | None) -> Cell:
+    return Cell(variant.name, detail="baseline" if variant is baseline else None)
+
+
+def _scheme(variant: VariantResult, _: VariantResult | None) -> Cell:
+    return Cell(variant.scheme)
+
+
+def _status(variant: VariantResult, _: VariantResult | None) -> Cell:
+    failed = ", ".join(variant.metrics.errors) or None
+    return Cell(variant.status, detail=failed)
+
+
+def _weights(variant: VariantResult, _: VariantResult | None) -> Cell:
+    return Cell(weights_bytes(variant))
+
+
+def _size_ratio(variant: VariantResult, baseline: VariantResult | None) -> Cell:
+    own = weights_bytes(variant)
+    base = weights_bytes(baseline) if baseline is not None else None
+    if own is None or not base:
+        return Cell()
+    return Cell(own / base)
+
+
+def _rss_loaded(variant: VariantResult, _: VariantResult | None) -> Cell:
+    size = variant.metrics.size
+    return Cell(size.rss_loaded_bytes if size is not None else None)
+
+
+def _ppl(variant: VariantResult, _: VariantResult | None) -> Cell:
+    ppl = variant.metrics.perplexity
+    return _interval_cell(ppl.perplexity if ppl is not None else None)
+
+
+def _ppl_delta(variant: VariantResult, _: VariantResult | None) -> Cell:
+    ppl = variant.metrics.perplexity
+    return _interval_cell(ppl.delta_vs_baseline if ppl is not None else None)
+
+
+def _kl_mean(variant: VariantResult, _: VariantResult | None) -> Cell:
+    div = variant.metrics.divergence
+    return _interval_cell(div.kl_mean if div is not None else None)
+
+
+def _kl_p99(variant: VariantResult, _: VariantResult | None) -> Cell:
+    div = variant.metrics.divergence
+    return Cell(div.kl_p99 if div is not None else None)
+
+
+def _top1(variant: VariantResult, _: VariantResult | None) -> Cell:
+    div = variant.metrics.divergence
+    return _interval_cell(div.top1_agreement if div is not None else None)
+
+
+def _decode(variant: VariantResult, _: VariantResult | None) -> Cell:
+    speed = variant.metrics.speed
+    point = _speed_point(speed, 1)
+    if speed is None or point is None:
+        return Cell()
+    return Cell(point.tpot_s.median, mode=speed.execution_mode, batch=point.batch_size)
+
+
+def _ttft(variant: VariantResult, _: VariantResult | None) -> Cell:
+    speed = variant.metrics.speed
+    point = _speed_point(speed, 1)
+    if speed is None or point is None:
+        return Cell()
+    return Cell(point.ttft_s.median, mode=speed.execution_mode, batch=point.batch_size)
+
+
+def _throughput(variant: VariantResult, _: VariantResult | None) -> Cell:
+    speed = variant.metrics.speed
+    point = _speed_point(speed, None)
+    if speed is None or point is None:
+        return Cell()
+    return Cell(point.throughput_tok_s.median, mode=speed.execution_mode, batch=point.batch_size)
+
+
+def _speed_mode(variant: VariantResult, _: VariantResult | None) -> Cell:
+    speed = variant.metrics.speed
+    return Cell(speed.execution_mode if speed is not None else None)
+
+
+def _exact_match(variant: VariantResult, _: VariantResult | None) -> Cell:
+    gen = variant.metrics.generations
+    return Cell(gen.exact_match_rate if gen is not None else None)
+
+
+def _rouge(variant: VariantResult, _: VariantResult | None) -> Cell:
+    gen = variant.metrics.generations
+    return Cell(gen.rouge_l_mean if gen is not None else None)
+
+
+def _quant_wall(variant: VariantResult, _: VariantResult | None) -> Cell:
+    quant = variant.quantization
+    return Cell(quant.wall_s if quant is not None else None)
+
+
+def _num(cell: Cell) -> float:
+    assert isinstance(cell.value, int | float)
+    return float(cell.value)
+
+
+def _plain(cell: Cell) -> str:
+    return str(cell.value)
+
+
+def _variant_text(cell: Cell) -> str:
+    return f"{cell.value} ({cell.detail})" if cell.detail else str(cell.value)
+
+
+def _status_text(cell: Cell) -> str:
+    return f"{cell.value}; failed: {cell.detail}" if cell.detail else str(cell.value)
+
+
+def _mode_suffix(cell: Cell) -> str:
+    return f" ({cell.mode})" if cell.mode else ""
+
+
+def _ms_text(cell: Cell) -> str:
+    return f"{format_number(_num(cell) * 1000, significant=3, minimum=1)} ms{_mode_suffix(cell)}"
+
+
+def _throughput_text(cell: Cell) -> str:
+    where = f" @ batch {cell.batch}" if cell.batch is not None else ""
+    return f"{_num(cell):,.1f} tok/s{where}{_mode_suffix(cell)}"
+
+
+HEADLINE_COLUMNS: tuple[HeadlineColumn, ...] = (
+    HeadlineColumn(
+        "variant", "variant", _variant, _variant_text, (("variant", "value"),), align="left"
+    ),
+    HeadlineColumn("scheme", "scheme", _scheme, _plain, (("scheme", "value"),), align="left"),
+    HeadlineColumn(
+        "status",
+        "status",
+        _status,
+        _status_text,
+        (("status", "value"), ("failed_metrics", "detail")),
+        align="left",
+    ),
+    HeadlineColumn(
+        "weights",
+        "weights (MiB)",
+        _weights,
+        lambda c: f"{_num(c) / MIB:,.1f}",
+        (("weights_bytes", "value"),),
+    ),
+    HeadlineColumn(
+        "size_ratio",
+        "size vs baseline (×)",
+        _size_ratio,
+        lambda c: f"{_num(c):.2f}×",
+        (("size_ratio", "value"),),
+    ),
+    HeadlineColumn(
+        "rss_loaded",
+        "RSS loaded (MiB)",
+        _rss_loaded,
+        lambda c: f"{_num(c) / MIB:,.1f}",
+        (("rss_loaded_bytes", "value"),),
+    ),
+    HeadlineColumn(
+        "ppl",
+        "perplexity [95% CI]",
+        _ppl,
+        lambda c: format_interval(c, significant=3, minimum=2),
+        (("ppl", "value"), ("ppl_ci_low", "low"), ("ppl_ci_high", "high")),
+    ),
+    HeadlineColumn(
+        "ppl_delta",
+        "Δppl vs baseline [95% CI]",
+        _ppl_delta,
+        lambda c: format_interval(c, significant=2, minimum=2, sign=True),
+        (("ppl_delta", "value"), ("ppl_delta_ci_low", "low"), ("ppl_delta_ci_high", "high")),
+    ),
+    HeadlineColumn(
+        "kl_mean",
+        "KL mean (nats/token) [95% CI]",
+        _kl_mean,
+        lambda c: format_interval(c, significant=3, minimum=3),
+        (("kl_mean", "value"), ("kl_mean_ci_low", "low"), ("kl_mean_ci_high", "high")),
+    ),
+    HeadlineColumn(
+        "kl_p99",
+        "KL p99 (nats/token)",
+        _kl_p99,
+        lambda c: format_number(_num(c), significant=3, minimum=3),
+        (("kl_p99", "value"),),
+    ),
+    HeadlineColumn(
+        "top1",
+        "top-1 agreement (%) [95% CI]",
+        _top1,
+        lambda c: format_interval(c, significant=3, minimum=1, scale=100.0),
+        (
+            ("top1_agreement", "value"),
+            ("top1_agreement_ci_low", "low"),
+            ("top1_agreement_ci_high", "high"),
+        ),
+    ),
+    HeadlineColumn(
+        "decode_b1",
+        "decode @ batch 1 (ms/token)",
+        _decode,
+        _ms_text,
+        (("decode_tpot_s_b1", "value"),),
+        speed=True,
+    ),
+    HeadlineColumn(
+        "ttft_b1",
+        "TTFT @ batch 1 (ms)",
+        _ttft,
+        _ms_text,
+        (("ttft_s_b1", "value"),),
+        speed=True,
+    ),
+    HeadlineColumn(
+        "throughput",
+        "throughput @ largest batch (tok/s)",
+        _throughput,
+        _throughput_text,
+        (("throughput_tok_s", "value"), ("throughput_batch_size", "batch")),
+        speed=True,
+    ),
+    HeadlineColumn(
+        "speed_mode",
+        "speed execution",
+        _speed_mode,
+        _plain,
+        (("speed_execution_mode", "value"),),
+        align="left",
+    ),
+    HeadlineColumn(
+        "exact_match",
+        "generations exact match (%)",
+        _exact_match,
+        lambda c: f"{_num(c) * 100:.1f}",
+        (("generations_exact_match", "value"),),
+    ),
+    HeadlineColumn(
+        "rouge_l",
+        "ROUGE-L mean",
+        _rouge,
+        lambda c: f"{_num(c):.3f}",
+        (("rouge_l_mean", "value"),),
+    ),
+    HeadlineColumn(
+        "quant_wall",
+        "quantization (s)",
+        _quant_wall,
+        lambda c: f"{_num(c):,.1f}",
+        (("quantize_wall_s", "value"),),
+    ),
+)
+
+_BY_KEY: dict[str, HeadlineColumn] = {c.key: c for c in HEADLINE_COLUMNS}
+
+
+def column(key: str) -> HeadlineColumn:
+    """The headline column named `key` (KeyError if there is none)."""
+    return _BY_KEY[key]
+
+
+def headline_rows(results: StudyResults) -> list[HeadlineRow]:
+    """One row per variant, in study order, with every headline figure extracted.
+
+    Pure: reads only the saved records, so any report can be rebuilt from `results.json`.
+    """
+    baseline = find_baseline(results)
+    return [
+        HeadlineRow(
+            name=variant.name,
+            scheme=variant.scheme,
+            status=variant.status,
+            is_baseline=variant is baseline,
+            cells={c.key: c.extract(variant, baseline) for c in HEADLINE_COLUMNS},
+        )
+        for variant in results.variants
+    ]

@@ -1,0 +1,127 @@
+"""Run a quantbench module as a child process and follow it.
+
+Quantization and evaluation each run in a fresh Python process: llm-compressor keeps global
+state, peak-memory figures must belong to one variant, and a crash must not take the study
+down. The child reads a JSON request, prints JSON progress events on stdout and writes its
+result file last; its whole output is kept in a log. Killing the parent kills the child
+(it asks Linux for SIGKILL on parent death), and an interrupted parent kills the child's
+process group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, TextIO
+
+from quantbench.errors import StageFailed
+
+
+def _pump(
+    stream: IO[bytes], log: TextIO, on_line: Callable[[str], None], lock: threading.Lock
+) -> None:
+    buffer = ""
+    while True:
+        chunk = stream.read1(4096) if hasattr(stream, "read1") else stream.read(4096)
+        if not chunk:
+            break
+        text = chunk.decode(errors="replace")
+        buffer += text
+        parts = re.split(r"[\r\n]", buffer)
+        buffer = parts.pop()
+        for part in parts:
+            if part:
+                on_line(part)
+        with lock:
+            log.write(text)
+            log.flush()
+    if buffer:
+        on_line(buffer)
+
+
+def run_python_worker(
+    module: str,
+    request: dict[str, Any],
+    request_path: Path,
+    log_path: Path,
+    on_event: Callable[[dict[str, Any]], None],
+    on_stderr: Callable[[str], None] = lambda _: None,
+) -> int:
+    """Run `python -m module request_path` to completion; return its exit status."""
+    request_path.write_text(json.dumps(request, indent=2))
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    lock = threading.Lock()
+
+    def on_stdout(line: str) -> None:
+        if line.startswith("{"):
+            with contextlib.suppress(json.JSONDecodeError):
+                on_event(json.loads(line))
+
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", module, str(request_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+        assert process.stdout is not None and process.stderr is not None
+        readers = [
+            threading.Thread(
+                target=_pump, args=(process.stdout, log, on_stdout, lock), daemon=True
+            ),
+            threading.Thread(
+                target=_pump, args=(process.stderr, log, on_stderr, lock), daemon=True
+            ),
+        ]
+        for reader in readers:
+            reader.start()
+        try:
+            returncode = process.wait()
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
+        for reader in readers:
+            reader.join(timeout=5)
+    return returncode
+
+
+def failure(what: str, returncode: int, log_path: Path) -> StageFailed:
+    """A StageFailed naming the most telling line of the child's log."""
+    tail = (
+        log_path.read_text(errors="replace").strip().splitlines()[-15:] if log_path.exists() else []
+    )
+    reason = next(
+        (line for line in reversed(tail) if "Error" in line or "error" in line),
+        tail[-1] if tail else f"exit code {returncode}",
+    )
+    return StageFailed(f"{what} failed (exit code {returncode}): {reason.strip()}", str(log_path))
+
+
+def emit(event: str, **fields: Any) -> None:
+    """Child side: one JSON progress event on stdout."""
+    print(json.dumps({"phase": event, **fields}), flush=True)
+
+
+def die_with_parent() -> None:
+    """Child side: ask Linux to SIGKILL this process when its parent dies (no orphans)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)

@@ -1,0 +1,145 @@
+"""Evaluation on a tiny random model: every metric, checked against independent float64 math."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from rich.console import Console
+
+from conftest import run_cli
+from quantbench import evaluate as evaluate_module
+from quantbench.config import load_study_config
+from quantbench.corpus import read_windows
+from quantbench.results import load_results
+from quantbench.study import run_study
+
+VOCAB = 400  # the tiny tokenizer's size: top_k = vocab makes the stored reference exact
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("eval")
+    study = {
+        "model": str(tiny_model),
+        "schemes": ["bf16", "fp8-dynamic", {"scheme": "w4a16-gptq", "group_size": 32}],
+        "calibration": {"num_samples": 8, "seq_len": 64},
+        "evaluation": {
+            "corpus": {
+                "window": 64,
+                "stride": 48,
+                "max_tokens": 400,
+                "top_k": VOCAB,
+                "exact_check_tokens": 40,
+            },
+            "speed": {"prompt_tokens": 8, "output_tokens": 4, "batch_sizes": [1, 2], "repeats": 5},
+            "generations": {"max_new_tokens": 8},
+        },
+        "out": str(root / "out"),
+    }
+    (root / "study.yaml").write_text(yaml.safe_dump(study))
+    result = run_cli("run", "--config", str(root / "study.yaml"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "emulated" in result.stdout
+    return root
+
+
+def _float64_logprobs(artifact: Path, windows: list[list[int]]) -> list[np.ndarray]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(artifact).eval()
+    out = []
+    with torch.inference_mode():
+        for window in windows:
+            logits = model(torch.tensor([window])).logits[0].double()
+            out.append(torch.log_softmax(logits, dim=-1)[:-1].numpy())
+    return out
+
+
+def test_every_metric_is_recorded_for_every_variant(evaluated: Path) -> None:
+    results = load_results(evaluated / "out")
+    for variant in results.variants:
+        metrics = variant.metrics
+        assert not metrics.errors, metrics.errors
+        assert metrics.size and metrics.perplexity and metrics.divergence
+        assert metrics.speed and metrics.generations
+        assert metrics.generations.n_prompts == 48
+        assert [p.batch_size for p in metrics.speed.points] == [1, 2]
+        assert all(p.ttft_s.n == 5 for p in metrics.speed.points)
+    hashes = {v.metrics.perplexity.tokens_sha256 for v in results.variants if v.metrics.perplexity}
+    assert len(hashes) == 1
+
+
+def test_baseline_is_zero_divergence_and_native(evaluated: Path) -> None:
+    baseline = load_results(evaluated / "out").variant("bf16").metrics
+    assert baseline.divergence and baseline.divergence.kl_mean.estimate == 0.0
+    assert baseline.divergence.top1_agreement.estimate == 1.0
+    assert baseline.speed and baseline.speed.execution_mode == "native"
+    assert baseline.generations and baseline.generations.exact_match_rate == 1.0
+
+
+def test_quantized_speed_is_labelled_emulated(evaluated: Path) -> None:
+    for name in ("fp8-dynamic", "w4a16-gptq-g32"):
+        speed = load_results(evaluated / "out").variant(name).metrics.speed
+        assert speed and speed.execution_mode == "emulated"
+        assert "emulat" in speed.detail or "decompress" in speed.detail
+
+
+def test_perplexity_and_kl_match_an_independent_float64_reference(evaluated: Path) -> None:
+    results = load_results(evaluated / "out")
+    corpus_key = results.variant("bf16").metrics.perplexity.corpus_key  # type: ignore[union-attr]
+    windows = read_windows(evaluated / "out" / "stages" / "corpus" / corpus_key)
+    assert windows.score_from[1] == 64 - 1 - 48  # overlapping windows skip their context
+    reference: dict[str, Any] = {}
+    for variant in results.variants:
+        logprobs = _float64_logprobs(Path(variant.artifact_path or ""), windows.windows)
+        reference[variant.name] = logprobs
+        nll = []
+        for lp, window, skip in zip(logprobs, windows.windows, windows.score_from, strict=True):
+            targets = np.array(window[1:])
+            nll.append(-lp[np.arange(len(targets)), targets][skip:])
+        expected_nll = float(np.concatenate(nll).mean())
+        record = variant.metrics.perplexity
+        assert record and record.n_tokens == 400
+        assert record.nll_mean == pytest.approx(expected_nll, rel=2e-4)
+        assert record.perplexity.estimate == pytest.approx(np.exp(expected_nll), rel=2e-4)
+        assert record.perplexity.low < record.perplexity.estimate < record.perplexity.high
+    base = reference["bf16"]
+    for name in ("fp8-dynamic", "w4a16-gptq-g32"):
+        kls, agree = [], []
+        for p, q, skip in zip(base, reference[name], windows.score_from, strict=True):
+            p, q = p[skip:], q[skip:]
+            kls.append((np.exp(p) * (p - q)).sum(axis=1))
+            agree.append(p.argmax(axis=1) == q.argmax(axis=1))
+        record = results.variant(name).metrics.divergence
+        assert record is not None
+        assert record.kl_mean.estimate == pytest.approx(
+            float(np.concatenate(kls).mean()), rel=0.02, abs=1e-6
+        )
+        assert record.top1_agreement.estimate == pytest.approx(
+            float(np.concatenate(agree).mean()), abs=0.01
+        )
+        assert record.approximation["check_tokens"] == 40
+        assert record.approximation["max_abs_error"] < 1e-4  # top_k = vocab: exact
+
+
+def test_rerun_evaluates_nothing(evaluated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_worker(*args: Any, **kwargs: Any) -> int:
+        raise AssertionError("a finished evaluation must not start a worker")
+
+    monkeypatch.setattr(evaluate_module, "run_python_worker", no_worker)
+    config = load_study_config(evaluated / "study.yaml")
+    results = run_study(config, Console(file=io.StringIO()))
+    assert results.variant("fp8-dynamic").metrics.divergence is not None
+
+
+def test_results_json_keeps_per_prompt_generations(evaluated: Path) -> None:
+    data = json.loads((evaluated / "out" / "results.json").read_text())
+    items = data["variants"][1]["metrics"]["generations"]["items"]
+    assert {"id", "category", "text", "exact_match", "rouge_l", "first_diff"} <= set(items[0])
