@@ -55,6 +55,8 @@ class WindowScores:
     """float32 (n_targets, k): log-probabilities of `topk_ids`, non-increasing along k."""
     full_logprobs: np.ndarray | None
     """float32 (n_targets, vocab) when requested (exactness checks), else None (it is large)."""
+    gathered_logprobs: np.ndarray | None = None
+    """float32 (n_targets, g): log-probs at the ids asked for in `gather_ids`, else None."""
 
 
 @dataclass(frozen=True)
@@ -91,10 +93,16 @@ class Backend(Protocol):
         ...
 
     def score_windows(
-        self, windows: Sequence[Sequence[int]], top_k: int, full_vocab_for: int = 0
+        self,
+        windows: Sequence[Sequence[int]],
+        top_k: int,
+        full_vocab_for: int = 0,
+        gather_ids: Sequence[np.ndarray] | None = None,
     ) -> Iterator[WindowScores]:
         """One WindowScores per window, in order; full-vocab log-probs for the first
-        `full_vocab_for` windows only."""
+        `full_vocab_for` windows only; with `gather_ids` (one int array of shape
+        (n_targets, g) per window), the log-probs at those ids (how a variant is compared
+        with the baseline's stored top-k without materializing its full distribution)."""
         ...
 
     def generate(

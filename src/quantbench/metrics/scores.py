@@ -90,41 +90,62 @@ class ScoresStage:
         check_exact: list[np.ndarray] = []
         check_approx: list[np.ndarray] = []
         check_left = corpus.exact_check_tokens
-        offset = 0
+        counts = [
+            len(w) - 1 - skip for w, skip in zip(windows.windows, windows.score_from, strict=True)
+        ]
+        starts = np.concatenate([[0], np.cumsum(counts)]).astype(int)
+        full_for = (
+            int(np.searchsorted(starts[1:], check_left, side="left")) + 1 if check_left else 0
+        )
+        gather = None
+        if not reference.building:
+            # A variant needs only its argmax, its log-probs at the baseline's top-k ids, and
+            # its full distribution for the few tokens of the exactness check.
+            gather = []
+            ref_ids_all = reference.take("topk_ids", 0, int(starts[-1]))
+            for index, (window, skip) in enumerate(
+                zip(windows.windows, windows.score_from, strict=True)
+            ):
+                ids = np.zeros((len(window) - 1, ref_ids_all.shape[1]), dtype=np.int64)
+                ids[skip:] = ref_ids_all[starts[index] : starts[index + 1]]
+                gather.append(ids)
+        top_k = corpus.top_k if reference.building else 1
         total = len(windows.windows)
         started = time.perf_counter()
-        # A variant needs only its argmax: its KL terms are gathered from its full distribution.
-        top_k = corpus.top_k if reference.building else 1
-        scored = backend.score_windows(windows.windows, top_k, full_vocab_for=total)
+        scored = backend.score_windows(
+            windows.windows, top_k, full_vocab_for=full_for, gather_ids=gather
+        )
         for index, scores in enumerate(scored):
             skip = windows.score_from[index]
+            offset, count = int(starts[index]), counts[index]
             token_lp = scores.token_logprobs[skip:]
             full = scores.full_logprobs[skip:] if scores.full_logprobs is not None else None
-            assert full is not None, "the backend must return full log-probs when asked"
-            count = len(token_lp)
             if reference.building:
-                reference.parts["topk_ids"].append(scores.topk_ids[skip:])
-                reference.parts["topk_logprobs"].append(scores.topk_logprobs[skip:])
-                reference.parts["token_logprobs"].append(token_lp)
                 ref_ids, ref_lp, ref_token_lp = (
                     scores.topk_ids[skip:],
                     scores.topk_logprobs[skip:],
                     token_lp,
                 )
-                if check_left > 0:
+                at_ref_ids = ref_lp
+                reference.parts["topk_ids"].append(ref_ids)
+                reference.parts["topk_logprobs"].append(ref_lp)
+                reference.parts["token_logprobs"].append(token_lp)
+                if check_left > 0 and full is not None:
                     reference.parts["check_full"].append(full[:check_left].copy())
-                ref_full = full[:check_left] if check_left > 0 else None
+                ref_full = full[:check_left] if check_left > 0 and full is not None else None
             else:
+                assert scores.gathered_logprobs is not None
                 ref_ids = reference.take("topk_ids", offset, offset + count)
                 ref_lp = reference.take("topk_logprobs", offset, offset + count)
                 ref_token_lp = reference.take("token_logprobs", offset, offset + count)
+                at_ref_ids = scores.gathered_logprobs[skip:]
                 ref_full = (
                     reference.take("check_full", offset, offset + min(check_left, count))
                     if check_left > 0 and "check_full" in (reference.arrays or {})
                     else None
                 )
-            kl = stats.kl_topk_tail_from_full(ref_ids, ref_lp, full)
-            if ref_full is not None and len(ref_full):
+            kl = stats.kl_topk_tail(ref_lp, at_ref_ids)
+            if ref_full is not None and len(ref_full) and full is not None:
                 m = len(ref_full)
                 check_exact.append(stats.kl_divergence_per_token(ref_full, full[:m]))
                 check_approx.append(kl[:m])
@@ -136,8 +157,8 @@ class ScoresStage:
                 np.exp(token_lp.astype(np.float64)) - np.exp(ref_token_lp.astype(np.float64))
             )
             outputs["window_index"].append(np.full(count, index, dtype=np.int32))
-            offset += count
             ctx.progress("scoring", index + 1, total)
+        offset = int(starts[-1])
         pass_s = time.perf_counter() - started
         arrays = {name: np.concatenate(parts) for name, parts in outputs.items()}
         np.savez(ctx.work / SCORES_FILE, **arrays)  # type: ignore[arg-type]
