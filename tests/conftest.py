@@ -124,3 +124,36 @@ def run_cli(
 def read_json(path: Path) -> dict[str, object]:
     data: dict[str, object] = json.loads(path.read_text())
     return data
+
+
+VOCAB = 400  # the tiny tokenizer's size: top_k = vocab makes the stored reference exact
+
+
+@pytest.fixture(scope="session")
+def evaluated(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished study with every metric on the tiny model (about a minute, shared)."""
+    import yaml
+
+    root = tmp_path_factory.mktemp("eval")
+    study = {
+        "model": str(tiny_model),
+        "schemes": ["bf16", "fp8-dynamic", {"scheme": "w4a16-gptq", "group_size": 32}],
+        "calibration": {"num_samples": 8, "seq_len": 64},
+        "evaluation": {
+            "corpus": {
+                "window": 64,
+                "stride": 48,
+                "max_tokens": 400,
+                "top_k": VOCAB,
+                "exact_check_tokens": 40,
+            },
+            "speed": {"prompt_tokens": 8, "output_tokens": 4, "batch_sizes": [1, 2], "repeats": 5},
+            "generations": {"max_new_tokens": 8},
+        },
+        "out": str(root / "out"),
+    }
+    (root / "study.yaml").write_text(yaml.safe_dump(study))
+    result = run_cli("run", "--config", str(root / "study.yaml"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "emulated" in result.stdout
+    return root

@@ -9,44 +9,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 from rich.console import Console
 
-from conftest import run_cli
 from quantbench import evaluate as evaluate_module
 from quantbench.config import load_study_config
 from quantbench.corpus import read_windows
 from quantbench.results import load_results
 from quantbench.study import run_study
-
-VOCAB = 400  # the tiny tokenizer's size: top_k = vocab makes the stored reference exact
-
-
-@pytest.fixture(scope="module")
-def evaluated(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("eval")
-    study = {
-        "model": str(tiny_model),
-        "schemes": ["bf16", "fp8-dynamic", {"scheme": "w4a16-gptq", "group_size": 32}],
-        "calibration": {"num_samples": 8, "seq_len": 64},
-        "evaluation": {
-            "corpus": {
-                "window": 64,
-                "stride": 48,
-                "max_tokens": 400,
-                "top_k": VOCAB,
-                "exact_check_tokens": 40,
-            },
-            "speed": {"prompt_tokens": 8, "output_tokens": 4, "batch_sizes": [1, 2], "repeats": 5},
-            "generations": {"max_new_tokens": 8},
-        },
-        "out": str(root / "out"),
-    }
-    (root / "study.yaml").write_text(yaml.safe_dump(study))
-    result = run_cli("run", "--config", str(root / "study.yaml"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "emulated" in result.stdout
-    return root
 
 
 def _float64_logprobs(artifact: Path, windows: list[list[int]]) -> list[np.ndarray]:

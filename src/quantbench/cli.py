@@ -25,6 +25,15 @@ app = typer.Typer(
 )
 
 
+MaxKL = Annotated[float | None, typer.Option(help="acceptable mean KL vs the baseline, nats/token")]
+MaxPplIncrease = Annotated[
+    str | None, typer.Option(help="acceptable perplexity increase, percent (e.g. 2%)")
+]
+MaxAccuracyDrop = Annotated[
+    float | None, typer.Option(help="acceptable task accuracy drop, points")
+]
+
+
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks for errors")] = False,
@@ -71,6 +80,9 @@ def run(
         str | None, typer.Option(help="generation prompts: 'builtin' or a .jsonl file")
     ] = None,
     device: Annotated[str | None, typer.Option(help="evaluation device: auto, cpu, cuda")] = None,
+    max_kl: MaxKL = None,
+    max_ppl_increase: MaxPplIncrease = None,
+    max_accuracy_drop: MaxAccuracyDrop = None,
     executor: Annotated[str, typer.Option(help="where variants run: local")] = "local",
 ) -> None:
     """Quantize the model with every scheme of the study and write OUT/results.json."""
@@ -88,6 +100,7 @@ def run(
             "seq_len": calibration_seq_len,
             "seed": seed,
         },
+        "decision": _decision(max_kl, max_ppl_increase, max_accuracy_drop),
         "evaluation": {
             "metrics": metrics,
             "device": device,
@@ -125,16 +138,75 @@ def list_schemes() -> None:
     Console().print(table)
 
 
+def _decision(
+    max_kl: float | None, max_ppl_increase: str | None, max_accuracy_drop: float | None
+) -> dict[str, float | None]:
+    increase = None
+    if max_ppl_increase is not None:
+        try:
+            increase = float(max_ppl_increase.strip().rstrip("%"))
+        except ValueError:
+            raise UserError(
+                f"--max-ppl-increase takes a percentage like 2 or 2%, not '{max_ppl_increase}'"
+            ) from None
+    return {
+        "max_kl": max_kl,
+        "max_ppl_increase_pct": increase,
+        "max_accuracy_drop": max_accuracy_drop,
+    }
+
+
 @app.command()
-def report(out: Annotated[Path, typer.Argument(help="a study's output folder")]) -> None:
-    """Rebuild results.csv and report.md and print the table, from saved results only."""
+def report(
+    out: Annotated[Path, typer.Argument(help="a study's output folder")],
+    max_kl: MaxKL = None,
+    max_ppl_increase: MaxPplIncrease = None,
+    max_accuracy_drop: MaxAccuracyDrop = None,
+) -> None:
+    """Rebuild results.csv, report.md, report.html and model cards from saved results only.
+
+    Constraint flags recompute the recommendation (the saved study's own constraints
+    apply where a flag is not given)."""
+    from quantbench.recommend import recommend
     from quantbench.report.terminal import results_table
-    from quantbench.results import load_results, save_results
+    from quantbench.results import Constraints, load_results, save_results
 
     results = load_results(out)
+    saved = dict(results.config.get("decision") or {})
+    flags = _decision(max_kl, max_ppl_increase, max_accuracy_drop)
+    constraints = Constraints(**{**saved, **{k: v for k, v in flags.items() if v is not None}})
+    results = results.model_copy(update={"recommendation": recommend(results, constraints)})
     save_results(out, results)
     _stdout().print(results_table(results))
-    Console(stderr=True).print(f"wrote {out / 'results.csv'} and {out / 'report.md'}")
+    Console(stderr=True).print(f"wrote results.csv, report.md, report.html in {out}")
+
+
+@app.command()
+def compare(
+    studies: Annotated[list[Path], typer.Argument(help="two or more study output folders")],
+    out: Annotated[Path, typer.Option(help="where the merged report goes")] = Path(
+        "quantbench-compare"
+    ),
+    max_kl: MaxKL = None,
+    max_ppl_increase: MaxPplIncrease = None,
+) -> None:
+    """Put the variants of several studies in one report (comparable metrics only)."""
+    from quantbench.compare import compare_studies
+    from quantbench.recommend import recommend
+    from quantbench.report.terminal import results_table
+    from quantbench.results import Constraints, save_results
+    from quantbench.store import ensure_writable_dir
+
+    merged = compare_studies(studies)
+    constraints = Constraints(**_decision(max_kl, max_ppl_increase, None))
+    merged = merged.model_copy(update={"recommendation": recommend(merged, constraints)})
+    ensure_writable_dir(out)
+    save_results(out, merged, model_cards=False)
+    err = Console(stderr=True)
+    for note in merged.notes:
+        err.print(f"[yellow]note:[/] {note}")
+    _stdout().print(results_table(merged))
+    err.print(f"wrote results.json, results.csv, report.md, report.html in {out}")
 
 
 def _stdout() -> Console:

@@ -137,6 +137,14 @@ class EvaluationConfig(_Strict):
         return value
 
 
+class DecisionConfig(_Strict):
+    """Constraints that define an acceptable variant for the recommendation."""
+
+    max_kl: float | None = Field(default=None, ge=0, description="nats/token")
+    max_ppl_increase_pct: float | None = Field(default=None, ge=0, description="percent")
+    max_accuracy_drop: float | None = Field(default=None, ge=0, description="points")
+
+
 class StudyConfig(_Strict):
     """Everything that defines a study; flags on the command line override the file."""
 
@@ -146,6 +154,7 @@ class StudyConfig(_Strict):
     )
     calibration: CalibrationConfig = CalibrationConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    decision: DecisionConfig = DecisionConfig()
     out: Path = DEFAULT_OUT
 
     @field_validator("schemes", mode="before")

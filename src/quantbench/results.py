@@ -16,8 +16,6 @@ from quantbench.store import write_json_atomic
 
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
-CSV_FILE = "results.csv"
-MARKDOWN_FILE = "report.md"
 
 
 class _Record(BaseModel):
@@ -193,6 +191,53 @@ class CalibrationRecord(_Record):
     samples_sha256: str
 
 
+class Constraints(_Record):
+    """What makes a variant acceptable; None means the constraint is not applied."""
+
+    max_kl: float | None = Field(
+        default=None, description="mean KL(baseline ‖ variant), nats/token"
+    )
+    max_ppl_increase_pct: float | None = Field(
+        default=None, description="perplexity increase over the baseline, percent"
+    )
+    max_accuracy_drop: float | None = Field(
+        default=None, description="task accuracy drop vs the baseline, percentage points"
+    )
+
+
+class VariantVerdict(_Record):
+    variant: str
+    acceptable: bool
+    broken: list[str] = Field(
+        default_factory=list, description="each constraint this variant breaks, with its values"
+    )
+    unknown: list[str] = Field(
+        default_factory=list, description="constraints that could not be checked (metric missing)"
+    )
+
+
+class ObjectiveChoice(_Record):
+    objective: Literal["smallest on disk", "lowest latency", "highest throughput"]
+    variant: str | None = Field(description="the best acceptable variant, or None")
+    value: float | None = None
+    unit: str = ""
+    judged: bool = Field(
+        default=True, description="False when the figures cannot decide (e.g. emulated speed)"
+    )
+    reason: str = Field(description="one sentence a person can read")
+
+
+class Recommendation(_Record):
+    constraints: Constraints
+    quality_metric: str = Field(description="the quality axis of the Pareto fronts")
+    verdicts: list[VariantVerdict]
+    choices: list[ObjectiveChoice]
+    pareto_size_quality: list[str] = Field(description="variants on the (size, quality) front")
+    pareto_speed_quality: list[str] = Field(description="variants on the (speed, quality) front")
+    speed_judged: bool = Field(description="False when speed figures are emulated")
+    summary: str
+
+
 class StudyResults(_Record):
     schema_version: int = SCHEMA_VERSION
     quantbench_version: str
@@ -201,6 +246,14 @@ class StudyResults(_Record):
     config: dict[str, Any]
     calibration: CalibrationRecord | None = None
     variants: list[VariantResult]
+    recommendation: Recommendation | None = None
+    provenance: dict[str, Any] = Field(
+        default_factory=dict,
+        description="versions, machine, seeds, hashes of inputs, the resolved config",
+    )
+    notes: list[str] = Field(
+        default_factory=list, description="caveats a reader must see (e.g. metrics left out)"
+    )
 
     def variant(self, name: str) -> VariantResult:
         for variant in self.variants:
@@ -209,15 +262,13 @@ class StudyResults(_Record):
         raise KeyError(name)
 
 
-def save_results(out: Path, results: StudyResults) -> Path:
-    """Write results.json, then the files derived from it (results.csv, report.md)."""
-    from quantbench.report.csv_table import write_csv
-    from quantbench.report.markdown import write_markdown
+def save_results(out: Path, results: StudyResults, model_cards: bool = True) -> Path:
+    """Write results.json, then every file derived from it (see `report.files`)."""
+    from quantbench.report.files import write_reports
 
     path = out / RESULTS_FILE
     write_json_atomic(path, results.model_dump(mode="json"))
-    write_csv(results, out / CSV_FILE)
-    write_markdown(results, out / MARKDOWN_FILE)
+    write_reports(out, results, model_cards=model_cards)
     return path
 
 

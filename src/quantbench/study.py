@@ -35,6 +35,7 @@ from quantbench.quantize import ARTIFACT_DIR, run_worker
 from quantbench.quantize import Progress as WorkerProgress
 from quantbench.results import (
     CalibrationRecord,
+    Constraints,
     QuantizationRecord,
     StudyResults,
     VariantResult,
@@ -98,8 +99,45 @@ def run_study(config: StudyConfig, console: Console, executor: str = "local") ->
             calibration=calibration,
             variants=variants,
         )
+        results = _finalize(results, config, store, eval_plan)
         save_results(out, results)
     return results
+
+
+def _finalize(
+    results: StudyResults, config: StudyConfig, store: StageStore, eval_plan: EvalPlan | None
+) -> StudyResults:
+    """Add the provenance block and the recommendation under the configured constraints."""
+    from quantbench import provenance
+    from quantbench.recommend import recommend
+
+    inputs: dict[str, Any] = {}
+    if results.calibration:
+        inputs["calibration"] = results.calibration.model_dump()
+    if eval_plan and eval_plan.corpus and store.is_done(eval_plan.corpus):
+        manifest = store.manifest(eval_plan.corpus)
+        inputs["corpus"] = {
+            key: manifest[key]
+            for key in (
+                "source",
+                "source_identity",
+                "tokens_sha256",
+                "n_targets",
+                "window",
+                "stride",
+            )
+        }
+    prompts = {
+        (g.suite, g.suite_sha256)
+        for v in results.variants
+        if (g := v.metrics.generations) is not None
+    }
+    if prompts:
+        inputs["prompts"] = [{"suite": suite, "sha256": digest} for suite, digest in prompts]
+    seeds = {"calibration": config.calibration.seed, "bootstrap": config.evaluation.seed}
+    block = provenance.collect(config.model_dump(mode="json"), results.model, inputs, seeds)
+    recommendation = recommend(results, Constraints(**config.decision.model_dump()))
+    return results.model_copy(update={"provenance": block, "recommendation": recommendation})
 
 
 def _with_baseline(config: StudyConfig, console: Console) -> StudyConfig:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from quantbench.recommend import describe_constraints, format_value
 from quantbench.report.headline import (
     HEADLINE_COLUMNS,
     MIB,
@@ -28,6 +29,7 @@ from quantbench.results import (
     Interval,
     PerplexityRecord,
     QuantizationRecord,
+    Recommendation,
     SizeRecord,
     SpeedRecord,
     Spread,
@@ -186,6 +188,72 @@ def render_headline_table(results: StudyResults) -> str:
         [[c.text(row) for c in HEADLINE_COLUMNS] for row in rows],
         [c.align for c in HEADLINE_COLUMNS],
     )
+
+
+_QUALITY_NAMES = {
+    "kl_mean": "mean KL(baseline ‖ variant), nats/token",
+    "perplexity": "perplexity",
+}
+
+
+def render_recommendation(rec: Recommendation) -> str:
+    """The "## Recommendation" section: constraints, the pick per objective, every variant's
+    verdict and the Pareto fronts, all read from the saved `Recommendation`."""
+    constraints = describe_constraints(rec.constraints) or "none set"
+    lines = [
+        "## Recommendation",
+        "",
+        f"Constraints: {escape_cell(constraints)}. A constraint whose metric is missing counts "
+        "as not met.",
+        "",
+        f"**{escape_cell(rec.summary)}**",
+        "",
+    ]
+    rows = [
+        [
+            choice.objective,
+            choice.variant or ("not judged" if not choice.judged else "none"),
+            format_value(choice.value, choice.unit),
+            choice.reason,
+        ]
+        for choice in rec.choices
+    ]
+    if rows:
+        aligns: list[Align] = ["left", "left", "right", "left"]
+        lines += [_table(["objective", "variant", "value", "reason"], rows, aligns), ""]
+    lines += ["Verdicts:", ""]
+    for verdict in rec.verdicts:
+        name = f"**{escape_cell(verdict.variant)}**"
+        if verdict.acceptable:
+            lines.append(f"- {name}: acceptable")
+            continue
+        parts = []
+        if verdict.broken:
+            parts.append("breaks " + "; ".join(escape_cell(b) for b in verdict.broken))
+        if verdict.unknown:
+            parts.append(
+                "cannot be checked (not acceptable): "
+                + "; ".join(escape_cell(u) for u in verdict.unknown)
+            )
+        lines.append(f"- {name}: " + ("; ".join(parts) or "not acceptable"))
+    quality = _QUALITY_NAMES.get(rec.quality_metric, rec.quality_metric)
+    lines += [
+        "",
+        f"Pareto fronts (lower is better on both axes; quality = {escape_cell(quality)}), "
+        "over ok variants that have both figures:",
+        "",
+        "- weights on disk vs quality: " + _front_text(rec.pareto_size_quality),
+    ]
+    if rec.speed_judged:
+        speed_front = _front_text(rec.pareto_speed_quality)
+    else:
+        speed_front = "not drawn: the speed figures are emulated"
+    lines += [f"- decode time per token at batch 1 vs quality: {speed_front}", ""]
+    return "\n".join(lines)
+
+
+def _front_text(names: Sequence[str]) -> str:
+    return ", ".join(escape_cell(n) for n in names) or "no variant has both figures"
 
 
 def _problems(results: StudyResults) -> list[str]:
@@ -436,9 +504,10 @@ def render_markdown(results: StudyResults) -> str:
         "",
         render_headline_table(results),
         "",
-        "## Variants",
-        "",
     ]
+    if results.recommendation is not None:
+        lines += [render_recommendation(results.recommendation), ""]
+    lines += ["## Variants", ""]
     for variant in results.variants:
         lines += _variant_section(variant, baseline)
     lines += _generations_section(results, baseline)

@@ -1,0 +1,97 @@
+"""Put the variants of several finished studies into one report.
+
+Only saved results are read. Metrics are compared only where they are comparable: perplexity
+and divergence need the same evaluated tokens (same corpus, windows and tokenizer, checked by
+the hash of the token ids), generations need the same prompt suite. Metrics that are not
+comparable are left out of the merged report, and a note says which and why.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+
+from quantbench import __version__
+from quantbench.errors import UserError
+from quantbench.results import StudyResults, VariantResult, load_results
+
+
+def _labels(outs: list[Path]) -> list[str]:
+    labels: list[str] = []
+    for out in outs:
+        label = out.resolve().name or str(out)
+        while label in labels:
+            label += "'"
+        labels.append(label)
+    return labels
+
+
+def _distinct(values: list[str | None]) -> bool:
+    present = {v for v in values if v is not None}
+    return len(present) > 1
+
+
+def compare_studies(outs: list[Path]) -> StudyResults:
+    if len(outs) < 2:
+        raise UserError("compare needs at least two study folders")
+    studies = [load_results(out) for out in outs]
+    labels = _labels(outs)
+    notes: list[str] = []
+    token_hashes = [
+        next((v.metrics.perplexity.tokens_sha256 for v in s.variants if v.metrics.perplexity), None)
+        for s in studies
+    ]
+    prompt_hashes = [
+        next(
+            (v.metrics.generations.suite_sha256 for v in s.variants if v.metrics.generations), None
+        )
+        for s in studies
+    ]
+    drop: set[str] = set()
+    if _distinct(token_hashes):
+        drop |= {"perplexity", "divergence"}
+        notes.append(
+            "perplexity and divergence are not compared: the studies scored different tokens "
+            "(another corpus, window setting or tokenizer)"
+        )
+    if _distinct(prompt_hashes):
+        drop.add("generations")
+        notes.append("generations are not compared: the studies used different prompt suites")
+    speed_settings = {
+        (v.metrics.speed.backend, v.metrics.speed.device)
+        for s in studies
+        for v in s.variants
+        if v.metrics.speed
+    }
+    if len(speed_settings) > 1:
+        notes.append(
+            "speed was measured with different backends or devices: "
+            + ", ".join(f"{b} on {d}" for b, d in sorted(speed_settings))
+        )
+    variants: list[VariantResult] = []
+    for label, study in zip(labels, studies, strict=True):
+        for variant in study.variants:
+            metrics = variant.metrics.model_copy(update={name: None for name in drop})
+            variants.append(
+                variant.model_copy(update={"name": f"{label}/{variant.name}", "metrics": metrics})
+            )
+    specs = list(dict.fromkeys(str(s.model.get("spec")) for s in studies))
+    return StudyResults(
+        quantbench_version=__version__,
+        created_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        model={"spec": " vs ".join(specs), "compared": [str(o) for o in outs]},
+        config={"compare": [str(o) for o in outs]},
+        variants=variants,
+        provenance={
+            "compared_studies": [
+                {
+                    "path": str(out),
+                    "label": label,
+                    "created_at": s.created_at,
+                    "provenance": s.provenance,
+                }
+                for out, label, s in zip(outs, labels, studies, strict=True)
+            ]
+        },
+        notes=notes,
+    )

@@ -1,0 +1,151 @@
+"""A Hugging Face model card (README.md) in every artifact folder, from saved results only.
+
+It says what the scheme is, how the artifact was made (recipe, calibration data, options
+actually used), what was measured against the baseline (with intervals and the execution
+mode of speed figures), and how to serve it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from quantbench.models import BUILTIN_MODELS
+from quantbench.report.headline import find_baseline
+from quantbench.results import StudyResults, VariantResult
+from quantbench.schemes import REGISTRY, get_scheme
+from quantbench.store import write_text_atomic
+
+CARD_FILE = "README.md"
+BUILTIN_HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+
+def _base_model(results: StudyResults) -> str:
+    spec = str(results.model.get("spec", ""))
+    return BUILTIN_HUB_IDS.get(spec, spec)
+
+
+def _measured(variant: VariantResult, baseline: VariantResult | None) -> list[str]:
+    metrics = variant.metrics
+    lines = []
+    if metrics.size:
+        size = metrics.size
+        ratio = ""
+        if baseline and baseline.metrics.size:
+            ratio = (
+                f" ({size.weights_bytes / baseline.metrics.size.weights_bytes:.2f}× the baseline)"
+            )
+        lines.append(f"| weights on disk | {size.weights_bytes / 2**20:,.1f} MiB{ratio} |")
+        lines.append(f"| resident memory after load | {size.rss_loaded_bytes / 2**20:,.0f} MiB |")
+    if metrics.perplexity:
+        p = metrics.perplexity
+        text = f"{p.perplexity.estimate:.3f} [{p.perplexity.low:.3f}, {p.perplexity.high:.3f}]"
+        if p.delta_vs_baseline:
+            delta = p.delta_vs_baseline
+            text += f"; vs baseline {delta.estimate:+.3f} [{delta.low:+.3f}, {delta.high:+.3f}]"
+        lines.append(f"| perplexity ({p.corpus}, {p.n_tokens:,} tokens) | {text} |")
+    if metrics.divergence:
+        d = metrics.divergence
+        lines.append(
+            f"| KL(baseline ‖ this), nats/token | mean {d.kl_mean.estimate:.4f} "
+            f"[{d.kl_mean.low:.4f}, {d.kl_mean.high:.4f}], p99 {d.kl_p99:.4f} |"
+        )
+        lines.append(f"| top-1 agreement with baseline | {100 * d.top1_agreement.estimate:.1f}% |")
+    if metrics.speed and metrics.speed.points:
+        s = metrics.speed
+        point = s.points[0]
+        where = f"{s.backend} on {s.device}, **{s.execution_mode}**"
+        decode = f"{1000 * point.tpot_s.median:.1f} ms/token"
+        lines.append(f"| decode, batch {point.batch_size} ({where}) | {decode} |")
+    generations = metrics.generations
+    if generations is not None and generations.exact_match_rate is not None:
+        g = generations
+        rate = generations.exact_match_rate
+        lines.append(
+            f"| greedy generations identical to baseline | {100 * rate:.0f}% of "
+            f"{g.n_prompts} prompts (ROUGE-L {g.rouge_l_mean or 0:.3f}) |"
+        )
+    return lines
+
+
+def render_card(results: StudyResults, variant: VariantResult) -> str:
+    scheme = get_scheme(variant.scheme) if variant.scheme in REGISTRY else None
+    base = _base_model(results)
+    baseline = find_baseline(results)
+    front = {
+        "base_model": base,
+        "library_name": "transformers",
+        "pipeline_tag": "text-generation",
+        "tags": ["quantbench", "compressed-tensors", variant.scheme],
+    }
+    calibration = results.calibration
+    made = [f"- scheme: `{variant.scheme}`" + (f": {scheme.description}" if scheme else "")]
+    if variant.options:
+        made.append(
+            "- options used: " + ", ".join(f"`{k}={v}`" for k, v in variant.options.items())
+        )
+    made += [f"- pre-flight decision: {d}" for d in variant.decisions]
+    if variant.needs_calibration and calibration:
+        made.append(
+            f"- calibration: {calibration.num_samples} samples of up to {calibration.seq_len} "
+            f"tokens from `{calibration.source}` (seed {calibration.seed}, "
+            f"{calibration.total_tokens:,} tokens)"
+        )
+    if scheme is None or scheme.quantizes:
+        made.append("- recipe: `recipe.yaml` in this folder (llm-compressor `oneshot`)")
+    else:
+        made.append("- unquantized: the baseline's weights saved as they are")
+    if results.model.get("spec") in BUILTIN_MODELS:
+        made.append(f"- baseline note: {BUILTIN_MODELS[str(results.model['spec'])].note}")
+    measured = _measured(variant, baseline)
+    hardware = scheme.native_hardware if scheme else "see quantbench schemes"
+    parts = [
+        "---",
+        yaml.safe_dump(front, sort_keys=False).strip(),
+        "---",
+        "",
+        f"# {base} · {variant.name}",
+        "",
+        f"Made by quantbench {results.quantbench_version} on {results.created_at}.",
+        "",
+        "## How it was made",
+        "",
+        *made,
+        "",
+        "## Measured against the baseline",
+        "",
+    ]
+    if measured:
+        parts += ["| figure | value [95% CI] |", "|---|---|", *measured, ""]
+        if variant.metrics.speed and variant.metrics.speed.execution_mode == "emulated":
+            parts += [
+                "Speed was measured *emulated* (weights decompressed, activation quantization "
+                "simulated): it says nothing about real low-precision kernels.",
+                "",
+            ]
+    else:
+        parts += ["Not evaluated in this study.", ""]
+    parts += [
+        "## How to serve it",
+        "",
+        "```bash",
+        f"vllm serve {variant.artifact_path}",
+        "```",
+        "",
+        f"Native kernels: {hardware}.",
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def write_model_cards(results: StudyResults) -> list[Path]:
+    written = []
+    for variant in results.variants:
+        if variant.status != "ok" or not variant.artifact_path:
+            continue
+        folder = Path(variant.artifact_path)
+        if folder.is_dir():
+            write_text_atomic(folder / CARD_FILE, render_card(results, variant))
+            written.append(folder / CARD_FILE)
+    return written

@@ -1,0 +1,561 @@
+"""Plots of a study as inline SVG text, for the HTML report.
+
+Built on `matplotlib.figure.Figure` with an Agg canvas attached per figure, never pyplot, so no
+global figure state is created or leaked and any backend the caller chose stays untouched. Each
+function returns the `<svg …>` element as text (no XML prolog, no metadata, text kept as SVG
+`<text>` so the file stays small), or None when no variant has the figures the plot needs: a
+plot is never drawn with empty axes.
+
+The quality axis is the one the recommendation used (mean KL(baseline ‖ variant) when every ok
+variant has it, the baseline's being 0, else perplexity), and the Pareto fronts are the
+recommendation's when one was computed, so the plots agree with the recommendation section.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from quantbench.report.headline import MIB, find_baseline, weights_bytes
+from quantbench.results import StudyResults, VariantResult
+from quantbench.stats import pareto_front
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+BarMetric = Literal["perplexity", "kl_mean", "top1_agreement", "decode_ms"]
+BAR_METRICS: tuple[BarMetric, ...] = ("perplexity", "kl_mean", "top1_agreement", "decode_ms")
+QualityMetric = Literal["kl_mean", "perplexity"]
+
+EMULATED_LABEL = "emulated (not real kernels)"
+NATIVE_LABEL = "native kernels"
+EMULATED_SUBTITLE = "Warning: hollow points are emulated speed, not real low-precision kernels"
+EMULATED_BAR_SUBTITLE = "Warning: hatched bars are emulated speed, not real low-precision kernels"
+QUALITY_LABELS: dict[str, str] = {
+    "kl_mean": "mean KL(baseline ‖ variant), nats/token",
+    "perplexity": "perplexity",
+}
+
+# Colour-blind friendly (Okabe–Ito), one per variant in study order, the same in every plot.
+PALETTE = (
+    "#0072B2",
+    "#D55E00",
+    "#009E73",
+    "#CC79A7",
+    "#E69F00",
+    "#56B4E9",
+    "#8C564B",
+    "#000000",
+    "#F0E442",
+)
+FRONT_COLOR = "#333333"
+WARN_COLOR = "#9A5B00"
+FIGSIZE = (7.0, 4.4)
+
+_METADATA = re.compile(r"<metadata>.*?</metadata>\s*", re.DOTALL)
+_ID = re.compile(r'\bid="([^"]+)"')
+
+
+@dataclass(frozen=True)
+class _Point:
+    """One variant's figures: x and y with optional error bars (as interval bounds)."""
+
+    name: str
+    color: str
+    x: float
+    y: float
+    x_low: float | None = None
+    x_high: float | None = None
+    y_low: float | None = None
+    y_high: float | None = None
+    emulated: bool = False
+
+
+@dataclass(frozen=True)
+class _Bar:
+    name: str
+    color: str
+    value: float
+    low: float | None
+    high: float | None
+    emulated: bool = False
+
+
+Figures = tuple[float, float | None, float | None]
+"""A figure with the bounds of its interval (or None, None)."""
+
+
+# --------------------------------------------------------------------------------------
+# Figures read from the records
+# --------------------------------------------------------------------------------------
+
+
+def _colors(results: StudyResults) -> dict[str, str]:
+    return {v.name: PALETTE[i % len(PALETTE)] for i, v in enumerate(results.variants)}
+
+
+def _finite(*values: float | None) -> bool:
+    return all(v is None or math.isfinite(v) for v in values)
+
+
+def _kl(variant: VariantResult, baseline: VariantResult | None) -> Figures | None:
+    div = variant.metrics.divergence
+    if div is not None:
+        return div.kl_mean.estimate, div.kl_mean.low, div.kl_mean.high
+    return (0.0, None, None) if variant is baseline else None
+
+
+def _ppl(variant: VariantResult) -> Figures | None:
+    ppl = variant.metrics.perplexity
+    if ppl is None:
+        return None
+    return ppl.perplexity.estimate, ppl.perplexity.low, ppl.perplexity.high
+
+
+def _ok(results: StudyResults) -> list[VariantResult]:
+    return [v for v in results.variants if v.status == "ok"]
+
+
+def quality_metric(results: StudyResults) -> QualityMetric:
+    """The quality axis: the recommendation's, else KL when every ok variant has it."""
+    rec = results.recommendation
+    if rec is not None and rec.quality_metric in ("kl_mean", "perplexity"):
+        return "kl_mean" if rec.quality_metric == "kl_mean" else "perplexity"
+    baseline = find_baseline(results)
+    ok = _ok(results)
+    kls = [_kl(v, baseline) for v in ok]
+    if ok and all(k is not None and _finite(k[0]) for k in kls):
+        return "kl_mean"
+    return "perplexity"
+
+
+def _quality_getter(results: StudyResults) -> Callable[[VariantResult], Figures | None]:
+    baseline = find_baseline(results)
+    if quality_metric(results) == "kl_mean":
+        return lambda v: _kl(v, baseline)
+    return _ppl
+
+
+def _decode_b1(variant: VariantResult) -> tuple[float, float, bool] | None:
+    """Median and p90 decode seconds per token at batch 1, and whether it is emulated."""
+    speed = variant.metrics.speed
+    if speed is None:
+        return None
+    point = next((p for p in speed.points if p.batch_size == 1), None)
+    if point is None:
+        return None
+    return point.tpot_s.median, point.tpot_s.p90, speed.execution_mode == "emulated"
+
+
+# --------------------------------------------------------------------------------------
+# Figure plumbing
+# --------------------------------------------------------------------------------------
+
+
+def _figure() -> tuple[Figure, Axes]:
+    """A fresh figure on its own Agg canvas; nothing registered with pyplot."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=FIGSIZE, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.grid(True, color="#dddddd", linewidth=0.6)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    return fig, ax
+
+
+def _to_svg(fig: Figure, salt: str, label: str) -> str:
+    """The figure as an `<svg>` element: no prolog, no metadata, ids unique to `salt`."""
+    import matplotlib
+
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.hashsalt": f"quantbench-{salt}", "svg.fonttype": "none"}):
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    text = buf.getvalue()
+    text = _METADATA.sub("", text[text.index("<svg") :]).strip()
+    text = _scope_ids(text, f"qb-{salt}-")
+    label = label.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
+    return text.replace("<svg ", f'<svg class="plot" role="img" aria-label="{label}" ', 1)
+
+
+def _scope_ids(svg: str, prefix: str) -> str:
+    """Prefix every element id (and each `#id` reference to it) not already under `qb-`.
+
+    Matplotlib numbers its groups per figure (`figure_1`, `axes_1`, …), so several plots
+    inlined in one page would otherwise repeat ids.
+    """
+    ids = {i for i in _ID.findall(svg) if not i.startswith("qb-")}
+    if not ids:
+        return svg
+
+    def scoped(match: re.Match[str]) -> str:
+        name = match.group(2)
+        return f"{match.group(1)}{prefix}{name}{match.group(3)}" if name in ids else match.group(0)
+
+    svg = re.sub(r'(\bid=")([^"]+)(")', scoped, svg)
+    svg = re.sub(r'(href="#)([^"]+)(")', scoped, svg)
+    return re.sub(r"(url\(#)([^)]+)(\))", scoped, svg)
+
+
+def _errors(
+    values: Sequence[float], lows: Sequence[float | None], highs: Sequence[float | None]
+) -> list[list[float]]:
+    """Asymmetric error-bar lengths for matplotlib (2 × n), 0 where a bound is missing."""
+    below = [
+        max(0.0, v - lo) if lo is not None else 0.0 for v, lo in zip(values, lows, strict=True)
+    ]
+    above = [
+        max(0.0, hi - v) if hi is not None else 0.0 for v, hi in zip(values, highs, strict=True)
+    ]
+    return [below, above]
+
+
+def _scatter(ax: Axes, points: Sequence[_Point], plot: str) -> None:
+    """One labelled point per variant with its error bars; emulated points hollow.
+
+    Each point's marker is an SVG group with id `qb-<plot>-data-<i>`, so a check of the
+    rendered page can tell drawn data from empty axes.
+    """
+    for i, p in enumerate(points):
+        xerr = (
+            _errors([p.x], [p.x_low], [p.x_high])
+            if p.x_low is not None or p.x_high is not None
+            else None
+        )
+        yerr = (
+            _errors([p.y], [p.y_low], [p.y_high])
+            if p.y_low is not None or p.y_high is not None
+            else None
+        )
+        container = ax.errorbar(
+            [p.x],
+            [p.y],
+            xerr=xerr,
+            yerr=yerr,
+            fmt="o",
+            markersize=8,
+            markeredgewidth=1.8,
+            color=p.color,
+            markerfacecolor="white" if p.emulated else p.color,
+            ecolor=p.color,
+            elinewidth=1.2,
+            capsize=3,
+            zorder=4,
+        )
+        if container.lines[0] is not None:
+            container.lines[0].set_gid(f"qb-{plot}-data-{i}")
+        ax.annotate(
+            p.name,
+            (p.x, p.y),
+            xytext=(7, 6),
+            textcoords="offset points",
+            fontsize=9,
+            color="#222222",
+            zorder=5,
+        )
+    ax.margins(x=0.18, y=0.15)
+
+
+def _front(ax: Axes, points: Sequence[_Point], names: Sequence[str], plot: str) -> bool:
+    """Draw the Pareto front through the named points (a step line, rings); False if none."""
+    on_front = sorted((p for p in points if p.name in set(names)), key=lambda p: (p.x, p.y))
+    if not on_front:
+        return False
+    xs = [p.x for p in on_front]
+    ys = [p.y for p in on_front]
+    (step,) = ax.step(
+        xs, ys, where="post", color=FRONT_COLOR, linestyle="--", linewidth=1.2, zorder=2
+    )
+    step.set_gid(f"qb-{plot}-front")
+    ax.scatter(xs, ys, s=260, facecolors="none", edgecolors=FRONT_COLOR, linewidths=1.3, zorder=3)
+    return True
+
+
+def _computed_front(points: Sequence[_Point]) -> list[str]:
+    return [points[i].name for i in pareto_front([(p.x, p.y) for p in points])]
+
+
+def _legend(ax: Axes, front: bool, native: bool, emulated: bool) -> None:
+    from matplotlib.lines import Line2D
+
+    handles = []
+    if front:
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color=FRONT_COLOR,
+                linestyle="--",
+                marker="o",
+                markersize=12,
+                markerfacecolor="none",
+                label="Pareto front (lower-left is better)",
+            )
+        )
+    if native and emulated:
+        handles.append(
+            Line2D([], [], color="#555555", marker="o", linestyle="none", label=NATIVE_LABEL)
+        )
+    if emulated:
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color="#555555",
+                marker="o",
+                markerfacecolor="white",
+                markeredgewidth=1.8,
+                linestyle="none",
+                label=EMULATED_LABEL,
+            )
+        )
+    if handles:
+        ax.legend(handles=handles, loc="best", fontsize=8.5, framealpha=0.9)
+
+
+# --------------------------------------------------------------------------------------
+# Plots
+# --------------------------------------------------------------------------------------
+
+
+def size_vs_quality(results: StudyResults) -> str | None:
+    """Weights on disk (MiB) against quality, the (size, quality) Pareto front drawn.
+
+    None when no ok variant has both a size and the quality figure.
+    """
+    colors = _colors(results)
+    quality = _quality_getter(results)
+    points: list[_Point] = []
+    for variant in _ok(results):
+        size = weights_bytes(variant)
+        q = quality(variant)
+        if size is None or q is None or not _finite(q[0], q[1], q[2]):
+            continue
+        points.append(
+            _Point(variant.name, colors[variant.name], size / MIB, q[0], y_low=q[1], y_high=q[2])
+        )
+    if not points:
+        return None
+    rec = results.recommendation
+    names = rec.pareto_size_quality if rec is not None else _computed_front(points)
+    metric = quality_metric(results)
+    fig, ax = _figure()
+    front = _front(ax, points, names, "size-quality")
+    _scatter(ax, points, "size-quality")
+    _legend(ax, front, native=False, emulated=False)
+    ax.set_title("Weights on disk vs quality", loc="left", fontsize=11, fontweight="bold")
+    ax.set_xlabel("weights on disk (MiB)")
+    ax.set_ylabel(f"{QUALITY_LABELS[metric]}\n(lower is better)")
+    return _to_svg(fig, "size-quality", "Weights on disk against quality, one point per variant")
+
+
+def speed_vs_quality(results: StudyResults) -> str | None:
+    """Decode time per token at batch 1 (ms) against quality; emulated points hollow.
+
+    The front is drawn only when speed can be judged (no emulated figure), as in the
+    recommendation. None when no ok variant has both figures.
+    """
+    colors = _colors(results)
+    quality = _quality_getter(results)
+    points: list[_Point] = []
+    for variant in _ok(results):
+        decode = _decode_b1(variant)
+        q = quality(variant)
+        if decode is None or q is None or not _finite(decode[0], decode[1], *q):
+            continue
+        median, p90, emulated = decode
+        points.append(
+            _Point(
+                variant.name,
+                colors[variant.name],
+                median * 1000,
+                q[0],
+                x_low=None,
+                x_high=p90 * 1000,
+                y_low=q[1],
+                y_high=q[2],
+                emulated=emulated,
+            )
+        )
+    if not points:
+        return None
+    any_emulated = any(p.emulated for p in points)
+    rec = results.recommendation
+    if rec is not None:
+        names: Sequence[str] = rec.pareto_speed_quality if rec.speed_judged else []
+    else:
+        names = [] if any_emulated else _computed_front(points)
+    metric = quality_metric(results)
+    fig, ax = _figure()
+    front = _front(ax, points, names, "speed-quality")
+    _scatter(ax, points, "speed-quality")
+    _legend(ax, front, native=any(not p.emulated for p in points), emulated=any_emulated)
+    title = "Decode speed vs quality"
+    if any_emulated:
+        fig.suptitle(title, x=0.02, ha="left", fontsize=11, fontweight="bold")
+        ax.set_title(EMULATED_SUBTITLE, loc="left", fontsize=8.5, color=WARN_COLOR)
+    else:
+        ax.set_title(title, loc="left", fontsize=11, fontweight="bold")
+    ax.set_xlabel("decode time per token at batch 1, median (ms); whisker to p90")
+    ax.set_ylabel(f"{QUALITY_LABELS[metric]}\n(lower is better)")
+    return _to_svg(fig, "speed-quality", "Decode time per token against quality")
+
+
+@dataclass(frozen=True)
+class _BarSpec:
+    title: str
+    ylabel: str
+    read: Callable[[VariantResult], tuple[float, float | None, float | None, bool] | None]
+    text: Callable[[float], str]
+
+
+def _ppl_bar(v: VariantResult) -> tuple[float, float | None, float | None, bool] | None:
+    ppl = v.metrics.perplexity
+    if ppl is None:
+        return None
+    return ppl.perplexity.estimate, ppl.perplexity.low, ppl.perplexity.high, False
+
+
+def _kl_bar(v: VariantResult) -> tuple[float, float | None, float | None, bool] | None:
+    div = v.metrics.divergence
+    if div is None:
+        return None
+    return div.kl_mean.estimate, div.kl_mean.low, div.kl_mean.high, False
+
+
+def _top1_bar(v: VariantResult) -> tuple[float, float | None, float | None, bool] | None:
+    div = v.metrics.divergence
+    if div is None:
+        return None
+    top1 = div.top1_agreement
+    return top1.estimate * 100, top1.low * 100, top1.high * 100, False
+
+
+def _decode_bar(v: VariantResult) -> tuple[float, float | None, float | None, bool] | None:
+    decode = _decode_b1(v)
+    if decode is None:
+        return None
+    median, p90, emulated = decode
+    return median * 1000, None, p90 * 1000, emulated
+
+
+_BARS: dict[BarMetric, _BarSpec] = {
+    "perplexity": _BarSpec(
+        "Perplexity", "perplexity, 95% CI (lower is better)", _ppl_bar, lambda x: f"{x:.2f}"
+    ),
+    "kl_mean": _BarSpec(
+        "Mean KL(baseline ‖ variant)",
+        "nats/token, 95% CI (lower is better)",
+        _kl_bar,
+        lambda x: f"{x:.4f}" if abs(x) < 0.1 else f"{x:.3f}",
+    ),
+    "top1_agreement": _BarSpec(
+        "Top-1 agreement with the baseline",
+        "% of tokens, 95% CI (higher is better)",
+        _top1_bar,
+        lambda x: f"{x:.1f}%",
+    ),
+    "decode_ms": _BarSpec(
+        "Decode time per token at batch 1",
+        "ms/token, median; whisker to p90",
+        _decode_bar,
+        lambda x: f"{x:.1f} ms",
+    ),
+}
+
+
+def bar_title(metric: BarMetric) -> str:
+    """The title of `metric_bars(results, metric)`; KeyError for an unknown metric."""
+    return _BARS[metric].title
+
+
+def metric_bars(results: StudyResults, metric: BarMetric) -> str | None:
+    """One bar per variant that has `metric`, with its interval as error bars.
+
+    `metric` is one of `BAR_METRICS`: perplexity (CI), kl_mean (CI), top1_agreement (CI, %),
+    decode_ms (median at batch 1, whisker up to the p90; emulated bars hatched). None when no
+    variant has the metric. Raises ValueError for an unknown metric.
+    """
+    if metric not in _BARS:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(BAR_METRICS)}")
+    spec = _BARS[metric]
+    colors = _colors(results)
+    bars: list[_Bar] = []
+    for variant in results.variants:
+        read = spec.read(variant)
+        if read is None or not _finite(*read[:3]):
+            continue
+        value, low, high, emulated = read
+        bars.append(_Bar(variant.name, colors[variant.name], value, low, high, emulated))
+    if not bars:
+        return None
+    fig, ax = _figure()
+    ax.grid(False, axis="x")
+    xs = list(range(len(bars)))
+    values = [b.value for b in bars]
+    for x, b in zip(xs, bars, strict=True):
+        drawn = ax.bar(
+            [x],
+            [b.value],
+            width=0.62,
+            color="white" if b.emulated else b.color,
+            edgecolor=b.color,
+            linewidth=1.6,
+            hatch="///" if b.emulated else None,
+            zorder=2,
+        )
+        drawn.patches[0].set_gid(f"qb-bars-{metric}-data-{x}")
+    ax.errorbar(
+        xs,
+        values,
+        yerr=_errors(values, [b.low for b in bars], [b.high for b in bars]),
+        fmt="none",
+        ecolor="#222222",
+        elinewidth=1.2,
+        capsize=4,
+        zorder=3,
+    )
+    for x, b in zip(xs, bars, strict=True):
+        top = max(b.value, b.high if b.high is not None else b.value)
+        ax.annotate(
+            spec.text(b.value),
+            (x, top),
+            xytext=(0, 4),
+            textcoords="offset points",
+            ha="center",
+            fontsize=8.5,
+            color="#222222",
+        )
+    ax.set_xticks(
+        xs,
+        [b.name for b in bars],
+        rotation=15 if len(bars) > 3 else 0,
+        ha="right" if len(bars) > 3 else "center",
+    )
+    ax.set_ylabel(spec.ylabel)
+    ax.margins(y=0.12)
+    ax.set_ylim(bottom=min(0.0, *values))
+    if any(b.emulated for b in bars):
+        fig.suptitle(spec.title, x=0.02, ha="left", fontsize=11, fontweight="bold")
+        ax.set_title(EMULATED_BAR_SUBTITLE, loc="left", fontsize=8.5, color=WARN_COLOR)
+        from matplotlib.patches import Patch
+
+        fig.legend(
+            handles=[
+                Patch(facecolor="white", edgecolor="#555555", hatch="///", label=EMULATED_LABEL)
+            ],
+            loc="outside lower right",
+            fontsize=8.5,
+            frameon=False,
+        )
+    else:
+        ax.set_title(spec.title, loc="left", fontsize=11, fontweight="bold")
+    return _to_svg(fig, f"bars-{metric}", f"{spec.title}, one bar per variant")
