@@ -35,6 +35,8 @@ def test_results_carry_the_provenance_block(evaluated: Path) -> None:
     assert len(block["inputs"]["corpus"]["tokens_sha256"]) == 64
     assert block["inputs"]["prompts"][0]["suite"] == "builtin"
     assert block["config"]["evaluation"]["corpus"]["window"] == 64
+    report = (evaluated / "out" / "report.md").read_text()
+    assert "## Provenance" in report and "torch 2.13" in report and "amx_tile" in report
 
 
 def test_every_artifact_has_a_model_card_with_measured_numbers(evaluated: Path) -> None:
@@ -87,7 +89,7 @@ def test_compare_two_studies_refuses_incomparable_metrics(
         "compare", str(evaluated / "out"), str(tmp_path / "other"), "--out", str(merged_dir)
     )
     assert result.returncode == 0, result.stderr
-    assert "perplexity and divergence are not compared" in result.stderr
+    assert "perplexity and divergence are not compared" in result.stdout
     merged = load_results(merged_dir)
     names = [v.name for v in merged.variants]
     assert names[:1] == ["out/bf16"] and names[-1] == "other/bf16"

@@ -203,8 +203,6 @@ def compare(
     ensure_writable_dir(out)
     save_results(out, merged, model_cards=False)
     err = Console(stderr=True)
-    for note in merged.notes:
-        err.print(f"[yellow]note:[/] {note}")
     _stdout().print(results_table(merged))
     err.print(f"wrote results.json, results.csv, report.md, report.html in {out}")
 

@@ -8,6 +8,7 @@ of generations side by side with the baseline's. Empty headline figures render a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -496,6 +497,8 @@ def render_markdown(results: StudyResults) -> str:
     problems = _problems(results)
     if problems:
         lines += ["## Problems", "", *problems, ""]
+    if results.notes:
+        lines += ["## Notes", "", *[f"- {escape_cell(note)}" for note in results.notes], ""]
     lines += [
         "## Headline",
         "",
@@ -511,7 +514,46 @@ def render_markdown(results: StudyResults) -> str:
     for variant in results.variants:
         lines += _variant_section(variant, baseline)
     lines += _generations_section(results, baseline)
+    lines += _provenance_section(results)
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _provenance_section(results: StudyResults) -> list[str]:
+    """Versions, machine and input hashes up front; the whole block as JSON below them."""
+    block = results.provenance
+    if not block:
+        return ["## Provenance", "", "No provenance was recorded for these results.", ""]
+    lines = ["## Provenance", ""]
+    quantbench = block.get("quantbench") or {}
+    if quantbench:
+        lines.append(
+            f"- quantbench {quantbench.get('version')} (commit {quantbench.get('git_commit')})"
+        )
+    libraries = block.get("libraries") or {}
+    present = ", ".join(f"{name} {ver}" for name, ver in libraries.items() if ver)
+    if present:
+        lines.append(f"- libraries: {present}")
+    cpu = block.get("cpu") or {}
+    if cpu:
+        flags = ", ".join(name for name, on in (cpu.get("flags") or {}).items() if on)
+        lines.append(
+            f"- machine: {cpu.get('model')}, {cpu.get('usable_cores')} usable cores; "
+            f"flags: {flags or 'none of note'}; Python {block.get('python')}; {block.get('os')}"
+        )
+    for gpu in block.get("gpus") or []:
+        lines.append(f"- GPU: {gpu.get('name')} (driver {gpu.get('driver')})")
+    lines += [
+        "",
+        "<details><summary>Full provenance (JSON)</summary>",
+        "",
+        "```json",
+        json.dumps(block, indent=2, sort_keys=True, default=str),
+        "```",
+        "",
+        "</details>",
+        "",
+    ]
+    return lines
 
 
 def write_markdown(results: StudyResults, path: Path) -> None:

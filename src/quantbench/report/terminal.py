@@ -68,7 +68,13 @@ def results_table(results: StudyResults) -> RenderableType:
     table.add_column("status")
     for row in rows:
         table.add_row(*_row(row, keys))
-    emulated = any(
+    parts: list[RenderableType] = [table]
+    if any(
         v.metrics.speed and v.metrics.speed.execution_mode == "emulated" for v in results.variants
-    )
-    return Group(table, Text(EMULATED_NOTE, style="yellow")) if emulated else table
+    ):
+        parts.append(Text(EMULATED_NOTE, style="yellow"))
+    for note in results.notes:
+        parts.append(Text(f"note: {note}", style="yellow"))
+    if results.recommendation is not None:
+        parts.append(Text(f"recommendation: {results.recommendation.summary}", style="bold"))
+    return Group(*parts)
