@@ -89,3 +89,17 @@ def test_ignore_patterns_match_like_llm_compressor() -> None:
     assert is_ignored("model.layers.0.mlp.down_proj", ["re:.*down_proj"])
     assert is_ignored("model.layers.0.mlp.down_proj", ["down_proj"])
     assert not is_ignored("model.layers.0.mlp.up_proj", ["re:.*down_proj"])
+
+
+def test_variant_names_encode_only_options_that_differ() -> None:
+    from quantbench.config import SchemeEntry
+    from quantbench.plan import variant_name
+
+    defaults = get_scheme("w4a16-gptq").defaults
+    assert variant_name(SchemeEntry(scheme="w4a16-gptq", group_size=128), defaults) == "w4a16-gptq"
+    assert (
+        variant_name(SchemeEntry(scheme="w4a16-gptq", group_size=32), defaults) == "w4a16-gptq-g32"
+    )
+    skip = SchemeEntry(scheme="w4a16-gptq", on_indivisible="skip-layers")
+    assert variant_name(skip, defaults) == "w4a16-gptq-skip-layers"
+    assert variant_name(SchemeEntry(scheme="w4a16-gptq", name="mine"), defaults) == "mine"

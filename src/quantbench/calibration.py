@@ -13,6 +13,7 @@ exercises the same template tokens the instruct model sees in use. Its domain is
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -267,10 +268,9 @@ def prepare_calibration(
             f"calibration source {config.source} gave no sample of at least "
             f"{MIN_SAMPLE_TOKENS} tokens"
         )
+    text = "".join(json.dumps({"input_ids": ids}) + "\n" for ids in samples)
     with store.build(ref) as work:
-        with open(work / SAMPLES_FILE, "w") as handle:
-            for ids in samples:
-                handle.write(json.dumps({"input_ids": ids}) + "\n")
+        (work / SAMPLES_FILE).write_text(text)
         lengths = [len(ids) for ids in samples]
         manifest = {
             "source": config.source,
@@ -282,7 +282,7 @@ def prepare_calibration(
             "seed": config.seed,
             "total_tokens": sum(lengths),
             "mean_tokens": sum(lengths) / len(lengths),
-            "samples_sha256": file_sha256(work / SAMPLES_FILE),
+            "samples_sha256": hashlib.sha256(text.encode()).hexdigest(),
         }
         store.commit(ref, work, manifest)
     return manifest

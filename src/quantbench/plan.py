@@ -39,12 +39,16 @@ def library_versions(names: tuple[str, ...] = _KEY_LIBRARIES) -> dict[str, str]:
     return versions
 
 
-def variant_name(entry: SchemeEntry) -> str:
-    """A readable name that encodes the options that differ from the defaults."""
+def variant_name(entry: SchemeEntry, defaults: dict[str, Any] | None = None) -> str:
+    """A readable name that encodes the options that differ from the scheme's defaults."""
     if entry.name:
         return entry.name
     parts = [entry.scheme]
+    defaults = defaults or {}
     for option, value in entry.options().items():
+        default = defaults.get(option)
+        if value == default or (option == "ignore" and list(value) == list(default or [])):
+            continue
         if option in _NAME_TAGS:
             parts.append(
                 f"{_NAME_TAGS[option]}{value:g}"
@@ -91,7 +95,7 @@ def build_plan(config: StudyConfig, model: ResolvedModel) -> StudyPlan:
         except UserError as exc:
             problems.append(str(exc))
             continue
-        resolved.append((variant_name(entry), scheme, requested, options))
+        resolved.append((variant_name(entry, scheme.defaults), scheme, requested, options))
     names = [name for name, *_ in resolved]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
