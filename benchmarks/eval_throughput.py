@@ -41,12 +41,18 @@ def raw_forward_tok_s(model: torch.nn.Module, windows: list[list[int]], batch: i
     return tokens / (time.perf_counter() - started)
 
 
+def _joined(values: list[float]) -> str:
+    return ", ".join(f"{x:,.0f}" for x in values)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--tokens", type=int, default=8192, help="scored-token budget")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "eval_throughput.md")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "eval_throughput.md"
+    )
     args = parser.parse_args()
 
     model = resolve_model(args.model)
@@ -89,19 +95,21 @@ def main() -> None:
     raw_median = statistics.median(raw)
     eval_median = statistics.median(evaluated)
     ratio = eval_median / raw_median
+    machine = platform.processor() or platform.machine()
     lines = [
         "# Evaluation throughput vs raw forward",
         "",
         f"- date: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}",
         f"- model: {args.model} ({load.dtype}, {load.device}, {torch.get_num_threads()} threads)",
-        f"- machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}, torch {torch.__version__}",
-        f"- windows: {len(windows.windows)} × {config.corpus.window} tokens, {windows.n_targets} scored targets, top_k {config.corpus.top_k}",
+        f"- machine: {machine}, Python {platform.python_version()}, torch {torch.__version__}",
+        f"- windows: {len(windows.windows)} × {config.corpus.window} tokens, "
+        f"{windows.n_targets} scored targets, top_k {config.corpus.top_k}",
         f"- repeats: {args.repeats} (median), raw and evaluation interleaved in one process",
         "",
         "| path | tokens/s (median) | all repeats |",
         "|---|---:|---|",
-        f"| raw forward (logits only) | {raw_median:,.0f} | {', '.join(f'{x:,.0f}' for x in raw)} |",
-        f"| perplexity + divergence pass | {eval_median:,.0f} | {', '.join(f'{x:,.0f}' for x in evaluated)} |",
+        f"| raw forward (logits only) | {raw_median:,.0f} | {_joined(raw)} |",
+        f"| perplexity + divergence pass | {eval_median:,.0f} | {_joined(evaluated)} |",
         "",
         f"**Ratio: {ratio:.0%}** of the raw forward throughput (target ≥ 80%).",
         "",

