@@ -34,18 +34,18 @@ from quantbench.results import (
     GenerationItem,
     GenerationsRecord,
     Interval,
-    PerplexityRecord,
     QuantizationRecord,
-    SizeRecord,
     SpeedPoint,
     SpeedRecord,
-    Spread,
     StudyResults,
     VariantMetrics,
     VariantResult,
 )
+from records import MIB
+from records import perplexity_record as _perplexity
+from records import size_record as _size
+from records import spread as _spread
 
-MIB = 1 << 20
 CHROMIUM = Path("/usr/bin/chromium")
 EXTERNAL_REFERENCE = re.compile(
     r"""(?:\b(?:src|href|action|poster|data)\s*=\s*["']?\s*(?:https?:)?//)"""
@@ -57,40 +57,6 @@ EXTERNAL_REFERENCE = re.compile(
 # --------------------------------------------------------------------------------------
 # A hand-made study (same construction style as test_report_files.py)
 # --------------------------------------------------------------------------------------
-
-
-def _spread(median: float) -> Spread:
-    return Spread(
-        n=5, median=median, p90=median * 1.1, mean=median, min=median, max=median * 1.2, cv=0.05
-    )
-
-
-def _size(weights_mib: int) -> SizeRecord:
-    return SizeRecord(
-        weights_bytes=weights_mib * MIB,
-        artifact_bytes=weights_mib * MIB + 4096,
-        param_bytes_by_dtype={"bfloat16": weights_mib * MIB},
-        load_s=0.5,
-        rss_loaded_bytes=300 * MIB,
-        rss_peak_generating_bytes=350 * MIB,
-        backend="hf",
-        device="cpu",
-    )
-
-
-def _perplexity(ppl: float, delta: Interval | None) -> PerplexityRecord:
-    return PerplexityRecord(
-        corpus="builtin",
-        corpus_key="abc",
-        tokens_sha256="0" * 64,
-        window=512,
-        stride=512,
-        n_windows=32,
-        n_tokens=16352,
-        nll_mean=2.7,
-        perplexity=Interval(estimate=ppl, low=ppl - 0.3, high=ppl + 0.3),
-        delta_vs_baseline=delta,
-    )
 
 
 def _divergence(kl: float, top1: float) -> DivergenceRecord:
