@@ -80,6 +80,35 @@ def run(
         str | None, typer.Option(help="generation prompts: 'builtin' or a .jsonl file")
     ] = None,
     device: Annotated[str | None, typer.Option(help="evaluation device: auto, cpu, cuda")] = None,
+    tasks: Annotated[
+        str | None,
+        typer.Option(help="lm-eval tasks, comma-separated (e.g. mmlu_pro,gsm8k,ifeval)"),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="items per task (spread over a group's subtasks)")
+    ] = None,
+    task_data: Annotated[
+        Path | None,
+        typer.Option(help="folder of local task data (layout of shared/data/): no hub needed"),
+    ] = None,
+    allow_code_execution: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-code-execution",
+            help="run model-written code (HumanEval+) inside quantbench's sandbox",
+        ),
+    ] = None,
+    num_fewshot: Annotated[
+        int | None, typer.Option(help="few-shot examples per task [default: each task's own]")
+    ] = None,
+    apply_chat_template: Annotated[
+        bool | None,
+        typer.Option("--apply-chat-template", help="render task prompts with the chat template"),
+    ] = None,
+    max_gen_tokens: Annotated[
+        int | None,
+        typer.Option(help="cap on generated tokens per task item; 0: each task's own [256]"),
+    ] = None,
     max_kl: MaxKL = None,
     max_ppl_increase: MaxPplIncrease = None,
     max_accuracy_drop: MaxAccuracyDrop = None,
@@ -106,6 +135,15 @@ def run(
             "device": device,
             "corpus": {"source": corpus, "max_tokens": max_tokens},
             "generations": {"prompts": prompts},
+            "tasks": {
+                "names": tasks,
+                "limit": limit,
+                "data_dir": str(task_data) if task_data else None,
+                "allow_code_execution": allow_code_execution,
+                "num_fewshot": num_fewshot,
+                "apply_chat_template": apply_chat_template,
+                "max_gen_tokens": max_gen_tokens,
+            },
         },
     }
     study = load_study_config(config, overrides)

@@ -115,6 +115,51 @@ class GenerationsConfig(_Strict):
     batch_size: int = Field(default=16, gt=0)
 
 
+class TasksConfig(_Strict):
+    """Task accuracy through lm-evaluation-harness, the same items for every variant.
+
+    Any lm-eval task or group name passes through; `mmlu_pro`, `gsm8k`, `ifeval`,
+    `humaneval_plus` and `humaneval` also run from local files (`data_dir`, laid out like
+    `shared/data/`) with no hub access. Generated code runs only with
+    `allow_code_execution`, and then only inside quantbench's sandbox.
+    """
+
+    names: tuple[str, ...] = Field(default=(), description="lm-eval task or group names")
+    limit: int | None = Field(
+        default=None,
+        gt=0,
+        description="items per task named (a group's items are spread over its subtasks); "
+        "the first items, so every variant sees the same ones",
+    )
+    data_dir: Path | None = Field(
+        default=None, description="folder of local task data (layout of shared/data/)"
+    )
+    allow_code_execution: bool = False
+    num_fewshot: int | None = Field(default=None, ge=0, description="None: each task's own")
+    apply_chat_template: bool = False
+    max_gen_tokens: int | None = Field(
+        default=256,
+        ge=0,
+        description="cap on generated tokens per item (0 or None: each task's own, up to 2048 "
+        "for mmlu_pro); 256 keeps CPU runs to minutes",
+    )
+    batch_size: int = Field(default=8, gt=0)
+    code_timeout_s: float = Field(default=10.0, gt=0, description="wall clock per program")
+    code_memory_mb: int = Field(default=1024, gt=0, description="address space per program")
+
+    @field_validator("names", mode="before")
+    @classmethod
+    def _accept_comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(t.strip() for t in value.split(",") if t.strip())
+        return value
+
+    @field_validator("max_gen_tokens")
+    @classmethod
+    def _zero_means_task_default(cls, value: int | None) -> int | None:
+        return value or None
+
+
 class EvaluationConfig(_Strict):
     """Which metrics run on every variant (the baseline included), and through which backend."""
 
@@ -125,7 +170,14 @@ class EvaluationConfig(_Strict):
     corpus: CorpusConfig = CorpusConfig()
     speed: SpeedConfig = SpeedConfig()
     generations: GenerationsConfig = GenerationsConfig()
+    tasks: TasksConfig = TasksConfig()
     seed: int = Field(default=0, description="bootstrap seed")
+
+    def metric_names(self) -> tuple[str, ...]:
+        """The metrics to run: those listed, plus `tasks` when task names are given."""
+        if self.tasks.names and "tasks" not in self.metrics:
+            return (*self.metrics, "tasks")
+        return self.metrics
 
     @field_validator("metrics", mode="before")
     @classmethod

@@ -47,38 +47,61 @@ def baseline_name(variants: tuple[VariantPlan, ...]) -> str | None:
 
 
 def plan_evaluation(plan: StudyPlan, config: EvaluationConfig) -> EvalPlan:
-    from quantbench.metrics import stages_for
+    from quantbench.metrics import stage_name, stages_for
 
-    metrics = stages_for(config.metrics)
+    metrics = stages_for(config.metric_names())
     corpus = corpus_ref(config.corpus, plan.model) if any(m.uses_corpus for m in metrics) else None
     baseline = baseline_name(plan.variants)
     versions = library_versions(("torch", "transformers", "compressed-tensors"))
     backend = {"name": config.backend, "device": config.device, "threads": config.threads}
     stages: dict[str, dict[str, StageRef]] = {}
     ordered = sorted(plan.variants, key=lambda v: v.name != baseline)
+    params_of = {m.name: _params(m, config) for m in metrics}
+    configs = {
+        (m.name, p): m.key_config(config, p) if p else m.key_config(config)  # type: ignore[call-arg]
+        for m in metrics
+        for p in params_of[m.name]
+    }
     for variant in ordered:
         own: dict[str, StageRef] = {}
         for metric in metrics:
-            needs_baseline = bool(metric.baseline_inputs)
-            if needs_baseline and baseline is None:
-                continue
-            baseline_keys: Any = "self"
-            if variant.name != baseline and baseline is not None:
-                baseline_keys = {n: stages[baseline][n].key for n in metric.baseline_inputs}
-            payload = {
-                "stage": metric.name,
-                "v": [EVALUATE_STAGE_VERSION, metric.version],
-                "config": metric.key_config(config),
-                "variant": variant.quantize.key,
-                "backend": backend,
-                "corpus": corpus.key if metric.uses_corpus and corpus else None,
-                "own": {n: own[n].key for n in metric.own_inputs},
-                "baseline": baseline_keys,
-                "versions": versions,
-            }
-            own[metric.name] = StageRef(metric.name, content_key(payload))
+            for param in params_of[metric.name]:
+                needs_baseline = bool(metric.baseline_inputs)
+                if needs_baseline and baseline is None:
+                    continue
+                name = stage_name(metric.name, param)
+                baseline_keys: Any = "self"
+                if variant.name != baseline and baseline is not None:
+                    baseline_keys = {
+                        n: stages[baseline][_input_stage(n, metric.name, param)].key
+                        for n in metric.baseline_inputs
+                    }
+                payload = {
+                    "stage": metric.name,
+                    "v": [EVALUATE_STAGE_VERSION, metric.version],
+                    "config": configs[(metric.name, param)],
+                    "variant": variant.quantize.key,
+                    "backend": backend,
+                    "corpus": corpus.key if metric.uses_corpus and corpus else None,
+                    "own": {n: own[n].key for n in metric.own_inputs},
+                    "baseline": baseline_keys,
+                    "versions": versions,
+                }
+                own[name] = StageRef(name, content_key(payload))
         stages[variant.name] = own
     return EvalPlan(config, corpus, baseline, stages)
+
+
+def _params(metric: Any, config: EvaluationConfig) -> tuple[str | None, ...]:
+    params = getattr(metric, "params", None)
+    return tuple(params(config)) if params is not None else (None,)
+
+
+def _input_stage(input_metric: str, metric: str, param: str | None) -> str:
+    """The stage a metric reads: its own parameter's stage when it reads its own metric."""
+    from quantbench.metrics import stage_name
+
+    return stage_name(input_metric, param if input_metric == metric else None)
 
 
 def evaluate_variant(
@@ -133,14 +156,19 @@ def collect_metrics(
     refs: dict[str, StageRef], store: StageStore, errors: dict[str, str]
 ) -> VariantMetrics:
     """Assemble the reported records from finished stage manifests."""
-    from quantbench.metrics import REGISTRY
+    from quantbench.metrics import REGISTRY, split_stage_name
 
     records: dict[str, Any] = {}
     for name, ref in refs.items():
-        if name == "scores" or name not in REGISTRY:
+        metric, param = split_stage_name(name)
+        if metric == "scores" or metric not in REGISTRY:
             continue
         if store.is_done(ref):
-            records[name] = store.manifest(ref)["record"]
+            record = store.manifest(ref)["record"]
+            if param is None:
+                records[name] = record
+            else:
+                records.setdefault(metric, {})[param] = record
         elif name not in errors:
             errors[name] = "not computed (an input stage failed)"
     reported = {k: v for k, v in errors.items() if k in refs}
@@ -152,7 +180,7 @@ def _worker_main(request_path: Path) -> None:
     request = json.loads(request_path.read_text())
     from quantbench.backends import get_backend
     from quantbench.backends.base import Backend, LoadInfo
-    from quantbench.metrics import REGISTRY
+    from quantbench.metrics import REGISTRY, split_stage_name
     from quantbench.metrics import _load as load_metric
     from quantbench.metrics.base import EvalContext
 
@@ -181,21 +209,24 @@ def _worker_main(request_path: Path) -> None:
 
     errors: dict[str, str] = {}
     for name, key in request["pending"]:
-        metric = load_metric(REGISTRY[name])
+        metric_name, param = split_stage_name(name)
+        metric = load_metric(REGISTRY[metric_name])
         missing = [
             n for n in metric.own_inputs if not store.is_done(StageRef(n, request["own_keys"][n]))
         ]
         own = {n: own_path(n) for n in metric.own_inputs}
+        reads = {n: _input_stage(n, metric_name, param) for n in metric.baseline_inputs}
         if is_baseline:
-            baseline = {n: own_path(n) for n in metric.baseline_inputs if n != name}
+            baseline = {n: own_path(stage) for n, stage in reads.items() if stage != name}
         else:
+            baseline_keys = request["baseline_keys"]
             baseline = {
-                n: store.path(StageRef(n, request["baseline_keys"][n]))
-                for n in metric.baseline_inputs
-                if n in request["baseline_keys"]
+                n: store.path(StageRef(stage, baseline_keys[stage]))
+                for n, stage in reads.items()
+                if stage in baseline_keys
             }
             missing += [n for n, p in baseline.items() if not (p / "manifest.json").is_file()]
-            missing += [n for n in metric.baseline_inputs if n not in request["baseline_keys"]]
+            missing += [n for n, stage in reads.items() if stage not in baseline_keys]
         if missing:
             errors[name] = f"needs {', '.join(sorted(set(missing)))}, which did not finish"
             continue
@@ -217,6 +248,7 @@ def _worker_main(request_path: Path) -> None:
                 windows=windows,
                 progress=progress,
                 backend_factory=backend_factory,
+                param=param,
                 state=state,
             )
             try:

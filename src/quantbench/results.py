@@ -151,12 +151,52 @@ class GenerationsRecord(_Record):
     items: list[GenerationItem]
 
 
+class PairedTaskComparison(_Record):
+    """The variant against the baseline on the same task items."""
+
+    n_paired: int
+    difference_points: Interval = Field(
+        description="variant minus baseline accuracy, percentage points; paired bootstrap "
+        "interval over items"
+    )
+    right_to_wrong: int = Field(description="items the baseline got right and the variant wrong")
+    wrong_to_right: int = Field(description="items the baseline got wrong and the variant right")
+    mcnemar_p: float | None = Field(
+        default=None, description="two-sided exact McNemar p-value (None: scores not 0/1)"
+    )
+
+
+class TaskRecord(_Record):
+    """One lm-evaluation-harness task (or group) on one variant."""
+
+    task: str
+    metric: str = Field(description="the lm-eval metric paired and reported, e.g. exact_match")
+    filter: str = Field(description="the lm-eval filter the metric is read after")
+    n_items: int
+    accuracy: Interval = Field(description="mean item score, fraction 0–1")
+    accuracy_interval: Literal["wilson", "bootstrap"] = "wilson"
+    subtasks: dict[str, float] = Field(
+        default_factory=dict, description="mean item score per subtask, fraction 0–1"
+    )
+    vs_baseline: PairedTaskComparison | None = None
+    aggregates: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="lm-eval's own aggregate figures per subtask"
+    )
+    settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="items, few-shot counts, chat template, generation cap, versions, sandbox",
+    )
+    data_files: dict[str, str] = Field(default_factory=dict, description="split → local file")
+    wall_s: float = Field(description="seconds for this task on this variant")
+
+
 class VariantMetrics(_Record):
     size: SizeRecord | None = None
     perplexity: PerplexityRecord | None = None
     divergence: DivergenceRecord | None = None
     speed: SpeedRecord | None = None
     generations: GenerationsRecord | None = None
+    tasks: dict[str, TaskRecord] = Field(default_factory=dict, description="task name → record")
     errors: dict[str, str] = Field(default_factory=dict, description="metric name → why it failed")
 
 

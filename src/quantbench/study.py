@@ -64,7 +64,9 @@ def run_study(config: StudyConfig, console: Console, executor: str = "local") ->
             console.print(f"[dim]model: {note}")
         config = _with_baseline(config, console)
         plan = build_plan(config, model)
-        eval_plan = plan_evaluation(plan, config.evaluation) if config.evaluation.metrics else None
+        eval_plan = (
+            plan_evaluation(plan, config.evaluation) if config.evaluation.metric_names() else None
+        )
         pending = [v for v in plan.variants if not store.is_done(v.quantize)]
         preflights = _preflight(plan, pending, console)
         calibration = _calibration(plan, pending, store, console)
@@ -142,7 +144,9 @@ def _finalize(
 
 def _with_baseline(config: StudyConfig, console: Console) -> StudyConfig:
     """Add a bf16 baseline when metrics compare against one and the study lists none."""
-    comparing = {"perplexity", "divergence", "generations"} & set(config.evaluation.metrics)
+    comparing = {"perplexity", "divergence", "generations", "tasks"} & set(
+        config.evaluation.metric_names()
+    )
     if not comparing or any(e.scheme in BASELINE_SCHEMES for e in config.schemes):
         return config
     console.print("[dim]no baseline scheme listed: adding bf16, the reference for comparisons")
@@ -160,7 +164,7 @@ def _evaluate(
     by_name = {v.name: v for v in variants}
     ordered = [v for v in eval_plan.order(plan.variants) if by_name[v.name].status == "ok"]
     logs = store.root.parent / "logs"
-    console.print(f"[bold]evaluate[/] ({', '.join(eval_plan.config.metrics)})")
+    console.print(f"[bold]evaluate[/] ({', '.join(eval_plan.config.metric_names())})")
     with _progress(console) as progress:
         tasks = {v.name: progress.add_task(v.name, total=None, phase="waiting") for v in ordered}
 

@@ -6,7 +6,7 @@ know which runtime produced it, and importing this module pulls in no torch.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -120,6 +120,11 @@ class Backend(Protocol):
 
     def tokenizer(self) -> Any:
         """The tokenizer saved with the loaded artifact."""
+        ...
+
+    def lm_eval_model(self, batch_size: int, progress: Callable[[str, int, int], None]) -> Any:
+        """The loaded model as an lm-evaluation-harness `LM`, calling `progress(phase, done,
+        total)` as requests finish (task accuracy runs through it)."""
         ...
 
     def close(self) -> None:

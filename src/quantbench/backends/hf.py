@@ -12,7 +12,7 @@ import gc
 import inspect
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -371,6 +371,29 @@ class HFBackend:
             total_s=ttft_s + sum(step_s),
             new_tokens_per_sequence=max_new_tokens,
             batch_size=len(prompt_ids),
+        )
+
+    def lm_eval_model(self, batch_size: int, progress: Callable[[str, int, int], None]) -> Any:
+        """The loaded model as an lm-eval `HFLM` (same weights, no second load) that reports
+        progress every few batches."""
+        from lm_eval.models.huggingface import HFLM
+
+        from quantbench.tasks.harness import in_chunks
+
+        chunk = batch_size * 4
+
+        class ReportingHFLM(HFLM):  # type: ignore[misc]
+            def generate_until(self, requests: Any, disable_tqdm: bool = False) -> Any:
+                return in_chunks(super().generate_until, requests, chunk, progress, "generating")
+
+            def loglikelihood(self, requests: Any, disable_tqdm: bool = False) -> Any:
+                return in_chunks(super().loglikelihood, requests, chunk, progress, "scoring")
+
+        return ReportingHFLM(
+            pretrained=self._loaded_model(),
+            tokenizer=self.tokenizer(),
+            batch_size=batch_size,
+            device=str(self.device),
         )
 
     def close(self) -> None:

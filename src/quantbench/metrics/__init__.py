@@ -19,9 +19,21 @@ REGISTRY: dict[str, str] = {
     "divergence": "quantbench.metrics.divergence:DivergenceMetric",
     "speed": "quantbench.metrics.speed:SpeedMetric",
     "generations": "quantbench.metrics.generations:GenerationsMetric",
+    "tasks": "quantbench.metrics.tasks:TasksMetric",
 }
-EXECUTION_ORDER = ("speed", "generations", "size", "scores", "perplexity", "divergence")
-"""Generation runs before scoring so that the size metric's peak memory is generation's."""
+EXECUTION_ORDER = ("speed", "generations", "size", "scores", "perplexity", "divergence", "tasks")
+"""Generation runs before scoring so that the size metric's peak memory is generation's;
+tasks (the longest stages) run last, so the other figures are saved first."""
+
+
+def stage_name(metric: str, param: str | None) -> str:
+    """A metric run once per parameter (e.g. per task) has one stage per value: 'tasks.gsm8k'."""
+    return metric if param is None else f"{metric}.{param}"
+
+
+def split_stage_name(name: str) -> tuple[str, str | None]:
+    metric, _, param = name.partition(".")
+    return metric, (param or None)
 
 
 def get_metric(name: str) -> Metric:
@@ -48,4 +60,13 @@ def stages_for(requested: tuple[str, ...]) -> list[Metric]:
     return [_load(REGISTRY[name]) for name in EXECUTION_ORDER if name in wanted]
 
 
-__all__ = ["EXECUTION_ORDER", "REGISTRY", "EvalContext", "Metric", "get_metric", "stages_for"]
+__all__ = [
+    "EXECUTION_ORDER",
+    "REGISTRY",
+    "EvalContext",
+    "Metric",
+    "get_metric",
+    "split_stage_name",
+    "stage_name",
+    "stages_for",
+]

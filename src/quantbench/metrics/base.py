@@ -37,6 +37,8 @@ class EvalContext:
     windows: Windows | None
     progress: Callable[[str, int, int], None]
     backend_factory: Callable[[], tuple[Backend, LoadInfo]]
+    param: str | None = None
+    """For a metric with one stage per parameter (the tasks metric: per task), this stage's."""
     state: dict[str, Any] = field(default_factory=dict)
     """Measurements shared between metrics of one worker (e.g. memory after load)."""
 

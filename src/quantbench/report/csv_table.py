@@ -13,6 +13,7 @@ import io
 from pathlib import Path
 
 from quantbench.report.headline import HEADLINE_COLUMNS, HeadlineRow, headline_rows
+from quantbench.report.tasks_table import csv_task_fields, csv_task_values
 from quantbench.results import StudyResults
 from quantbench.store import write_text_atomic
 
@@ -38,12 +39,14 @@ def _csv_row(row: HeadlineRow) -> dict[str, CsvValue]:
 
 
 def render_csv(results: StudyResults) -> str:
-    """The CSV text (header plus one line per variant, `\\n` line endings)."""
+    """The CSV text (header plus one line per variant, `\\n` line endings); task accuracy
+    adds ten columns per task (`<task>_accuracy`, `<task>_delta_points`, ...)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=csv_header(), lineterminator="\n")
+    fields = csv_header() + csv_task_fields(results)
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in headline_rows(results):
-        writer.writerow(_csv_row(row))
+        writer.writerow({**_csv_row(row), **csv_task_values(results, row.name)})
     return buffer.getvalue()
 
 

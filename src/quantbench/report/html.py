@@ -612,6 +612,28 @@ def _provenance_section(results: StudyResults) -> str:
 # --------------------------------------------------------------------------------------
 
 
+def _tasks_section(results: StudyResults) -> str:
+    from quantbench.report.tasks_table import (
+        TASK_HEADERS,
+        task_cells,
+        task_rows,
+        task_settings_text,
+    )
+
+    rows = task_rows(results)
+    if not rows:
+        return ""
+    body = [
+        f'<p class="note">{_e(task_settings_text(results))}</p>',
+        _table(
+            [_e(h) for h in TASK_HEADERS],
+            ([_e(c) for c in task_cells(row)] for row in rows),
+            numeric=(False, False, True, True, True, True, True),
+        ),
+    ]
+    return _section("tasks", "Task accuracy", body)
+
+
 def render_html(results: StudyResults) -> str:
     """The whole report as one self-contained HTML document (no script, no external URL)."""
     baseline = find_baseline(results)
@@ -624,7 +646,10 @@ def render_html(results: StudyResults) -> str:
         made += f"Baseline: <b>{_e(baseline.name)}</b> (<code>{_e(baseline.scheme)}</code>)."
     else:
         made += "No bf16/fp16 variant, so there is no baseline and no deltas."
-    nav = "".join(f'<a href="#{sid}">{_e(title)}</a>' for sid, title in _NAV)
+    sections = list(_NAV)
+    if any(v.metrics.tasks for v in results.variants):
+        sections.insert(2, ("tasks", "Task accuracy"))
+    nav = "".join(f'<a href="#{sid}">{_e(title)}</a>' for sid, title in sections)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en">',
@@ -644,6 +669,7 @@ def render_html(results: StudyResults) -> str:
         "</header>",
         _warning_section(results),
         _headline_section(results),
+        _tasks_section(results),
         _recommendation_section(results),
         _plots_section(results),
         _generations_section(results),

@@ -508,6 +508,7 @@ def render_markdown(results: StudyResults) -> str:
         render_headline_table(results),
         "",
     ]
+    lines += _tasks_section(results)
     if results.recommendation is not None:
         lines += [render_recommendation(results.recommendation), ""]
     lines += ["## Variants", ""]
@@ -516,6 +517,29 @@ def render_markdown(results: StudyResults) -> str:
     lines += _generations_section(results, baseline)
     lines += _provenance_section(results)
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _tasks_section(results: StudyResults) -> list[str]:
+    from quantbench.report.tasks_table import (
+        TASK_HEADERS,
+        task_cells,
+        task_rows,
+        task_settings_text,
+    )
+
+    rows = task_rows(results)
+    if not rows:
+        return []
+    aligns: list[Align] = ["left", "left", "right", "right", "right", "right", "right"]
+    cells = ([escape_cell(c) for c in task_cells(row)] for row in rows)
+    return [
+        "## Task accuracy",
+        "",
+        escape_cell(task_settings_text(results)),
+        "",
+        _table(TASK_HEADERS, cells, aligns),
+        "",
+    ]
 
 
 def _provenance_section(results: StudyResults) -> list[str]:

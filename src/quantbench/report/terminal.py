@@ -58,6 +58,20 @@ def _row(row: HeadlineRow, keys: list[tuple[str, str, Callable[[Cell], str]]]) -
     return cells
 
 
+def _task_table(results: StudyResults) -> Table | None:
+    from quantbench.report.tasks_table import TASK_HEADERS, task_cells, task_rows
+
+    rows = task_rows(results)
+    if not rows:
+        return None
+    table = Table(title="task accuracy (paired with the baseline)", title_justify="left")
+    for index, header in enumerate(TASK_HEADERS):
+        table.add_column(header, justify="left" if index < 2 else "right", no_wrap=index < 2)
+    for row in rows:
+        table.add_row(*task_cells(row))
+    return table
+
+
 def results_table(results: StudyResults) -> RenderableType:
     rows = headline_rows(results)
     keys = [c for c in COMPACT if any(not r.cell(c[0]).missing for r in rows)]
@@ -69,6 +83,9 @@ def results_table(results: StudyResults) -> RenderableType:
     for row in rows:
         table.add_row(*_row(row, keys))
     parts: list[RenderableType] = [table]
+    task_table = _task_table(results)
+    if task_table is not None:
+        parts.append(task_table)
     if any(
         v.metrics.speed and v.metrics.speed.execution_mode == "emulated" for v in results.variants
     ):

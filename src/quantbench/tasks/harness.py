@@ -1,0 +1,301 @@
+"""Run one lm-eval task (or group) on a loaded model and keep a score per item.
+
+Every variant runs the same items with the same settings: the first `limit` items of the
+task (spread evenly over a group's subtasks), the same few-shot count, chat-template
+choice and generation cap. Items carry lm-eval's document, prompt and target hashes, so
+the pairing with the baseline can be checked rather than assumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quantbench.config import TasksConfig
+from quantbench.errors import UserError, did_you_mean
+from quantbench.sandbox import SandboxLimits
+from quantbench.tasks.code import CODE_TASKS, PASS_METRIC, code_task_config
+from quantbench.tasks.data import OFFLINE_LAYOUTS, dataset_overrides, resolve_files
+
+PRIMARY_METRICS: dict[str, tuple[str, str]] = {
+    "mmlu_pro": ("exact_match", "custom-extract"),
+    "gsm8k": ("exact_match", "strict-match"),
+    "ifeval": ("prompt_level_strict_acc", "none"),
+    "humaneval_plus": (PASS_METRIC, "create_test"),
+    "humaneval": (PASS_METRIC, "create_test"),
+}
+"""Task → (metric, filter) that quantbench pairs and reports; lm-eval's headline for each.
+Other tasks use the first metric and filter of their own config."""
+
+MAX_RESPONSE_CHARS = 4000
+
+
+@dataclass
+class LeafTask:
+    name: str
+    task: Any
+    """An lm-eval `Task`."""
+    n_docs: int = 0
+    take: int = 0
+
+
+@dataclass
+class TaskRun:
+    """The outcome of one task on one variant: a score per item plus lm-eval's aggregates."""
+
+    task: str
+    metric: str
+    filter: str
+    items: list[dict[str, Any]]
+    aggregates: dict[str, dict[str, float]]
+    settings: dict[str, Any]
+    data_files: dict[str, str] = field(default_factory=dict)
+
+
+def stock_task_dir() -> Path:
+    import lm_eval.tasks
+
+    return Path(lm_eval.tasks.__file__).parent
+
+
+def sandbox_limits(config: TasksConfig) -> SandboxLimits:
+    return SandboxLimits(timeout_s=config.code_timeout_s, memory_mb=config.code_memory_mb)
+
+
+def runs_code(name: str) -> bool:
+    return name in CODE_TASKS
+
+
+def check_task(name: str, config: TasksConfig, known: Callable[[], Sequence[str]]) -> None:
+    """Refuse, before any compute, a task that cannot run as configured.
+
+    `known` lists lm-eval's task names; it is called only for names quantbench has no
+    local layout for, since indexing lm-eval's tasks takes seconds.
+    """
+    if runs_code(name):
+        if not config.allow_code_execution:
+            raise UserError(
+                f"task '{name}' executes model-written code; pass --allow-code-execution to run "
+                "it inside quantbench's sandbox (no network, read-only filesystem, time and "
+                "memory limits)"
+            )
+        from quantbench.sandbox import sandbox_available
+
+        reason = sandbox_available()
+        if reason is not None:
+            raise UserError(f"task '{name}' needs the code sandbox, which cannot run: {reason}")
+    if config.data_dir is not None and name in OFFLINE_LAYOUTS:
+        resolve_files(name, config.data_dir)
+        return
+    names = known()
+    if name not in names:
+        raise UserError(f"unknown lm-eval task '{name}'{did_you_mean(name, names)}")
+    if config.data_dir is not None:
+        raise UserError(
+            f"task '{name}' has no local-data layout, so --task-data cannot serve it; tasks "
+            f"that run from local files: {', '.join(OFFLINE_LAYOUTS)}"
+        )
+
+
+def data_files(name: str, config: TasksConfig) -> dict[str, Path]:
+    if config.data_dir is not None and name in OFFLINE_LAYOUTS:
+        return resolve_files(name, config.data_dir)
+    return {}
+
+
+def build_leaves(name: str, config: TasksConfig, task_manager: Any) -> list[LeafTask]:
+    """The lm-eval tasks behind `name`: itself, or a group's subtasks in the group's order."""
+    from lm_eval.api.task import ConfigurableTask
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    stock = stock_task_dir()
+    files = data_files(name, config)
+    overrides = dataset_overrides(files) if files else {}
+    if runs_code(name):
+        cfg = code_task_config(stock / "humaneval" / f"{name}.yaml", name, sandbox_limits(config))
+        return [LeafTask(name, ConfigurableTask(config={**cfg, **overrides}))]
+    if name == "mmlu_pro" and files:
+        group = load_yaml(stock / "mmlu_pro" / "_mmlu_pro.yaml", resolve_func=False)
+        leaves = []
+        for sub in group["task"]:
+            cfg = load_yaml(stock / "mmlu_pro" / f"{sub}.yaml")
+            leaves.append(LeafTask(sub, ConfigurableTask(config={**cfg, **overrides})))
+        return leaves
+    if files:
+        cfg = load_yaml(stock / name / f"{name}.yaml")
+        return [LeafTask(name, ConfigurableTask(config={**cfg, **overrides}))]
+    loaded = task_manager.load_task_or_group([name])
+    leaves = []
+    for key, value in loaded.items():
+        children = value.items() if isinstance(value, dict) else [(key, value)]
+        for leaf_name, task in children:
+            if getattr(task.config, "unsafe_code", False) and not runs_code(str(leaf_name)):
+                raise UserError(
+                    f"task '{leaf_name}' executes model-written code, and quantbench scores "
+                    f"code only for {', '.join(sorted(CODE_TASKS))} (in its sandbox)"
+                )
+            leaves.append(LeafTask(str(leaf_name), task))
+    return leaves
+
+
+def choose_items(leaves: list[LeafTask], limit: int | None) -> None:
+    """Set how many of each leaf's first documents run: all, or `limit` spread evenly."""
+    for leaf in leaves:
+        leaf.n_docs = len(leaf.task.eval_docs)
+    if limit is None:
+        for leaf in leaves:
+            leaf.take = leaf.n_docs
+        return
+    remaining = limit
+    open_leaves = [leaf for leaf in leaves if leaf.n_docs > 0]
+    for leaf in leaves:
+        leaf.take = 0
+    while remaining > 0 and open_leaves:
+        share = max(1, remaining // len(open_leaves))
+        for leaf in list(open_leaves):
+            grant = min(share, leaf.n_docs - leaf.take, remaining)
+            leaf.take += grant
+            remaining -= grant
+            if leaf.take >= leaf.n_docs:
+                open_leaves.remove(leaf)
+            if remaining == 0:
+                break
+
+
+def primary_metric(name: str, leaf: LeafTask) -> tuple[str, str]:
+    if name in PRIMARY_METRICS:
+        return PRIMARY_METRICS[name]
+    config = leaf.task.config
+    metrics = config.metric_list or [{"metric": "acc"}]
+    metric = metrics[0]["metric"]
+    metric_name = metric if isinstance(metric, str) else getattr(metric, "__name__", "score")
+    filters = config.filter_list or []
+    return metric_name, (filters[0]["name"] if filters else "none")
+
+
+def run_task(
+    name: str,
+    lm: Any,
+    config: TasksConfig,
+    task_manager: Any,
+    progress: Callable[[str, int, int], None],
+) -> TaskRun:
+    """Run task `name` through `lm` (an lm-eval `LM`) and score every chosen item."""
+    import lm_eval
+
+    leaves = build_leaves(name, config, task_manager)
+    choose_items(leaves, config.limit)
+    chosen = [leaf for leaf in leaves if leaf.take > 0]
+    if not chosen:
+        raise UserError(f"task '{name}' has no documents to evaluate")
+    metric, filter_name = primary_metric(name, chosen[0])
+    progress(f"{name}: {sum(leaf.take for leaf in chosen)} items", 0, 1)
+    output = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=[leaf.task for leaf in chosen],
+        samples={leaf.name: list(range(leaf.take)) for leaf in chosen},
+        num_fewshot=config.num_fewshot,
+        apply_chat_template=config.apply_chat_template,
+        fewshot_as_multiturn=config.apply_chat_template,
+        gen_kwargs={"max_gen_toks": config.max_gen_tokens} if config.max_gen_tokens else None,
+        log_samples=True,
+        bootstrap_iters=0,
+        task_manager=task_manager,
+        confirm_run_unsafe_code=runs_code(name),
+    )
+    if output is None:
+        raise RuntimeError("lm-eval returned no results")
+    items = []
+    for leaf in chosen:
+        kept = [s for s in output["samples"][leaf.name] if s.get("filter") == filter_name]
+        if len(kept) != leaf.take:
+            raise RuntimeError(
+                f"{leaf.name}: lm-eval logged {len(kept)} items for filter '{filter_name}', "
+                f"expected {leaf.take}"
+            )
+        for sample in sorted(kept, key=lambda s: int(s["doc_id"])):
+            items.append(_item(leaf.name, sample, metric))
+    aggregates = {
+        leaf.name: {
+            k: float(v)
+            for k, v in output["results"].get(leaf.name, {}).items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        for leaf in chosen
+    }
+    settings = {
+        "limit": config.limit,
+        "items_per_subtask": {leaf.name: leaf.take for leaf in chosen},
+        "docs_per_subtask": {leaf.name: leaf.n_docs for leaf in chosen},
+        "num_fewshot": {leaf.name: output.get("n-shot", {}).get(leaf.name) for leaf in chosen},
+        "apply_chat_template": config.apply_chat_template,
+        "max_gen_tokens": config.max_gen_tokens,
+        "batch_size": config.batch_size,
+        "lm_eval_version": lm_eval.__version__,
+    }
+    if runs_code(name):
+        from quantbench.sandbox import describe_sandbox
+
+        settings["sandbox"] = describe_sandbox(sandbox_limits(config))
+    files = {split: str(path) for split, path in data_files(name, config).items()}
+    return TaskRun(name, metric, filter_name, items, aggregates, settings, files)
+
+
+def in_chunks(
+    call: Callable[..., list[Any]],
+    requests: list[Any],
+    chunk_size: int,
+    report: Callable[[str, int, int], None],
+    phase: str,
+) -> list[Any]:
+    """Run an lm-eval request list through `call` in chunks, reporting after each one.
+
+    Requests go longest context first, so that each chunk batches well and the time left
+    shrinks as it goes; results come back in the order of `requests`.
+    """
+    order = sorted(range(len(requests)), key=lambda i: -len(str(requests[i].args[0])))
+    results: list[Any] = [None] * len(requests)
+    for start in range(0, len(order), chunk_size):
+        chosen = order[start : start + chunk_size]
+        for index, result in zip(
+            chosen, call([requests[i] for i in chosen], disable_tqdm=True), strict=True
+        ):
+            results[index] = result
+        report(phase, min(start + chunk_size, len(order)), len(order))
+    return results
+
+
+def _item(leaf: str, sample: dict[str, Any], metric: str) -> dict[str, Any]:
+    if metric not in sample:
+        raise RuntimeError(f"{leaf}: lm-eval logged no '{metric}' (has: {sorted(sample)})")
+    value = sample[metric]
+    if isinstance(value, list | tuple):  # per-instruction metrics: a prompt scores their mean
+        value = sum(map(float, value)) / len(value) if value else 0.0
+    resps = sample.get("resps") or [[""]]
+    response = resps[0][0] if resps and resps[0] else ""
+    return {
+        "id": f"{leaf}/{int(sample['doc_id'])}",
+        "subtask": leaf,
+        "doc_id": int(sample["doc_id"]),
+        "score": float(value),
+        "doc_hash": sample.get("doc_hash"),
+        "prompt_hash": sample.get("prompt_hash"),
+        "target_hash": sample.get("target_hash"),
+        "response": str(response)[:MAX_RESPONSE_CHARS],
+        "extracted": json.dumps(sample.get("filtered_resps"), default=str)[:200],
+    }
+
+
+def files_sha256(files: dict[str, Path]) -> dict[str, str]:
+    """Content hashes of a task's local data files (part of the task stage's key)."""
+    from quantbench.models import file_sha256
+
+    return {split: file_sha256(path) for split, path in sorted(files.items())}
+
+
+def settings_digest(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]

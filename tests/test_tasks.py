@@ -1,0 +1,314 @@
+"""Task accuracy through lm-eval: local data, the same items for every variant, paired stats,
+sandboxed code, and the refusals that must happen before any compute."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import read_json, run_cli, tiny_study_yaml
+from quantbench import stats
+from quantbench.config import TasksConfig
+from quantbench.errors import UserError
+from quantbench.metrics.tasks import compare_items, summarize_task
+from quantbench.sandbox import sandbox_available
+from quantbench.tasks.data import dataset_overrides, resolve_files
+from quantbench.tasks.harness import LeafTask, check_task, choose_items
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+needs_shared_data = pytest.mark.skipif(
+    not SHARED_DATA.is_dir(), reason="shared/data (real task data) is not next to the checkout"
+)
+
+
+def _jsonl(path: Path, rows: list[dict[str, Any]], gz: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    if gz:
+        path.write_bytes(gzip.compress(text.encode()))
+    else:
+        path.write_text(text)
+
+
+@pytest.fixture(scope="module")
+def task_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few hand-written rows in the shared/data layout (not copies of the real sets)."""
+    root = tmp_path_factory.mktemp("task-data")
+    math = [
+        {"question": f"Tom has {n} apples and buys 2 more. How many?", "answer": f"#### {n + 2}"}
+        for n in range(1, 7)
+    ]
+    _jsonl(root / "gsm8k" / "test.jsonl", math[:3])
+    _jsonl(root / "gsm8k" / "train.jsonl.gz", math[3:], gz=True)
+    _jsonl(
+        root / "ifeval" / "input_data.jsonl",
+        [
+            {
+                "key": 1,
+                "prompt": "Describe a cat in fewer than 3 sentences.",
+                "instruction_id_list": ["length_constraints:number_sentences"],
+                "kwargs": [{"relation": "less than", "num_sentences": 3}],
+            },
+            {
+                "key": 2,
+                "prompt": "Write a short note without any commas.",
+                "instruction_id_list": ["punctuation:no_comma"],
+                "kwargs": [{}],
+            },
+        ],
+    )
+    _jsonl(
+        root / "humanevalplus" / "HumanEvalPlus-OriginFmt.jsonl.gz",
+        [
+            {
+                "task_id": "T/0",
+                "prompt": "def add(a, b):\n",
+                "canonical_solution": "    return a + b\n",
+                "entry_point": "add",
+                "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n",
+            }
+        ],
+        gz=True,
+    )
+    return root
+
+
+# ---------------------------------------------------------------------- local data
+
+
+def test_local_files_resolve_to_lm_eval_dataset_overrides(task_data: Path) -> None:
+    files = resolve_files("gsm8k", task_data)
+    assert files == {
+        "test": task_data / "gsm8k" / "test.jsonl",
+        "train": task_data / "gsm8k" / "train.jsonl.gz",
+    }
+    overrides = dataset_overrides(files)
+    assert overrides["dataset_path"] == "json"
+    assert overrides["dataset_name"] is None
+    assert overrides["dataset_kwargs"]["data_files"]["test"].endswith("test.jsonl")
+
+
+@needs_shared_data
+def test_the_shared_data_layout_serves_all_four_tasks() -> None:
+    for task in ("mmlu_pro", "gsm8k", "ifeval", "humaneval_plus"):
+        assert resolve_files(task, SHARED_DATA)
+    assert dataset_overrides(resolve_files("mmlu_pro", SHARED_DATA))["dataset_path"] == "parquet"
+
+
+def test_missing_and_malformed_task_data_are_user_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="task data folder not found"):
+        resolve_files("gsm8k", tmp_path / "nope")
+    with pytest.raises(UserError, match=r"no test split .*gsm8k/test\.jsonl"):
+        resolve_files("gsm8k", tmp_path)
+    _jsonl(tmp_path / "gsm8k" / "test.jsonl", [{"prompt": "no question field"}])
+    _jsonl(tmp_path / "gsm8k" / "train.jsonl", [{"question": "q", "answer": "#### 1"}])
+    with pytest.raises(UserError, match=r"missing field.*question"):
+        resolve_files("gsm8k", tmp_path)
+    (tmp_path / "gsm8k" / "test.jsonl").write_text("{not json\n")
+    with pytest.raises(UserError, match="not valid JSON"):
+        resolve_files("gsm8k", tmp_path)
+    with pytest.raises(UserError, match="no local-data layout"):
+        resolve_files("arc_easy", tmp_path)
+
+
+def test_code_tasks_are_refused_without_permission(task_data: Path) -> None:
+    config = TasksConfig(names=("humaneval_plus",), data_dir=task_data)
+    with pytest.raises(UserError, match="--allow-code-execution"):
+        check_task("humaneval_plus", config, lambda: ())
+
+
+def test_unknown_task_names_get_a_suggestion() -> None:
+    with pytest.raises(UserError, match='did you mean "gsm8k"'):
+        check_task("gsm8kk", TasksConfig(names=("gsm8kk",)), lambda: ("gsm8k", "ifeval"))
+
+
+# ---------------------------------------------------------------------- items
+
+
+class _Docs:
+    def __init__(self, n: int) -> None:
+        self.eval_docs = list(range(n))
+
+
+@pytest.mark.parametrize(
+    ("sizes", "limit", "expected"),
+    [
+        ([100], 20, [20]),
+        ([5], 20, [5]),
+        ([10] * 14, 20, [2] * 6 + [1] * 8),
+        ([1, 10, 10], 9, [1, 4, 4]),
+        ([3, 3], None, [3, 3]),
+        ([10, 10, 10], 2, [1, 1, 0]),
+    ],
+)
+def test_limit_takes_the_first_items_spread_over_subtasks(
+    sizes: list[int], limit: int | None, expected: list[int]
+) -> None:
+    leaves = [LeafTask(f"sub{i}", _Docs(n)) for i, n in enumerate(sizes)]
+    choose_items(leaves, limit)
+    assert [leaf.take for leaf in leaves] == expected
+
+
+# ---------------------------------------------------------------------- paired statistics
+
+
+def _items(scores: list[float], prompt: str = "p") -> list[dict[str, Any]]:
+    return [
+        {"id": f"t/{i}", "subtask": "t", "score": s, "prompt_hash": f"{prompt}{i}"}
+        for i, s in enumerate(scores)
+    ]
+
+
+def test_paired_comparison_counts_flips_and_matches_the_statistics() -> None:
+    base = [1, 1, 1, 1, 0, 0, 1, 0, 1, 1, 0, 1]
+    var = [1, 0, 0, 1, 0, 1, 0, 0, 1, 0, 0, 1]
+    paired = compare_items(_items(var), _items(base), seed=0)
+    assert (paired.right_to_wrong, paired.wrong_to_right) == (4, 1)
+    # exact two-sided McNemar for b=4, c=1: 2 * (1 + 5) / 32
+    assert paired.mcnemar_p == pytest.approx(12 / 32)
+    assert paired.difference_points.estimate == pytest.approx(100 * (5 - 8) / 12)
+    _, low, high = stats.paired_bootstrap_diff_ci(var, base, n_resamples=2000, seed=0)
+    assert (paired.difference_points.low, paired.difference_points.high) == pytest.approx(
+        (100 * low, 100 * high)
+    )
+    assert paired.difference_points.low < paired.difference_points.estimate < 0
+
+
+def test_accuracy_interval_is_wilson_for_binary_scores() -> None:
+    record = summarize_task(
+        "t", "acc", "none", _items([1.0] * 7 + [0.0] * 13), None,
+        seed=0, aggregates={}, settings={}, data_files={}, wall_s=1.0,
+    )  # fmt: skip
+    assert record.accuracy.estimate == pytest.approx(0.35)
+    # Wilson 95% for 7/20, from the closed form with z = 1.959964 (independent arithmetic):
+    assert (record.accuracy.low, record.accuracy.high) == pytest.approx((0.1812, 0.5671), abs=1e-4)
+    assert record.accuracy_interval == "wilson"
+
+
+def test_items_with_different_prompts_are_not_paired() -> None:
+    with pytest.raises(UserError, match="different prompts"):
+        compare_items(_items([1, 0]), _items([1, 0], prompt="q"), seed=0)
+    with pytest.raises(UserError, match="not shared"):
+        compare_items(_items([1, 0, 1]), _items([1, 0]), seed=0)
+
+
+# ---------------------------------------------------------------------- punkt and code
+
+
+def test_punkt_tab_is_written_from_the_pip_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nltk
+    from nltk.data import FileSystemPathPointer
+    from nltk.tokenize.punkt import load_punkt_params
+    from punkt.data import english
+
+    from quantbench.tasks.punkt import use_punkt_tab
+
+    monkeypatch.setattr(nltk.data, "path", list(nltk.data.path))
+    monkeypatch.setenv("NLTK_DATA", "")
+    folder = use_punkt_tab(tmp_path)
+    assert folder == tmp_path / "tokenizers" / "punkt_tab" / "english"
+    params = load_punkt_params(FileSystemPathPointer(str(folder)))
+    assert params.abbrev_types == set(english.ABBREV_TYPES)
+    assert params.collocations == set(english.COLLOCATIONS)
+    assert params.sent_starters == set(english.SENT_STARTERS)
+    assert dict(params.ortho_context) == dict(english.ORTHO_CONTEXT)
+    text = "Dr. Smith arrived at 5 p.m. on Jan. 3. He left early. Mr. Jones stayed."
+    assert len(nltk.sent_tokenize(text)) == 3
+    # IFEval's sentence counter loads the model through NLTK's pickle name, redirected to it:
+    assert len(nltk.data.load("nltk:tokenizers/punkt/english.pickle").tokenize(text)) == 3
+
+
+needs_sandbox = pytest.mark.skipif(
+    sandbox_available() is not None, reason=f"no code sandbox here: {sandbox_available()}"
+)
+
+
+@needs_sandbox
+@needs_shared_data
+def test_canonical_humaneval_plus_solutions_pass_and_wrong_ones_fail() -> None:
+    from quantbench.sandbox import SandboxLimits
+    from quantbench.tasks.code import build_predictions, make_pass_at_1
+
+    pass_at_1 = make_pass_at_1(SandboxLimits(timeout_s=30))
+    path = SHARED_DATA / "humanevalplus" / "HumanEvalPlus-OriginFmt.jsonl.gz"
+    with gzip.open(path, "rt") as stream:
+        rows = [json.loads(line) for line in stream][:3]
+    for row in rows:
+        reference = row["test"] + f"\ncheck({row['entry_point']})"
+        good = build_predictions([[row["canonical_solution"]]], [row])
+        bad = build_predictions([["    return None\n"]], [row])
+        assert pass_at_1([reference], good) == 1.0, row["task_id"]
+        assert pass_at_1([reference], bad) == 0.0, row["task_id"]
+
+
+# ---------------------------------------------------------------------- a whole study
+
+
+@needs_sandbox
+def test_study_runs_tasks_offline_pairs_them_and_caches_them(
+    tiny_model: Path, task_data: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    evaluation = {
+        "metrics": [],
+        "tasks": {
+            "names": ["gsm8k", "ifeval", "humaneval_plus"],
+            "data_dir": str(task_data),
+            "limit": 2,
+            "num_fewshot": 0,
+            "max_gen_tokens": 6,
+            "allow_code_execution": True,
+        },
+    }
+    study = tiny_study_yaml(
+        tmp_path / "study.yaml", tiny_model, out, ["bf16", "fp8-dynamic"], evaluation
+    )
+    result = run_cli("run", "--config", str(study))
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = read_json(out / "results.json")
+    variants = {v["name"]: v for v in data["variants"]}  # type: ignore[attr-defined]
+    for name in ("bf16", "fp8-dynamic"):
+        tasks = variants[name]["metrics"]["tasks"]
+        assert set(tasks) == {"gsm8k", "ifeval", "humaneval_plus"}, variants[name]["metrics"]
+        assert tasks["gsm8k"]["n_items"] == 2
+        assert tasks["humaneval_plus"]["n_items"] == 1
+        assert tasks["gsm8k"]["settings"]["num_fewshot"] == {"gsm8k": 0}
+        assert tasks["gsm8k"]["settings"]["max_gen_tokens"] == 6
+        assert tasks["humaneval_plus"]["settings"]["sandbox"]["network"].startswith("none")
+        paired = tasks["ifeval"]["vs_baseline"]
+        assert paired["n_paired"] == 2
+    assert "## Task accuracy" in (out / "report.md").read_text()
+    assert 'id="tasks"' in (out / "report.html").read_text()
+    header = (out / "results.csv").read_text().splitlines()[0]
+    assert "gsm8k_accuracy" in header and "ifeval_mcnemar_p" in header
+    assert "task accuracy" in result.stdout
+
+    again = run_cli("run", "--config", str(study))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "cached" in again.stderr or "done" in again.stderr
+    assert read_json(out / "results.json")["variants"] == data["variants"]
+
+
+def test_cli_refuses_code_tasks_before_any_compute(tiny_model: Path, task_data: Path) -> None:
+    result = run_cli(
+        "run",
+        "--model",
+        str(tiny_model),
+        "--schemes",
+        "bf16",
+        "--tasks",
+        "humaneval_plus",
+        "--task-data",
+        str(task_data),
+        "--out",
+        str(task_data.parent / "refused"),
+    )
+    assert result.returncode == 2
+    assert "--allow-code-execution" in result.stderr
+    assert not (task_data.parent / "refused" / "stages" / "quantize").exists()
