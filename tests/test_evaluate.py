@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from quantbench import evaluate as evaluate_module
 from quantbench.config import load_study_config
 from quantbench.corpus import read_windows
+from quantbench.executors import local as local_executor
 from quantbench.results import load_results
 from quantbench.study import run_study
 
@@ -102,7 +102,7 @@ def test_rerun_evaluates_nothing(evaluated: Path, monkeypatch: pytest.MonkeyPatc
     def no_worker(*args: Any, **kwargs: Any) -> int:
         raise AssertionError("a finished evaluation must not start a worker")
 
-    monkeypatch.setattr(evaluate_module, "run_python_worker", no_worker)
+    monkeypatch.setattr(local_executor, "run_python_worker", no_worker)
     config = load_study_config(evaluated / "study.yaml")
     results = run_study(config, Console(file=io.StringIO()))
     assert results.variant("fp8-dynamic").metrics.divergence is not None

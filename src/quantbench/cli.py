@@ -112,7 +112,13 @@ def run(
     max_kl: MaxKL = None,
     max_ppl_increase: MaxPplIncrease = None,
     max_accuracy_drop: MaxAccuracyDrop = None,
-    executor: Annotated[str, typer.Option(help="where variants run: local")] = "local",
+    executor: Annotated[
+        str | None, typer.Option(help="where variants run: local (default) or ray")
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster to join (auto, ray://host:10001); default: start one"),
+    ] = None,
 ) -> None:
     """Quantize the model with every scheme of the study and write OUT/results.json."""
     from quantbench.config import load_study_config
@@ -130,6 +136,7 @@ def run(
             "seed": seed,
         },
         "decision": _decision(max_kl, max_ppl_increase, max_accuracy_drop),
+        "execution": {"executor": executor, "ray_address": ray_address},
         "evaluation": {
             "metrics": metrics,
             "device": device,
@@ -148,11 +155,55 @@ def run(
     }
     study = load_study_config(config, overrides)
     err = Console(stderr=True)
-    results = run_study(study, err, executor=executor)
+    results = run_study(study, err)
     _stdout().print(results_table(results))
     err.print(f"results: {study.out / 'results.json'}, {study.out / 'report.md'}")
     if any(v.status != "ok" for v in results.variants):
         raise typer.Exit(1)
+
+
+@app.command("plan")
+def plan_command(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="study YAML; flags override it")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="model (as for `run`)")] = None,
+    schemes: Annotated[str | None, typer.Option(help="comma-separated scheme names")] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder to check for done stages")] = None,
+    tasks: Annotated[str | None, typer.Option(help="lm-eval tasks, comma-separated")] = None,
+    executor: Annotated[str | None, typer.Option(help="local or ray")] = None,
+) -> None:
+    """Print every stage the study needs (matrix expanded), its key, whether it is done and
+    the resources it will request, without running anything."""
+    from quantbench.config import load_study_config
+    from quantbench.inventory import plan_stages
+
+    overrides = {
+        "model": model,
+        "schemes": schemes,
+        "out": str(out) if out else None,
+        "execution": {"executor": executor},
+        "evaluation": {"tasks": {"names": tasks}},
+    }
+    study = load_study_config(config, overrides)
+    err = Console(stderr=True)
+    stages = plan_stages(study, on_status=lambda s: err.print(f"[dim]{s}"))
+    table = Table(title=f"quantbench plan · {study.out}", title_justify="left")
+    for column in ("stage", "variant", "key", "state", "runs on", "resources"):
+        table.add_column(column, no_wrap=column in ("stage", "key"))
+    for stage in stages:
+        resources = ", ".join(
+            f"{k}={v / 2**30:.1f} GiB" if k == "memory" else f"{k}={v:g}"
+            for k, v in stage.resources.items()
+        )
+        state = "[green]done" if stage.done else "pending"
+        table.add_row(stage.stage, stage.variant, stage.key, state, stage.runs_on, resources or "–")
+    _stdout().print(table)
+    pending = sum(not s.done for s in stages)
+    _stdout().print(
+        f"{len(stages)} stages: {len(stages) - pending} done, {pending} to run "
+        f"(executor: {study.execution.executor})"
+    )
 
 
 @app.command("schemes")

@@ -7,9 +7,10 @@ planner, so that a config can be written, validated and hashed anywhere.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -25,21 +26,46 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+PositiveInt = Annotated[int, Field(gt=0)]
+UnitFloat = Annotated[float, Field(ge=0.0, le=1.0)]
+OpenUnitFloat = Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
+def _grid(values: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Expand list/tuple values into their product: [(scalar values, {axis: value})]."""
+    axes = {k: list(v) for k, v in values.items() if isinstance(v, list | tuple)}
+    if not axes:
+        return [(dict(values), {})]
+    expanded = []
+    for combo in itertools.product(*axes.values()):
+        chosen = dict(zip(axes, combo, strict=True))
+        expanded.append(({**values, **chosen}, chosen))
+    return expanded
+
+
 class SchemeEntry(_Strict):
-    """One variant to build: a scheme plus the options that differ from its defaults."""
+    """One variant to build: a scheme plus the options that differ from its defaults.
+
+    A list of values for a numeric option (e.g. `group_size: [32, 64]`) is a study axis: the
+    entry expands into one variant per value (`expand`).
+    """
 
     scheme: str
     name: str | None = Field(
         default=None, description="variant name; derived from the scheme and options if unset"
     )
-    group_size: int | None = Field(default=None, gt=0, description="weights per scale group")
-    smoothing_strength: float | None = Field(
-        default=None, ge=0.0, le=1.0, description="SmoothQuant alpha"
+    group_size: PositiveInt | tuple[PositiveInt, ...] | None = Field(
+        default=None, description="weights per scale group"
     )
-    dampening_frac: float | None = Field(
-        default=None, gt=0.0, lt=1.0, description="GPTQ Hessian dampening, fraction of mean diag"
+    smoothing_strength: UnitFloat | tuple[UnitFloat, ...] | None = Field(
+        default=None, description="SmoothQuant alpha"
     )
-    block_size: int | None = Field(default=None, gt=0, description="GPTQ columns per block")
+    dampening_frac: OpenUnitFloat | tuple[OpenUnitFloat, ...] | None = Field(
+        default=None, description="GPTQ Hessian dampening, fraction of mean diag"
+    )
+    block_size: PositiveInt | tuple[PositiveInt, ...] | None = Field(
+        default=None, description="GPTQ columns per block"
+    )
     ignore: tuple[str, ...] | None = Field(
         default=None, description="module names or 're:' patterns left unquantized"
     )
@@ -53,6 +79,19 @@ class SchemeEntry(_Strict):
         """The options the user set explicitly (None means 'use the scheme default')."""
         skip = {"scheme", "name"}
         return {k: v for k, v in self.model_dump().items() if k not in skip and v is not None}
+
+    def expand(self) -> list[tuple[SchemeEntry, dict[str, Any]]]:
+        """One entry per combination of list-valued options, with that combination."""
+        gridded = {k: v for k, v in self.options().items() if k != "ignore"}
+        out = []
+        for values, axes in _grid(gridded):
+            name = self.name
+            if name and axes:
+                name += "-" + "-".join(
+                    f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in axes.items()
+                )
+            out.append((self.model_copy(update={**values, "name": name}), axes))
+        return out
 
 
 class CalibrationConfig(_Strict):
@@ -70,6 +109,33 @@ class CalibrationConfig(_Strict):
     num_samples: int = Field(default=64, gt=0)
     seq_len: int = Field(default=512, gt=0, description="tokens per sample, at most")
     seed: int = 0
+
+
+class CalibrationGrid(_Strict):
+    """The study's calibration settings: a `CalibrationConfig`, where a list of values (e.g.
+    `num_samples: [16, 64]`) is a study axis. Every scheme that calibrates is built once per
+    combination (`settings`)."""
+
+    source: str | tuple[str, ...] = Field(
+        default="builtin",
+        description="'builtin', a local .jsonl/.json/.parquet/.txt file, or a hub dataset id",
+    )
+    split: str = "train"
+    num_samples: PositiveInt | tuple[PositiveInt, ...] = 64
+    seq_len: PositiveInt | tuple[PositiveInt, ...] = Field(
+        default=512, description="tokens per sample, at most"
+    )
+    seed: int | tuple[int, ...] = 0
+
+    def settings(self) -> list[tuple[CalibrationConfig, dict[str, Any]]]:
+        """Scalar settings, one per combination of list values, with their axis values."""
+        return [
+            (
+                CalibrationConfig(**scalar),
+                {f"calibration.{k}": v for k, v in axes.items()},
+            )
+            for scalar, axes in _grid(self.model_dump())
+        ]
 
 
 DEFAULT_METRICS = ("size", "perplexity", "divergence", "speed", "generations")
@@ -197,6 +263,20 @@ class DecisionConfig(_Strict):
     max_accuracy_drop: float | None = Field(default=None, ge=0, description="points")
 
 
+class ExecutionConfig(_Strict):
+    """Where the study's stages run."""
+
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str | None = Field(
+        default=None, description="None: start a local Ray; 'auto' or ray://host:10001 to join"
+    )
+    resources: dict[Literal["quantize", "evaluate"], dict[str, float]] = Field(
+        default_factory=dict,
+        description="per stage kind, Ray resources that replace the derived ones "
+        "(num_cpus, num_gpus, memory in bytes)",
+    )
+
+
 class StudyConfig(_Strict):
     """Everything that defines a study; flags on the command line override the file."""
 
@@ -204,9 +284,10 @@ class StudyConfig(_Strict):
     schemes: tuple[SchemeEntry, ...] = Field(
         default=tuple(SchemeEntry(scheme=s) for s in DEFAULT_SCHEMES), min_length=1
     )
-    calibration: CalibrationConfig = CalibrationConfig()
+    calibration: CalibrationGrid = CalibrationGrid()
     evaluation: EvaluationConfig = EvaluationConfig()
     decision: DecisionConfig = DecisionConfig()
+    execution: ExecutionConfig = ExecutionConfig()
     out: Path = DEFAULT_OUT
 
     @field_validator("schemes", mode="before")
@@ -239,10 +320,27 @@ def _field_names(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str
     return list(current.model_fields)
 
 
+def _union_branch(loc: tuple[int | str, ...]) -> tuple[str | None, tuple[int | str, ...]]:
+    """pydantic names the member of a union in the error location ('constrained-int',
+    'tuple[constrained-int, ...]'); return that tag and the location without it."""
+    for index, part in enumerate(loc):
+        if isinstance(part, str) and not part.isidentifier():
+            return part, loc[:index] + loc[index + 1 :]
+    return None, loc
+
+
 def _explain(error: ValidationError, origin: str) -> str:
     problems = []
     for item in error.errors():
-        loc = tuple(item["loc"])
+        branch, loc = _union_branch(tuple(item["loc"]))
+        if branch is not None:
+            # A value or a list of values: report the branch that matches what was given.
+            is_list_branch = branch.startswith(("tuple[", "list["))
+            failed_element = len(loc) > len(tuple(item["loc"])) - 2 and isinstance(loc[-1], int)
+            if is_list_branch and not failed_element:
+                continue
+            if not is_list_branch and str(item["type"]).endswith("_type"):
+                continue
         where = ".".join(str(p) for p in loc) or "(top level)"
         if item["type"] == "extra_forbidden":
             hint = did_you_mean(str(loc[-1]), _field_names(StudyConfig, loc))

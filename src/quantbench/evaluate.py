@@ -20,6 +20,7 @@ from typing import Any
 
 from quantbench.config import EvaluationConfig
 from quantbench.corpus import corpus_ref, read_windows
+from quantbench.executors.base import Launch, Resources
 from quantbench.plan import StudyPlan, VariantPlan, library_versions
 from quantbench.results import VariantMetrics
 from quantbench.store import StageRef, StageStore, content_key
@@ -111,6 +112,8 @@ def evaluate_variant(
     store: StageStore,
     logs: Path,
     on_progress: Callable[[str, int | None, int | None], None],
+    launch: Launch = run_python_worker,
+    resources: Resources | None = None,
 ) -> VariantMetrics:
     refs = eval_plan.stages.get(variant.name, {})
     pending = [(name, ref.key) for name, ref in refs.items() if not store.is_done(ref)]
@@ -137,12 +140,13 @@ def evaluate_variant(
             on_progress(str(event.get("phase", "")), event.get("done"), event.get("total"))
 
         log_path = logs / f"eval-{variant.name}.log"
-        returncode = run_python_worker(
+        returncode = launch(
             "quantbench.evaluate",
             request,
             logs / f"eval-{variant.name}.request.json",
             log_path,
             on_event,
+            resources=resources,
         )
         if returncode != 0 or not result_path.is_file():
             reason = str(failure("evaluation", returncode, log_path))
@@ -209,6 +213,8 @@ def _worker_main(request_path: Path) -> None:
 
     errors: dict[str, str] = {}
     for name, key in request["pending"]:
+        if store.is_done(StageRef(name, key)):  # finished by an earlier, killed attempt
+            continue
         metric_name, param = split_stage_name(name)
         metric = load_metric(REGISTRY[metric_name])
         missing = [

@@ -8,12 +8,13 @@ are a deterministic function of these, so they need no place in the key.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 from quantbench.calibration import calibration_ref
-from quantbench.config import SchemeEntry, StudyConfig
+from quantbench.config import CalibrationConfig, SchemeEntry, StudyConfig
 from quantbench.errors import UserError
 from quantbench.models import ResolvedModel
 from quantbench.schemes import Scheme, get_scheme
@@ -62,6 +63,21 @@ def variant_name(entry: SchemeEntry, defaults: dict[str, Any] | None = None) -> 
     return "-".join(parts)
 
 
+_CALIBRATION_TAGS = {"num_samples": "n", "seq_len": "len", "seed": "seed"}
+
+
+def calibration_suffix(axes: dict[str, Any]) -> str:
+    """'n16', 'len256-seed1', 'src-alpaca' for the calibration settings a variant was made with."""
+    parts = []
+    for key, value in axes.items():
+        name = key.removeprefix("calibration.")
+        if name in _CALIBRATION_TAGS:
+            parts.append(f"{_CALIBRATION_TAGS[name]}{value}")
+        elif name == "source":
+            parts.append("src-" + (Path(str(value)).stem or str(value))[:16])
+    return "-".join(parts)
+
+
 @dataclass(frozen=True)
 class VariantPlan:
     name: str
@@ -69,6 +85,11 @@ class VariantPlan:
     requested: dict[str, Any]
     options: dict[str, Any]
     quantize: StageRef
+    calibration: StageRef | None = None
+    calibration_config: CalibrationConfig | None = None
+    axes: dict[str, Any] = field(default_factory=dict)
+    """The study-matrix coordinates of this variant, e.g. {'group_size': 32,
+    'calibration.num_samples': 16}; empty outside a matrix."""
 
     @property
     def needs_calibration(self) -> bool:
@@ -79,52 +100,75 @@ class VariantPlan:
 class StudyPlan:
     config: StudyConfig
     model: ResolvedModel
-    calibration: StageRef | None
+    calibrations: dict[str, tuple[StageRef, CalibrationConfig]]
+    """Calibration stages by key, each with its (scalar) settings."""
     variants: tuple[VariantPlan, ...]
+
+    @property
+    def calibration(self) -> StageRef | None:
+        """The first calibration stage (the only one outside a calibration matrix)."""
+        return next((ref for ref, _ in self.calibrations.values()), None)
 
 
 def build_plan(config: StudyConfig, model: ResolvedModel) -> StudyPlan:
-    """Resolve schemes and options and compute every stage key; report all problems at once."""
+    """Expand the study matrix, resolve schemes and options and compute every stage key;
+    report all problems at once."""
     problems: list[str] = []
-    resolved: list[tuple[str, Scheme, dict[str, Any], dict[str, Any]]] = []
-    for entry in config.schemes:
-        try:
-            scheme = get_scheme(entry.scheme)
-            requested = entry.options()
-            options = scheme.resolve_options(requested)
-        except UserError as exc:
-            problems.append(str(exc))
-            continue
-        resolved.append((variant_name(entry, scheme.defaults), scheme, requested, options))
-    names = [name for name, *_ in resolved]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        problems.append(
-            f"variant name(s) {', '.join(duplicates)} appear twice; give each a distinct 'name'"
-        )
+    settings = config.calibration.settings()
+    resolved: list[tuple[str, Scheme, dict[str, Any], dict[str, Any], dict[str, Any]]] = []
+    for grid_entry in config.schemes:
+        for entry, axes in grid_entry.expand():
+            try:
+                scheme = get_scheme(entry.scheme)
+                requested = entry.options()
+                options = scheme.resolve_options(requested)
+            except UserError as exc:
+                problems.append(str(exc))
+                continue
+            resolved.append(
+                (variant_name(entry, scheme.defaults), scheme, requested, options, axes)
+            )
     if problems:
-        raise UserError("; ".join(problems))
+        raise UserError("; ".join(sorted(set(problems))))
 
-    calibration = (
-        calibration_ref(config.calibration, model)
-        if any(scheme.needs_calibration for _, scheme, _, _ in resolved)
-        else None
-    )
+    calibrations: dict[str, tuple[StageRef, CalibrationConfig]] = {}
     versions = library_versions()
     variants = []
-    for name, scheme, requested, options in resolved:
-        payload = {
-            "stage": "quantize",
-            "v": QUANTIZE_STAGE_VERSION,
-            "model": model.fingerprint,
-            "scheme": scheme.name,
-            "options": options,
-            "calibration": calibration.key if scheme.needs_calibration and calibration else None,
-            "versions": versions,
-        }
-        variants.append(
-            VariantPlan(
-                name, scheme, requested, options, StageRef("quantize", content_key(payload))
+    for name, scheme, requested, options, axes in resolved:
+        choices = settings if scheme.needs_calibration else [(settings[0][0], {})]
+        for calibration_config, calibration_axes in choices:
+            ref = None
+            variant = name
+            if scheme.needs_calibration:
+                ref = calibration_ref(calibration_config, model)
+                calibrations.setdefault(ref.key, (ref, calibration_config))
+                if len(settings) > 1:
+                    variant = f"{name}-{calibration_suffix(calibration_axes)}"
+            payload = {
+                "stage": "quantize",
+                "v": QUANTIZE_STAGE_VERSION,
+                "model": model.fingerprint,
+                "scheme": scheme.name,
+                "options": options,
+                "calibration": ref.key if ref else None,
+                "versions": versions,
+            }
+            variants.append(
+                VariantPlan(
+                    variant,
+                    scheme,
+                    requested,
+                    options,
+                    StageRef("quantize", content_key(payload)),
+                    calibration=ref,
+                    calibration_config=calibration_config if ref else None,
+                    axes={**axes, **calibration_axes},
+                )
             )
+    names = [v.name for v in variants]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise UserError(
+            f"variant name(s) {', '.join(duplicates)} appear twice; give each a distinct 'name'"
         )
-    return StudyPlan(config, model, calibration, tuple(variants))
+    return StudyPlan(config, model, calibrations, tuple(variants))

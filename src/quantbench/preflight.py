@@ -7,7 +7,7 @@ memory available now.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from quantbench.config import CalibrationConfig
 from quantbench.models import ModelInfo
@@ -60,11 +60,16 @@ def preflight_variants(
     calibration: CalibrationConfig,
     available_bytes: int,
 ) -> dict[str, Preflight]:
-    """Run every scheme's checks plus the memory check; problems are collected, not raised."""
+    """Run every scheme's checks plus the memory check; problems are collected, not raised.
+
+    `calibration` is the default setting; a variant made with its own (a calibration axis of
+    a study matrix) is checked with that one.
+    """
     outcomes: dict[str, Preflight] = {}
     for variant in variants:
         outcome = variant.scheme.preflight(info, variant.requested)
-        estimate = estimate_memory(info, variant.needs_calibration, calibration)
+        own = variant.calibration_config or calibration
+        estimate = estimate_memory(info, variant.needs_calibration, own)
         if estimate.total_bytes > available_bytes:
             outcome.problems.append(
                 f"{variant.name}: needs about {estimate.total_bytes / GIB:.1f} GiB to quantize "
@@ -72,5 +77,5 @@ def preflight_variants(
                 "calibration.num_samples / seq_len, or use a bigger machine"
             )
         outcome.notes.append(f"estimated peak memory {estimate.total_bytes / GIB:.1f} GiB")
-        outcomes[variant.name] = outcome
+        outcomes[variant.name] = replace(outcome, memory_bytes=estimate.total_bytes)
     return outcomes

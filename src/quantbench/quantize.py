@@ -13,6 +13,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from quantbench.executors.base import Launch, Resources
 from quantbench.workers import die_with_parent, emit, failure, run_python_worker
 
 ARTIFACT_DIR = "artifact"
@@ -37,9 +39,14 @@ class Progress:
 
 
 def run_worker(
-    request: dict[str, Any], work: Path, on_progress: Callable[[Progress], None]
+    request: dict[str, Any],
+    work: Path,
+    on_progress: Callable[[Progress], None],
+    launch: Launch = run_python_worker,
+    resources: Resources | None = None,
 ) -> dict[str, Any]:
-    """Run the quantization worker for `request` with `work` as its folder; return its result."""
+    """Run the quantization worker for `request` with `work` as its folder (through `launch`,
+    which may run it on another node); return its result."""
 
     def on_stderr(line: str) -> None:
         match = _PROGRESS.search(line)
@@ -49,8 +56,14 @@ def run_worker(
     def on_event(event: dict[str, Any]) -> None:
         on_progress(Progress(str(event.get("phase", ""))))
 
-    returncode = run_python_worker(
-        "quantbench.quantize", request, work / REQUEST_FILE, work / LOG_FILE, on_event, on_stderr
+    returncode = launch(
+        "quantbench.quantize",
+        request,
+        work / REQUEST_FILE,
+        work / LOG_FILE,
+        on_event,
+        on_stderr,
+        resources=resources,
     )
     result_path = work / RESULT_FILE
     if returncode != 0 or not result_path.is_file():
@@ -80,6 +93,8 @@ def _worker_main(request_path: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(request["model_path"], dtype=dtype)
     phases["load_s"] = time.perf_counter() - mark
     artifact = work / ARTIFACT_DIR
+    shutil.rmtree(artifact, ignore_errors=True)  # a retried attempt starts from nothing
+    (work / RESULT_FILE).unlink(missing_ok=True)
 
     if isinstance(scheme, Baseline):
         emit("saving")

@@ -213,6 +213,10 @@ class VariantResult(_Record):
     )
     decisions: list[str] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
+    axes: dict[str, Any] = Field(
+        default_factory=dict,
+        description="study-matrix coordinates, e.g. {group_size: 32, calibration.num_samples: 16}",
+    )
     needs_calibration: bool = False
     quantization: QuantizationRecord | None = None
     disk_bytes: int | None = Field(default=None, description="bytes of the weight files")
@@ -284,7 +288,12 @@ class StudyResults(_Record):
     created_at: str
     model: dict[str, Any]
     config: dict[str, Any]
-    calibration: CalibrationRecord | None = None
+    calibration: CalibrationRecord | None = Field(
+        default=None, description="the first calibration setting (the only one outside a matrix)"
+    )
+    calibrations: list[CalibrationRecord] = Field(
+        default_factory=list, description="every calibration setting of the study"
+    )
     variants: list[VariantResult]
     recommendation: Recommendation | None = None
     provenance: dict[str, Any] = Field(

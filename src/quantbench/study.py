@@ -7,6 +7,7 @@ content key first, so a finished study re-runs without model work.
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,12 @@ from rich.progress import (
 
 from quantbench import __version__
 from quantbench.calibration import SAMPLES_FILE, prepare_calibration
-from quantbench.config import SchemeEntry, StudyConfig
+from quantbench.config import CalibrationConfig, SchemeEntry, StudyConfig
 from quantbench.corpus import prepare_corpus
 from quantbench.errors import StageFailed, UserError
 from quantbench.evaluate import BASELINE_SCHEMES, EvalPlan, evaluate_variant, plan_evaluation
 from quantbench.executors import Executor, get_executor
+from quantbench.executors.resources import gpus_visible, stage_resources
 from quantbench.models import inspect_model, resolve_model
 from quantbench.plan import StudyPlan, VariantPlan, build_plan
 from quantbench.preflight import available_memory_bytes, preflight_variants
@@ -49,30 +51,44 @@ STAGES_DIR = "stages"
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
-def run_study(config: StudyConfig, console: Console, executor: str = "local") -> StudyResults:
+def run_study(config: StudyConfig, console: Console) -> StudyResults:
     """Run (or resume) the study described by `config`; returns the saved results."""
     out = config.out
     ensure_writable_dir(out)
-    runner = get_executor(executor)
     with exclusive(out / LOCK_FILE, what=str(out)):
-        store = StageStore(out / STAGES_DIR)
-        swept = store.sweep_stale()
-        if swept:
-            console.print(f"[dim]removed {len(swept)} unfinished stage folder(s) of a killed run")
-        model = resolve_model(config.model, on_status=lambda s: console.print(f"[dim]{s}"))
-        for note in model.notes:
-            console.print(f"[dim]model: {note}")
-        config = _with_baseline(config, console)
-        plan = build_plan(config, model)
-        eval_plan = (
-            plan_evaluation(plan, config.evaluation) if config.evaluation.metric_names() else None
-        )
-        pending = [v for v in plan.variants if not store.is_done(v.quantize)]
-        preflights = _preflight(plan, pending, console)
-        calibration = _calibration(plan, pending, store, console)
-        if eval_plan and eval_plan.corpus and not store.is_done(eval_plan.corpus):
-            with console.status("tokenizing the evaluation corpus"):
-                prepare_corpus(store, eval_plan.corpus, config.evaluation.corpus, model)
+        return _run(config, console)
+
+
+def _executor(config: StudyConfig) -> Executor:
+    execution = config.execution
+    options = {"address": execution.ray_address} if execution.executor == "ray" else {}
+    return get_executor(execution.executor, **options)
+
+
+def _run(config: StudyConfig, console: Console) -> StudyResults:
+    """Everything cheap and checkable (planning, pre-flight, inputs) before the executor
+    starts; then quantize and evaluate through it."""
+    out = config.out
+    store = StageStore(out / STAGES_DIR)
+    swept = store.sweep_stale()
+    if swept:
+        console.print(f"[dim]removed {len(swept)} unfinished stage folder(s) of a killed run")
+    model = resolve_model(config.model, on_status=lambda s: console.print(f"[dim]{s}"))
+    for note in model.notes:
+        console.print(f"[dim]model: {note}")
+    config = with_baseline(config, lambda note: console.print(f"[dim]{note}"))
+    plan = build_plan(config, model)
+    eval_plan = (
+        plan_evaluation(plan, config.evaluation) if config.evaluation.metric_names() else None
+    )
+    pending = [v for v in plan.variants if not store.is_done(v.quantize)]
+    preflights = _preflight(plan, pending, console)
+    calibrations = _calibration(plan, pending, store, console)
+    if eval_plan and eval_plan.corpus and not store.is_done(eval_plan.corpus):
+        with console.status("tokenizing the evaluation corpus"):
+            prepare_corpus(store, eval_plan.corpus, config.evaluation.corpus, model)
+    runner = _executor(config)
+    try:
         console.print("[bold]quantize")
         with _progress(console) as progress:
             tasks = {
@@ -88,6 +104,7 @@ def run_study(config: StudyConfig, console: Console, executor: str = "local") ->
                     preflights.get(variant.name),
                     progress,
                     tasks[variant.name],
+                    runner,
                 )
 
             variants = runner.map(job, list(plan.variants))
@@ -98,11 +115,15 @@ def run_study(config: StudyConfig, console: Console, executor: str = "local") ->
             created_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             model=model.describe(),
             config=config.model_dump(mode="json"),
-            calibration=calibration,
+            calibration=calibrations[0] if calibrations else None,
+            calibrations=calibrations,
             variants=variants,
         )
         results = _finalize(results, config, store, eval_plan)
+        results.provenance["executor"] = runner.describe()
         save_results(out, results)
+    finally:
+        runner.close()
     return results
 
 
@@ -116,6 +137,8 @@ def _finalize(
     inputs: dict[str, Any] = {}
     if results.calibration:
         inputs["calibration"] = results.calibration.model_dump()
+    if len(results.calibrations) > 1:
+        inputs["calibrations"] = [c.model_dump() for c in results.calibrations]
     if eval_plan and eval_plan.corpus and store.is_done(eval_plan.corpus):
         manifest = store.manifest(eval_plan.corpus)
         inputs["corpus"] = {
@@ -136,20 +159,23 @@ def _finalize(
     }
     if prompts:
         inputs["prompts"] = [{"suite": suite, "sha256": digest} for suite, digest in prompts]
-    seeds = {"calibration": config.calibration.seed, "bootstrap": config.evaluation.seed}
+    seeds = {
+        "calibration": config.calibration.model_dump()["seed"],
+        "bootstrap": config.evaluation.seed,
+    }
     block = provenance.collect(config.model_dump(mode="json"), results.model, inputs, seeds)
     recommendation = recommend(results, Constraints(**config.decision.model_dump()))
     return results.model_copy(update={"provenance": block, "recommendation": recommendation})
 
 
-def _with_baseline(config: StudyConfig, console: Console) -> StudyConfig:
+def with_baseline(config: StudyConfig, on_note: Callable[[str], None]) -> StudyConfig:
     """Add a bf16 baseline when metrics compare against one and the study lists none."""
     comparing = {"perplexity", "divergence", "generations", "tasks"} & set(
         config.evaluation.metric_names()
     )
     if not comparing or any(e.scheme in BASELINE_SCHEMES for e in config.schemes):
         return config
-    console.print("[dim]no baseline scheme listed: adding bf16, the reference for comparisons")
+    on_note("no baseline scheme listed: adding bf16, the reference for comparisons")
     return config.model_copy(update={"schemes": (SchemeEntry(scheme="bf16"), *config.schemes)})
 
 
@@ -179,7 +205,19 @@ def _evaluate(
 
             result = by_name[variant.name]
             metrics = evaluate_variant(
-                eval_plan, variant, Path(result.artifact_path or ""), store, logs, on_progress
+                eval_plan,
+                variant,
+                Path(result.artifact_path or ""),
+                store,
+                logs,
+                on_progress,
+                runner.launch,
+                stage_resources(
+                    "evaluate",
+                    plan.config.execution,
+                    3 * (result.disk_bytes or 0) or None,
+                    gpus_visible() and eval_plan.config.device != "cpu",
+                ),
             )
             failed = ", ".join(metrics.errors)
             progress.update(
@@ -190,7 +228,10 @@ def _evaluate(
             )
             return result.model_copy(update={"metrics": metrics})
 
-        evaluated = {v.name: v for v in runner.map(job, ordered)}
+        first = [v for v in ordered if v.name == eval_plan.baseline]
+        rest = [v for v in ordered if v.name != eval_plan.baseline]
+        done = [job(v) for v in first]  # the others read the baseline's stages
+        evaluated = {v.name: v for v in [*done, *runner.map(job, rest)]}
     return [evaluated.get(v.name, v) for v in variants]
 
 
@@ -200,7 +241,9 @@ def _preflight(
     if not pending:
         return {}
     info = inspect_model(plan.model.path)
-    outcomes = preflight_variants(pending, info, plan.config.calibration, available_memory_bytes())
+    outcomes = preflight_variants(
+        pending, info, _default_calibration(plan), available_memory_bytes()
+    )
     problems = [p for outcome in outcomes.values() for p in outcome.problems]
     for name, outcome in outcomes.items():
         for decision in outcome.decisions:
@@ -210,32 +253,41 @@ def _preflight(
     return outcomes
 
 
+def _default_calibration(plan: StudyPlan) -> CalibrationConfig:
+    return plan.config.calibration.settings()[0][0]
+
+
 def _calibration(
     plan: StudyPlan, pending: list[VariantPlan], store: StageStore, console: Console
-) -> CalibrationRecord | None:
-    ref = plan.calibration
-    if ref is None:
-        return None
-    if not store.is_done(ref):
-        if not any(v.needs_calibration for v in pending):
-            return None
-        with console.status("preparing calibration samples"):
-            prepare_calibration(store, ref, plan.config.calibration, plan.model)
-    manifest = store.manifest(ref)
-    if manifest["num_samples"] < manifest["num_samples_requested"]:
-        console.print(
-            f"[yellow]calibration: only {manifest['num_samples']} of "
-            f"{manifest['num_samples_requested']} requested samples were available"
+) -> list[CalibrationRecord]:
+    """Prepare every calibration stage a pending variant needs; records of all that exist."""
+    needed = {v.calibration.key for v in pending if v.calibration is not None}
+    records = []
+    for key, (ref, settings) in plan.calibrations.items():
+        if not store.is_done(ref):
+            if key not in needed:
+                continue
+            label = f" ({settings.num_samples} × {settings.seq_len})" if len(needed) > 1 else ""
+            with console.status(f"preparing calibration samples{label}"):
+                prepare_calibration(store, ref, settings, plan.model)
+        manifest = store.manifest(ref)
+        if manifest["num_samples"] < manifest["num_samples_requested"]:
+            console.print(
+                f"[yellow]calibration: only {manifest['num_samples']} of "
+                f"{manifest['num_samples_requested']} requested samples were available"
+            )
+        records.append(
+            CalibrationRecord(
+                key=ref.key,
+                source=manifest["source"],
+                num_samples=manifest["num_samples"],
+                seq_len=manifest["seq_len"],
+                seed=manifest["seed"],
+                total_tokens=manifest["total_tokens"],
+                samples_sha256=manifest["samples_sha256"],
+            )
         )
-    return CalibrationRecord(
-        key=ref.key,
-        source=manifest["source"],
-        num_samples=manifest["num_samples"],
-        seq_len=manifest["seq_len"],
-        seed=manifest["seed"],
-        total_tokens=manifest["total_tokens"],
-        samples_sha256=manifest["samples_sha256"],
-    )
+    return records
 
 
 def _progress(console: Console) -> Progress:
@@ -258,6 +310,7 @@ def _quantize_variant(
     preflight: Preflight | None,
     progress: Progress,
     task: TaskID,
+    runner: Executor,
 ) -> VariantResult:
     if store.is_done(variant.quantize):
         progress.update(task, total=1, completed=1, phase="cached")
@@ -268,11 +321,9 @@ def _quantize_variant(
         "model_path": str(plan.model.path),
         "scheme": variant.scheme.name,
         "options": preflight.resolved_options,
-        "seq_len": plan.config.calibration.seq_len,
+        "seq_len": (variant.calibration_config or _default_calibration(plan)).seq_len,
         "calibration_samples": (
-            str(store.path(plan.calibration) / SAMPLES_FILE)
-            if variant.needs_calibration and plan.calibration
-            else None
+            str(store.path(variant.calibration) / SAMPLES_FILE) if variant.calibration else None
         ),
     }
 
@@ -284,7 +335,10 @@ def _quantize_variant(
 
     with store.build(variant.quantize) as work:
         try:
-            outcome = run_worker(request, work, on_progress)
+            resources = stage_resources(
+                "quantize", plan.config.execution, preflight.memory_bytes, gpus_visible()
+            )
+            outcome = run_worker(request, work, on_progress, runner.launch, resources)
         except StageFailed as exc:
             kept = _keep_log(store, variant, work)
             progress.update(task, phase="[red]failed")
@@ -299,6 +353,7 @@ def _quantize_variant(
                 decisions=preflight.decisions,
                 notes=preflight.notes,
                 needs_calibration=variant.needs_calibration,
+                axes=variant.axes,
                 stage_keys=_stage_keys(plan, variant),
             )
         artifact = work / ARTIFACT_DIR
@@ -309,9 +364,7 @@ def _quantize_variant(
             "decisions": preflight.decisions,
             "notes": preflight.notes,
             "needs_calibration": variant.needs_calibration,
-            "calibration_key": plan.calibration.key
-            if variant.needs_calibration and plan.calibration
-            else None,
+            "calibration_key": variant.calibration.key if variant.calibration else None,
             "model_fingerprint": plan.model.fingerprint,
             "quantization": outcome,
             "disk_bytes": dir_bytes(artifact, WEIGHT_SUFFIXES),
@@ -335,8 +388,8 @@ def _keep_log(store: StageStore, variant: VariantPlan, work: Path) -> Path | Non
 
 def _stage_keys(plan: StudyPlan, variant: VariantPlan) -> dict[str, str]:
     keys = {"quantize": variant.quantize.key}
-    if variant.needs_calibration and plan.calibration:
-        keys["calibration"] = plan.calibration.key
+    if variant.calibration:
+        keys["calibration"] = variant.calibration.key
     return keys
 
 
@@ -358,6 +411,7 @@ def _variant_result(
         decisions=manifest["decisions"],
         notes=manifest["notes"],
         needs_calibration=manifest["needs_calibration"],
+        axes=variant.axes,
         quantization=QuantizationRecord.model_validate(manifest["quantization"]),
         disk_bytes=manifest["disk_bytes"],
         artifact_bytes=manifest["artifact_bytes"],

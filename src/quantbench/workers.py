@@ -54,8 +54,12 @@ def run_python_worker(
     log_path: Path,
     on_event: Callable[[dict[str, Any]], None],
     on_stderr: Callable[[str], None] = lambda _: None,
+    resources: dict[str, float] | None = None,
 ) -> int:
-    """Run `python -m module request_path` to completion; return its exit status."""
+    """Run `python -m module request_path` to completion here; return its exit status.
+
+    `resources` is accepted for the executors' `Launch` interface; a local child process
+    takes what the machine has."""
     request_path.write_text(json.dumps(request, indent=2))
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     lock = threading.Lock()

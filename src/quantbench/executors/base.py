@@ -1,12 +1,40 @@
-"""How a study's independent variant jobs are run: in order here, across a cluster elsewhere."""
+"""How a study's independent jobs run: in order here, or spread over a Ray cluster.
+
+An executor does two things. `map` runs the study's per-variant jobs (quantize one variant,
+evaluate one variant), in order or concurrently; the jobs themselves stay in the driver,
+where the progress display and the stage store live. `launch` runs the heavy part of a
+job, a quantbench worker module (`python -m quantbench.quantize REQUEST`), somewhere with
+the resources the stage asks for, and streams its progress events back. Every node must see
+the study's output folder at the same path (a shared filesystem), since workers read their
+inputs from it and write their stage there.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol, TypeVar
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+
+Resources = dict[str, float]
+"""Ray-style resource request: num_cpus, num_gpus, memory (bytes)."""
+
+
+class Launch(Protocol):
+    def __call__(
+        self,
+        module: str,
+        request: dict[str, Any],
+        request_path: Path,
+        log_path: Path,
+        on_event: Callable[[dict[str, Any]], None],
+        on_stderr: Callable[[str], None] = ...,
+        resources: Resources | None = None,
+    ) -> int:
+        """Run `python -m module request_path` to completion; return its exit status."""
+        ...
 
 
 class Executor(Protocol):
@@ -15,3 +43,22 @@ class Executor(Protocol):
     def map(self, job: Callable[[Item], Result], items: Sequence[Item]) -> list[Result]:
         """Run `job` on every item; results in the order of `items`."""
         ...
+
+    def launch(
+        self,
+        module: str,
+        request: dict[str, Any],
+        request_path: Path,
+        log_path: Path,
+        on_event: Callable[[dict[str, Any]], None],
+        on_stderr: Callable[[str], None] = ...,
+        resources: Resources | None = None,
+    ) -> int:
+        """Run a worker module where `resources` are available; return its exit status."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Where the work ran (for provenance)."""
+        ...
+
+    def close(self) -> None: ...

@@ -612,6 +612,29 @@ def _provenance_section(results: StudyResults) -> str:
 # --------------------------------------------------------------------------------------
 
 
+def _axes_section(results: StudyResults) -> str:
+    from quantbench.report.axes import axis_headers, axis_tables
+
+    tables = axis_tables(results)
+    if not tables:
+        return ""
+    body = [
+        '<p class="note">Each table follows one axis of the study matrix, the other axes '
+        "fixed per row: mean KL(baseline ‖ variant) in nats/token with its 95% interval, and "
+        "the perplexity change.</p>"
+    ]
+    for table in tables:
+        body.append(f"<h3>{_e(table.axis)}</h3>")
+        body.append(
+            _table(
+                [_e(h) for h in axis_headers(table)],
+                ([_e(label), *(_e(c) for c in row)] for label, row in table.rows),
+                numeric=(False, *([True] * len(table.values))),
+            )
+        )
+    return _section("axes", "Study axes", body)
+
+
 def _tasks_section(results: StudyResults) -> str:
     from quantbench.report.tasks_table import (
         TASK_HEADERS,
@@ -649,6 +672,8 @@ def render_html(results: StudyResults) -> str:
     sections = list(_NAV)
     if any(v.metrics.tasks for v in results.variants):
         sections.insert(2, ("tasks", "Task accuracy"))
+    if any(v.axes for v in results.variants):
+        sections.insert(2, ("axes", "Study axes"))
     nav = "".join(f'<a href="#{sid}">{_e(title)}</a>' for sid, title in sections)
     parts = [
         "<!DOCTYPE html>",
@@ -670,6 +695,7 @@ def render_html(results: StudyResults) -> str:
         _warning_section(results),
         _headline_section(results),
         _tasks_section(results),
+        _axes_section(results),
         _recommendation_section(results),
         _plots_section(results),
         _generations_section(results),

@@ -164,7 +164,13 @@ def _measured(results: StudyResults, baseline: VariantResult | None) -> list[str
             f"Generations: suite `{gen.suite}`, {gen.n_prompts} prompts, up to "
             f"{gen.max_new_tokens} new tokens, compared token by token with the baseline's."
         )
-    if results.calibration is not None:
+    if len(results.calibrations) > 1:
+        settings = "; ".join(
+            f"{c.num_samples} × {c.seq_len} tokens from `{c.source}` (seed {c.seed})"
+            for c in results.calibrations
+        )
+        parts.append(f"Calibration (GPTQ, SmoothQuant), one setting per study axis: {settings}.")
+    elif results.calibration is not None:
         cal = results.calibration
         parts.append(
             f"Calibration (GPTQ, SmoothQuant): {cal.num_samples} samples of up to "
@@ -509,6 +515,7 @@ def render_markdown(results: StudyResults) -> str:
         "",
     ]
     lines += _tasks_section(results)
+    lines += _axes_section(results)
     if results.recommendation is not None:
         lines += [render_recommendation(results.recommendation), ""]
     lines += ["## Variants", ""]
@@ -517,6 +524,28 @@ def render_markdown(results: StudyResults) -> str:
     lines += _generations_section(results, baseline)
     lines += _provenance_section(results)
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _axes_section(results: StudyResults) -> list[str]:
+    from quantbench.report.axes import axis_headers, axis_tables
+
+    tables = axis_tables(results)
+    if not tables:
+        return []
+    lines = [
+        "## Study axes",
+        "",
+        "Each table follows one axis of the study matrix, the other axes fixed per row: mean "
+        "KL(baseline ‖ variant) in nats/token with its 95% interval, and the perplexity change.",
+        "",
+    ]
+    for table in tables:
+        headers = axis_headers(table)
+        right: Align = "right"
+        aligns: list[Align] = ["left", *([right] * len(table.values))]
+        cells = ([escape_cell(label), *map(escape_cell, row)] for label, row in table.rows)
+        lines += [f"### {escape_cell(table.axis)}", "", _table(headers, cells, aligns), ""]
+    return lines
 
 
 def _tasks_section(results: StudyResults) -> list[str]:

@@ -79,7 +79,8 @@ def render_card(results: StudyResults, variant: VariantResult) -> str:
         "pipeline_tag": "text-generation",
         "tags": ["quantbench", "compressed-tensors", variant.scheme],
     }
-    calibration = results.calibration
+    own_key = variant.stage_keys.get("calibration")
+    calibration = next((c for c in results.calibrations if c.key == own_key), results.calibration)
     made = [f"- scheme: `{variant.scheme}`" + (f": {scheme.description}" if scheme else "")]
     if variant.options:
         made.append(

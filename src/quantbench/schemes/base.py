@@ -25,6 +25,8 @@ class Preflight:
     decisions: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    memory_bytes: int | None = None
+    """Estimated peak resident memory to quantize, bytes (what a cluster task asks for)."""
 
 
 def is_ignored(layer_name: str, ignore: tuple[str, ...] | list[str]) -> bool:

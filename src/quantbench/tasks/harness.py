@@ -193,7 +193,7 @@ def run_task(
     if not chosen:
         raise UserError(f"task '{name}' has no documents to evaluate")
     metric, filter_name = primary_metric(name, chosen[0])
-    progress(f"{name}: {sum(leaf.take for leaf in chosen)} items", 0, 1)
+    progress(f"{sum(leaf.take for leaf in chosen)} items", 0, 1)
     output = lm_eval.simple_evaluate(
         model=lm,
         tasks=[leaf.task for leaf in chosen],

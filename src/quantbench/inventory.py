@@ -1,0 +1,97 @@
+"""Every stage a study needs, without running any: what `quantbench plan` prints.
+
+For each stage: its kind, the variant it belongs to, its content key, whether the output
+folder already holds it, where it runs (the driver, or a worker that an executor may place
+on another node) and the resources a cluster task for it will request. Planning resolves
+the model, since stage keys hash its files (for the built-in model, that is the one-time
+GGUF conversion into the cache), and reads shapes on the meta device; nothing is quantized
+or evaluated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from quantbench.config import StudyConfig
+from quantbench.executors.base import Resources
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    stage: str
+    variant: str
+    key: str
+    done: bool
+    runs_on: str
+    """'driver' (this process) or 'worker' (placed by the executor)."""
+    resources: Resources = field(default_factory=dict)
+    axes: dict[str, Any] = field(default_factory=dict)
+
+
+def plan_stages(
+    config: StudyConfig, on_status: Callable[[str], None] = lambda _: None
+) -> list[PlannedStage]:
+    """The study's stages in the order they would run."""
+    from quantbench.evaluate import plan_evaluation
+    from quantbench.executors.resources import gpus_visible, stage_resources
+    from quantbench.models import inspect_model, resolve_model
+    from quantbench.plan import build_plan
+    from quantbench.preflight import available_memory_bytes, preflight_variants
+    from quantbench.store import StageStore
+    from quantbench.study import STAGES_DIR, with_baseline
+
+    store = StageStore(config.out / STAGES_DIR)
+    model = resolve_model(config.model, on_status=on_status)
+    config = with_baseline(config, on_status)
+    plan = build_plan(config, model)
+    eval_plan = (
+        plan_evaluation(plan, config.evaluation) if config.evaluation.metric_names() else None
+    )
+    info = inspect_model(model.path)
+    default_calibration = config.calibration.settings()[0][0]
+    memory = {
+        name: outcome.memory_bytes
+        for name, outcome in preflight_variants(
+            list(plan.variants), info, default_calibration, available_memory_bytes()
+        ).items()
+    }
+    gpu = gpus_visible()
+    stages: list[PlannedStage] = []
+    for ref, settings in plan.calibrations.values():
+        label = f"{settings.num_samples} × {settings.seq_len} from {settings.source}"
+        stages.append(PlannedStage("calibration", label, ref.key, store.is_done(ref), "driver"))
+    if eval_plan and eval_plan.corpus:
+        corpus = eval_plan.corpus
+        stages.append(
+            PlannedStage("corpus", "(shared)", corpus.key, store.is_done(corpus), "driver")
+        )
+    for variant in plan.variants:
+        stages.append(
+            PlannedStage(
+                "quantize",
+                variant.name,
+                variant.quantize.key,
+                store.is_done(variant.quantize),
+                "worker",
+                stage_resources("quantize", config.execution, memory.get(variant.name), gpu),
+                variant.axes,
+            )
+        )
+    if eval_plan:
+        evaluate_gpu = gpu and config.evaluation.device != "cpu"
+        for variant in eval_plan.order(plan.variants):
+            for name, ref in eval_plan.stages.get(variant.name, {}).items():
+                stages.append(
+                    PlannedStage(
+                        name,
+                        variant.name,
+                        ref.key,
+                        store.is_done(ref),
+                        "worker",
+                        stage_resources("evaluate", config.execution, None, evaluate_gpu),
+                        variant.axes,
+                    )
+                )
+    return stages

@@ -1,0 +1,115 @@
+"""Study matrices: option grids and calibration settings expand into named variants that
+share their common stages, `quantbench plan` shows them without running, and the report
+groups results by axis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import VOCAB, read_json, run_cli
+from quantbench.config import load_study_config
+from quantbench.errors import UserError
+
+
+def test_grids_expand_into_named_variants() -> None:
+    config = load_study_config(
+        None,
+        {
+            "schemes": [
+                "bf16",
+                {"scheme": "w4a16-gptq", "group_size": [32, 64]},
+                {"scheme": "fp8-dynamic"},
+            ],
+            "calibration": {"num_samples": [16, 64]},
+        },
+    )
+    expanded = [(e.scheme, e.group_size, axes) for g in config.schemes for e, axes in g.expand()]
+    assert expanded == [
+        ("bf16", None, {}),
+        ("w4a16-gptq", 32, {"group_size": 32}),
+        ("w4a16-gptq", 64, {"group_size": 64}),
+        ("fp8-dynamic", None, {}),
+    ]
+    settings = config.calibration.settings()
+    assert [(c.num_samples, axes) for c, axes in settings] == [
+        (16, {"calibration.num_samples": 16}),
+        (64, {"calibration.num_samples": 64}),
+    ]
+
+
+def test_bad_grid_values_are_reported_by_position() -> None:
+    with pytest.raises(UserError, match=r"'calibration.num_samples.0': Input should be greater"):
+        load_study_config(None, {"calibration": {"num_samples": [0, 16]}})
+
+
+@pytest.fixture(scope="module")
+def matrix_study(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("matrix")
+    study = {
+        "model": str(tiny_model),
+        "schemes": ["bf16", {"scheme": "w4a16-gptq", "group_size": [16, 32]}],
+        "calibration": {"num_samples": [4, 8], "seq_len": 64},
+        "evaluation": {
+            "metrics": ["perplexity", "divergence"],
+            "corpus": {"window": 64, "stride": 64, "max_tokens": 256, "top_k": VOCAB},
+        },
+        "out": str(root / "out"),
+    }
+    (root / "study.yaml").write_text(yaml.safe_dump(study))
+    planned = run_cli("plan", "--config", str(root / "study.yaml"))
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    (root / "plan-before.txt").write_text(planned.stdout)
+    result = run_cli("run", "--config", str(root / "study.yaml"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root
+
+
+def test_matrix_runs_every_combination_sharing_common_stages(matrix_study: Path) -> None:
+    out = matrix_study / "out"
+    data = read_json(out / "results.json")
+    variants = {v["name"]: v for v in data["variants"]}  # type: ignore[attr-defined]
+    assert set(variants) == {
+        "bf16",
+        "w4a16-gptq-g16-n4",
+        "w4a16-gptq-g16-n8",
+        "w4a16-gptq-g32-n4",
+        "w4a16-gptq-g32-n8",
+    }
+    assert variants["w4a16-gptq-g32-n8"]["axes"] == {
+        "group_size": 32,
+        "calibration.num_samples": 8,
+    }
+    assert variants["bf16"]["axes"] == {}
+    # two calibration settings, each shared by both group sizes; one baseline evaluation
+    assert len(list((out / "stages" / "calibration").iterdir())) == 2
+    keys = {v["stage_keys"]["calibration"] for n, v in variants.items() if n != "bf16"}
+    assert len(keys) == 2
+    assert len(list((out / "stages" / "quantize").iterdir())) == 5
+    assert len(data["calibrations"]) == 2  # type: ignore[arg-type]
+    for name, variant in variants.items():
+        divergence = variant["metrics"]["divergence"]
+        assert divergence is not None, name
+        if name != "bf16":
+            assert divergence["kl_mean"]["estimate"] > 0
+
+
+def test_report_groups_results_by_axis(matrix_study: Path) -> None:
+    report = (matrix_study / "out" / "report.md").read_text()
+    assert "## Study axes" in report
+    assert "### group_size" in report and "### calibration.num_samples" in report
+    assert "calibration.num_samples = 4" in report and "group_size = 32" in report
+    assert "w4a16-gptq (calibration.num_samples 8)" in report
+    assert 'id="axes"' in (matrix_study / "out" / "report.html").read_text()
+
+
+def test_plan_lists_stages_and_what_is_done(matrix_study: Path) -> None:
+    before = (matrix_study / "plan-before.txt").read_text()
+    assert "w4a16-gptq-g16-n4" in before and "calibration" in before
+    assert "0 done" in before
+    assert "num_cpus=2" in before
+    after = run_cli("plan", "--config", str(matrix_study / "study.yaml"))
+    assert after.returncode == 0, after.stderr[-3000:]
+    assert "0 to run" in after.stdout
