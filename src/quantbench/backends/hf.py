@@ -380,7 +380,7 @@ class HFBackend:
 
         from quantbench.tasks.harness import in_chunks
 
-        chunk = batch_size * 4
+        chunk = batch_size
 
         class ReportingHFLM(HFLM):  # type: ignore[misc]
             def generate_until(self, requests: Any, disable_tqdm: bool = False) -> Any:

@@ -74,7 +74,8 @@ def check_task(name: str, config: TasksConfig, known: Callable[[], Sequence[str]
     """Refuse, before any compute, a task that cannot run as configured.
 
     `known` lists lm-eval's task names; it is called only for names quantbench has no
-    local layout for, since indexing lm-eval's tasks takes seconds.
+    local layout for, since indexing lm-eval's tasks takes seconds. Such a task reads its
+    data from the hub even when `data_dir` is set.
     """
     if runs_code(name):
         if not config.allow_code_execution:
@@ -94,11 +95,6 @@ def check_task(name: str, config: TasksConfig, known: Callable[[], Sequence[str]
     names = known()
     if name not in names:
         raise UserError(f"unknown lm-eval task '{name}'{did_you_mean(name, names)}")
-    if config.data_dir is not None:
-        raise UserError(
-            f"task '{name}' has no local-data layout, so --task-data cannot serve it; tasks "
-            f"that run from local files: {', '.join(OFFLINE_LAYOUTS)}"
-        )
 
 
 def data_files(name: str, config: TasksConfig) -> dict[str, Path]:
