@@ -353,3 +353,37 @@ def test_accuracy_drop_constraint_reads_task_records() -> None:
     quantized = variant("w4a16-gptq", [1.0, 0.0, 1.0, 0.0], base_scores)
     drop, task, why = accuracy_drop_points(quantized, baseline)
     assert (drop, task, why) == (pytest.approx(25.0), "gsm8k", "")
+
+
+def test_compare_keeps_tasks_only_when_studies_ran_the_same_items(tmp_path: Path) -> None:
+    from quantbench.compare import compare_studies
+    from quantbench.results import StudyResults, VariantMetrics, VariantResult, save_results
+
+    def study(folder: str, limit: int) -> Path:
+        settings = {"items_per_subtask": {"gsm8k": limit}, "num_fewshot": {"gsm8k": 5}}
+        record = summarize_task(
+            "gsm8k", "exact_match", "strict-match", _items([1.0, 0.0]), None,
+            seed=0, aggregates={}, settings=settings, data_files={}, wall_s=1.0,
+        )  # fmt: skip
+        results = StudyResults(
+            quantbench_version="0.1.0",
+            created_at="2026-01-01T00:00:00+00:00",
+            model={"spec": "m"},
+            config={},
+            variants=[
+                VariantResult(
+                    name="bf16",
+                    scheme="bf16",
+                    status="ok",
+                    metrics=VariantMetrics(tasks={"gsm8k": record}),
+                )
+            ],
+        )
+        save_results(tmp_path / folder, results, model_cards=False)
+        return tmp_path / folder
+
+    same = compare_studies([study("a", 20), study("b", 20)])
+    assert all("gsm8k" in v.metrics.tasks for v in same.variants)
+    different = compare_studies([study("c", 20), study("d", 50)])
+    assert all(not v.metrics.tasks for v in different.variants)
+    assert any("gsm8k" in note and "not compared" in note for note in different.notes)

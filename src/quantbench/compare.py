@@ -31,6 +31,21 @@ def _distinct(values: list[str | None]) -> bool:
     return len(present) > 1
 
 
+_TASK_SETTINGS = ("items_per_subtask", "num_fewshot", "apply_chat_template", "max_gen_tokens")
+
+
+def _incomparable_tasks(studies: list[StudyResults]) -> set[str]:
+    """Tasks whose items or settings differ between studies (accuracies would not match)."""
+    seen: dict[str, set[str]] = {}
+    for study in studies:
+        for variant in study.variants:
+            for name, record in variant.metrics.tasks.items():
+                settings = {k: record.settings.get(k) for k in _TASK_SETTINGS}
+                signature = repr((record.metric, record.filter, sorted(settings.items())))
+                seen.setdefault(name, set()).add(signature)
+    return {name for name, signatures in seen.items() if len(signatures) > 1}
+
+
 def compare_studies(outs: list[Path]) -> StudyResults:
     if len(outs) < 2:
         raise UserError("compare needs at least two study folders")
@@ -68,10 +83,19 @@ def compare_studies(outs: list[Path]) -> StudyResults:
             "speed was measured with different backends or devices: "
             + ", ".join(f"{b} on {d}" for b, d in sorted(speed_settings))
         )
+    drop_tasks = _incomparable_tasks(studies)
+    if drop_tasks:
+        notes.append(
+            f"task(s) {', '.join(sorted(drop_tasks))} are not compared: the studies ran "
+            "different items or settings (limit, few-shot, chat template, generation cap)"
+        )
     variants: list[VariantResult] = []
     for label, study in zip(labels, studies, strict=True):
         for variant in study.variants:
-            metrics = variant.metrics.model_copy(update={name: None for name in drop})
+            tasks = {k: v for k, v in variant.metrics.tasks.items() if k not in drop_tasks}
+            metrics = variant.metrics.model_copy(
+                update={**{name: None for name in drop}, "tasks": tasks}
+            )
             variants.append(
                 variant.model_copy(update={"name": f"{label}/{variant.name}", "metrics": metrics})
             )
