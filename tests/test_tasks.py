@@ -387,3 +387,16 @@ def test_compare_keeps_tasks_only_when_studies_ran_the_same_items(tmp_path: Path
     different = compare_studies([study("c", 20), study("d", 50)])
     assert all(not v.metrics.tasks for v in different.variants)
     assert any("gsm8k" in note and "not compared" in note for note in different.notes)
+
+
+def test_workers_get_absolute_task_data_paths(
+    task_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quantbench.config import EvaluationConfig
+    from quantbench.evaluate import with_absolute_paths
+
+    monkeypatch.chdir(task_data.parent)
+    config = EvaluationConfig(tasks=TasksConfig(names=("gsm8k",), data_dir=Path(task_data.name)))
+    resolved = with_absolute_paths(config)
+    assert resolved.tasks.data_dir == task_data.resolve()
+    assert resolved.generations.prompts == "builtin"

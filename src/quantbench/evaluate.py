@@ -47,9 +47,22 @@ def baseline_name(variants: tuple[VariantPlan, ...]) -> str | None:
     return next((v.name for v in variants if v.scheme.name in BASELINE_SCHEMES), None)
 
 
+def with_absolute_paths(config: EvaluationConfig) -> EvaluationConfig:
+    """Workers may run elsewhere (another directory, another node on a shared filesystem):
+    local files they read are named by absolute paths."""
+    tasks, generations = config.tasks, config.generations
+    if tasks.data_dir is not None:
+        tasks = tasks.model_copy(update={"data_dir": tasks.data_dir.expanduser().resolve()})
+    prompts = Path(generations.prompts).expanduser()
+    if generations.prompts != "builtin" and prompts.exists():
+        generations = generations.model_copy(update={"prompts": str(prompts.resolve())})
+    return config.model_copy(update={"tasks": tasks, "generations": generations})
+
+
 def plan_evaluation(plan: StudyPlan, config: EvaluationConfig) -> EvalPlan:
     from quantbench.metrics import stage_name, stages_for
 
+    config = with_absolute_paths(config)
     metrics = stages_for(config.metric_names())
     corpus = corpus_ref(config.corpus, plan.model) if any(m.uses_corpus for m in metrics) else None
     baseline = baseline_name(plan.variants)
