@@ -113,3 +113,24 @@ def test_plan_lists_stages_and_what_is_done(matrix_study: Path) -> None:
     after = run_cli("plan", "--config", str(matrix_study / "study.yaml"))
     assert after.returncode == 0, after.stderr[-3000:]
     assert "0 to run" in after.stdout
+
+
+def test_axis_rows_never_hide_a_variant() -> None:
+    from quantbench.report.axes import axis_tables
+    from quantbench.results import StudyResults, VariantResult
+
+    def variant(name: str, group: int) -> VariantResult:
+        return VariantResult(
+            name=name, scheme="w4a16-gptq", status="ok", axes={"group_size": group}
+        )
+
+    results = StudyResults(
+        quantbench_version="0",
+        created_at="2026-01-01T00:00:00+00:00",
+        model={},
+        config={},
+        variants=[variant("a-g32", 32), variant("a-g64", 64), variant("b-g32", 32)],
+    )
+    (table,) = axis_tables(results)
+    shown = [cell for _, row in table.rows for cell in row if cell != "–"]
+    assert sorted(shown) == ["a-g32", "a-g64", "b-g32"]

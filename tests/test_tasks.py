@@ -400,3 +400,42 @@ def test_workers_get_absolute_task_data_paths(
     resolved = with_absolute_paths(config)
     assert resolved.tasks.data_dir == task_data.resolve()
     assert resolved.generations.prompts == "builtin"
+
+
+def test_generation_cap_lowers_limits_and_keeps_smaller_ones() -> None:
+    from types import SimpleNamespace
+
+    from quantbench.tasks.harness import cap_generation
+
+    class FakeTask:
+        def __init__(self, output_type: str, kwargs: dict[str, Any]) -> None:
+            self.config = SimpleNamespace(output_type=output_type, generation_kwargs=kwargs)
+
+        def set_config(self, key: str, value: Any) -> None:
+            setattr(self.config, key, value)
+
+    long, short, unset = (
+        FakeTask("generate_until", {"max_gen_toks": 2048, "until": ["Q:"]}),
+        FakeTask("generate_until", {"max_gen_toks": 16}),
+        FakeTask("generate_until", {}),
+    )
+    choice = FakeTask("multiple_choice", {})
+    for task in (long, short, unset, choice):
+        cap_generation(task, 100)
+    assert long.config.generation_kwargs == {"max_gen_toks": 100, "until": ["Q:"]}
+    assert short.config.generation_kwargs["max_gen_toks"] == 16
+    assert unset.config.generation_kwargs["max_gen_toks"] == 100
+    assert choice.config.generation_kwargs == {}
+
+
+def test_a_sandbox_that_cannot_start_fails_the_task_instead_of_scoring_zero(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from quantbench.sandbox import SandboxLimits, SandboxResult
+    from quantbench.tasks import code
+
+    monkeypatch.setattr(
+        code, "run_untrusted", lambda *_: SandboxResult("error", 1, 0.1, "bwrap: no namespaces")
+    )
+    with pytest.raises(code.SandboxError, match="did not start"):
+        code.make_pass_at_1(SandboxLimits())(["check(f)"], [["def f(): pass"]])

@@ -170,11 +170,20 @@ def plan_command(
     model: Annotated[str | None, typer.Option(help="model (as for `run`)")] = None,
     schemes: Annotated[str | None, typer.Option(help="comma-separated scheme names")] = None,
     out: Annotated[Path | None, typer.Option(help="output folder to check for done stages")] = None,
+    calibration_samples: Annotated[int | None, typer.Option(help="number of samples")] = None,
+    metrics: Annotated[str | None, typer.Option(help="comma-separated metrics, or 'none'")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="scored-token budget")] = None,
     tasks: Annotated[str | None, typer.Option(help="lm-eval tasks, comma-separated")] = None,
+    limit: Annotated[int | None, typer.Option(help="items per task")] = None,
+    task_data: Annotated[Path | None, typer.Option(help="folder of local task data")] = None,
+    allow_code_execution: Annotated[
+        bool | None, typer.Option("--allow-code-execution", help="as for `run`")
+    ] = None,
     executor: Annotated[str | None, typer.Option(help="local or ray")] = None,
 ) -> None:
     """Print every stage the study needs (matrix expanded), its key, whether it is done and
-    the resources it will request, without running anything."""
+    the resources it will request, without running anything. Give it the same study options
+    as `run` (the keys depend on them); the rest belong in the --config file."""
     from quantbench.config import load_study_config
     from quantbench.inventory import plan_stages
 
@@ -182,8 +191,18 @@ def plan_command(
         "model": model,
         "schemes": schemes,
         "out": str(out) if out else None,
+        "calibration": {"num_samples": calibration_samples},
         "execution": {"executor": executor},
-        "evaluation": {"tasks": {"names": tasks}},
+        "evaluation": {
+            "metrics": metrics,
+            "corpus": {"max_tokens": max_tokens},
+            "tasks": {
+                "names": tasks,
+                "limit": limit,
+                "data_dir": str(task_data) if task_data else None,
+                "allow_code_execution": allow_code_execution,
+            },
+        },
     }
     study = load_study_config(config, overrides)
     err = Console(stderr=True)

@@ -29,6 +29,11 @@ class _Strict(BaseModel):
 PositiveInt = Annotated[int, Field(gt=0)]
 UnitFloat = Annotated[float, Field(ge=0.0, le=1.0)]
 OpenUnitFloat = Annotated[float, Field(gt=0.0, lt=1.0)]
+PositiveInts = Annotated[tuple[PositiveInt, ...], Field(min_length=1)]
+UnitFloats = Annotated[tuple[UnitFloat, ...], Field(min_length=1)]
+OpenUnitFloats = Annotated[tuple[OpenUnitFloat, ...], Field(min_length=1)]
+Ints = Annotated[tuple[int, ...], Field(min_length=1)]
+Strs = Annotated[tuple[str, ...], Field(min_length=1)]
 
 
 def _grid(values: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -54,16 +59,16 @@ class SchemeEntry(_Strict):
     name: str | None = Field(
         default=None, description="variant name; derived from the scheme and options if unset"
     )
-    group_size: PositiveInt | tuple[PositiveInt, ...] | None = Field(
+    group_size: PositiveInt | PositiveInts | None = Field(
         default=None, description="weights per scale group"
     )
-    smoothing_strength: UnitFloat | tuple[UnitFloat, ...] | None = Field(
+    smoothing_strength: UnitFloat | UnitFloats | None = Field(
         default=None, description="SmoothQuant alpha"
     )
-    dampening_frac: OpenUnitFloat | tuple[OpenUnitFloat, ...] | None = Field(
+    dampening_frac: OpenUnitFloat | OpenUnitFloats | None = Field(
         default=None, description="GPTQ Hessian dampening, fraction of mean diag"
     )
-    block_size: PositiveInt | tuple[PositiveInt, ...] | None = Field(
+    block_size: PositiveInt | PositiveInts | None = Field(
         default=None, description="GPTQ columns per block"
     )
     ignore: tuple[str, ...] | None = Field(
@@ -116,16 +121,16 @@ class CalibrationGrid(_Strict):
     `num_samples: [16, 64]`) is a study axis. Every scheme that calibrates is built once per
     combination (`settings`)."""
 
-    source: str | tuple[str, ...] = Field(
+    source: str | Strs = Field(
         default="builtin",
         description="'builtin', a local .jsonl/.json/.parquet/.txt file, or a hub dataset id",
     )
     split: str = "train"
-    num_samples: PositiveInt | tuple[PositiveInt, ...] = 64
-    seq_len: PositiveInt | tuple[PositiveInt, ...] = Field(
+    num_samples: PositiveInt | PositiveInts = 64
+    seq_len: PositiveInt | PositiveInts = Field(
         default=512, description="tokens per sample, at most"
     )
-    seed: int | tuple[int, ...] = 0
+    seed: int | Ints = 0
 
     def settings(self) -> list[tuple[CalibrationConfig, dict[str, Any]]]:
         """Scalar settings, one per combination of list values, with their axis values."""
@@ -263,6 +268,17 @@ class DecisionConfig(_Strict):
     max_accuracy_drop: float | None = Field(default=None, ge=0, description="points")
 
 
+class StageResources(_Strict):
+    """A Ray resource request for one stage kind (unset: the derived value)."""
+
+    num_cpus: float | None = Field(default=None, ge=0)
+    num_gpus: float | None = Field(default=None, ge=0)
+    memory: int | None = Field(default=None, ge=0, description="bytes")
+
+    def request(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.model_dump().items() if v is not None}
+
+
 class ExecutionConfig(_Strict):
     """Where the study's stages run."""
 
@@ -270,7 +286,7 @@ class ExecutionConfig(_Strict):
     ray_address: str | None = Field(
         default=None, description="None: start a local Ray; 'auto' or ray://host:10001 to join"
     )
-    resources: dict[Literal["quantize", "evaluate"], dict[str, float]] = Field(
+    resources: dict[Literal["quantize", "evaluate"], StageResources] = Field(
         default_factory=dict,
         description="per stage kind, Ray resources that replace the derived ones "
         "(num_cpus, num_gpus, memory in bytes)",
@@ -329,18 +345,41 @@ def _union_branch(loc: tuple[int | str, ...]) -> tuple[str | None, tuple[int | s
     return None, loc
 
 
-def _explain(error: ValidationError, origin: str) -> str:
-    problems = []
+def _relevant_errors(error: ValidationError) -> list[tuple[tuple[int | str, ...], Any]]:
+    """Errors with union-member tags removed; for a value-or-list option, only the branch
+    that matches what was given (a scalar, or a list with a bad element), and never none."""
+    kept: dict[str, list[tuple[tuple[int | str, ...], Any]]] = {}
+    fallback: dict[str, tuple[tuple[int | str, ...], Any]] = {}
     for item in error.errors():
         branch, loc = _union_branch(tuple(item["loc"]))
+        field = ".".join(str(p) for p in loc if not isinstance(p, int) or p is not loc[-1])
         if branch is not None:
-            # A value or a list of values: report the branch that matches what was given.
+            if field not in fallback or (
+                str(fallback[field][1]["type"]).endswith("_type")
+                and not str(item["type"]).endswith("_type")
+            ):
+                fallback[field] = (loc, item)
             is_list_branch = branch.startswith(("tuple[", "list["))
-            failed_element = len(loc) > len(tuple(item["loc"])) - 2 and isinstance(loc[-1], int)
+            failed_element = isinstance(loc[-1], int) and len(loc) > 1
             if is_list_branch and not failed_element:
                 continue
             if not is_list_branch and str(item["type"]).endswith("_type"):
                 continue
+        kept.setdefault(field, []).append((loc, item))
+    for field, first in fallback.items():
+        kept.setdefault(field, [first])
+    # A container reported "too short" only because its one element failed: say the element.
+    return [
+        (loc, item)
+        for field, entries in kept.items()
+        for loc, item in entries
+        if not (item["type"] == "too_short" and any(f.startswith(field + ".") for f in kept))
+    ]
+
+
+def _explain(error: ValidationError, origin: str) -> str:
+    problems = []
+    for loc, item in _relevant_errors(error):
         where = ".".join(str(p) for p in loc) or "(top level)"
         if item["type"] == "extra_forbidden":
             hint = did_you_mean(str(loc[-1]), _field_names(StudyConfig, loc))

@@ -82,6 +82,15 @@ def plan_stages(
     if eval_plan:
         evaluate_gpu = gpu and config.evaluation.device != "cpu"
         for variant in eval_plan.order(plan.variants):
+            # `run` adds memory (3 × the artifact's weights) once the artifact exists
+            disk = (
+                store.manifest(variant.quantize).get("disk_bytes")
+                if store.is_done(variant.quantize)
+                else None
+            )
+            request = stage_resources(
+                "evaluate", config.execution, 3 * disk if disk else None, evaluate_gpu
+            )
             for name, ref in eval_plan.stages.get(variant.name, {}).items():
                 stages.append(
                     PlannedStage(
@@ -90,7 +99,7 @@ def plan_stages(
                         ref.key,
                         store.is_done(ref),
                         "worker",
-                        stage_resources("evaluate", config.execution, None, evaluate_gpu),
+                        request,
                         variant.axes,
                     )
                 )

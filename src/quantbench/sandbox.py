@@ -92,8 +92,11 @@ def _guard(workdir):
 _guard(workdir)
 del _guard, _no_fork_exec
 os.write(started_fd, b"1")
+status_fd = os.dup2(started_fd, 64 + int.from_bytes(os.urandom(1), "big") % 150)
+os.close(started_fd)
+sys.argv = [program]
 runpy.run_path(program, run_name="__main__")
-os.write(started_fd, b"2")
+os.write(status_fd, b"2")
 """
 
 
@@ -199,9 +202,13 @@ def _limit_resources(limits: SandboxLimits) -> None:
         (resource.RLIMIT_FSIZE, _FILE_SIZE_LIMIT_BYTES),
         (resource.RLIMIT_CORE, 0),
         (resource.RLIMIT_NOFILE, _OPEN_FILES_LIMIT),
-        (resource.RLIMIT_NPROC, _PROCESS_LIMIT),
     ):
         resource.setrlimit(kind, (value, value))
+    if _drop_to_nobody():
+        # Counted per real uid, so only meaningful for nobody; a calling user's own threads
+        # (a torch process has many) would make bwrap's clone fail. Without it, the pid
+        # namespace and the timeout kill bound a fork bomb.
+        resource.setrlimit(resource.RLIMIT_NPROC, (_PROCESS_LIMIT, _PROCESS_LIMIT))
 
 
 def _read_tail(stream: IO[bytes], max_bytes: int) -> str:
@@ -327,6 +334,6 @@ def describe_sandbox(limits: SandboxLimits = SandboxLimits()) -> dict[str, objec
         "memory_mb": limits.memory_mb,
         "file_size_limit_bytes": _FILE_SIZE_LIMIT_BYTES,
         "open_files_limit": _OPEN_FILES_LIMIT,
-        "process_limit": _PROCESS_LIMIT,
+        "process_limit": _PROCESS_LIMIT if as_nobody else "none (the pid namespace bounds it)",
         "max_output_bytes": limits.max_output_bytes,
     }

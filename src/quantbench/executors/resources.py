@@ -37,4 +37,5 @@ def stage_resources(
     )
     if memory_bytes:
         derived["memory"] = float(memory_bytes)
-    return {**derived, **execution.resources.get(kind, {})}
+    override = execution.resources.get(kind)
+    return {**derived, **(override.request() if override else {})}

@@ -68,6 +68,8 @@ class TasksMetric:
         }
         if runs_code(param):
             key["sandbox"] = [settings.code_timeout_s, settings.code_memory_mb]
+        if config.seed != 0:  # the intervals depend on it (keys of default-seed runs unchanged)
+            key["seed"] = config.seed
         return key
 
     def compute(self, ctx: EvalContext) -> TaskRecord:

@@ -56,6 +56,8 @@ def axis_tables(results: StudyResults) -> list[AxisTable]:
                 f"{k} {_value_text(val)}" for k, val in sorted(variant.axes.items()) if k != axis
             )
             label = variant.scheme + (f" ({others})" if others else "")
+            if variant.axes[axis] in groups.get(label, {}):
+                label += f" [{variant.name}]"  # same coordinates, other fixed options
             groups.setdefault(label, {})[variant.axes[axis]] = variant
         rows = [
             (label, [cell_text(by_value[v]) if v in by_value else "–" for v in values])

@@ -37,8 +37,8 @@ class TaskRow:
 
     def flips_text(self) -> str:
         paired = self.record.vs_baseline
-        if paired is None or self.is_baseline:
-            return "–"
+        if paired is None or self.is_baseline or paired.mcnemar_p is None:
+            return "–"  # flips are defined for right/wrong (0/1) scores only
         return f"{paired.right_to_wrong} / {paired.wrong_to_right}"
 
     def mcnemar_text(self) -> str:
@@ -105,10 +105,17 @@ def task_settings_text(results: StudyResults) -> str:
         f"generation capped at {cap} tokens" if cap else "each task's own generation limit",
         f"first {settings['limit']} items per task" if settings.get("limit") else "all items",
     ]
+    kinds = {r.accuracy_interval for v in results.variants for r in v.metrics.tasks.values()}
+    intervals = (
+        "Accuracy intervals are Wilson score intervals"
+        if kinds == {"wilson"}
+        else "Accuracy intervals are Wilson score intervals for right/wrong scores and "
+        "percentile-bootstrap intervals over items for graded scores"
+    )
     return (
-        "; ".join(parts) + ". Accuracy intervals are Wilson score intervals; differences are "
-        "paired (same items) with percentile-bootstrap intervals over items; McNemar p is "
-        "exact (two-sided) on the items that flipped."
+        "; ".join(parts) + f". {intervals}; differences are paired (same items) with "
+        "percentile-bootstrap intervals over items; McNemar p is exact (two-sided) on the "
+        "items that flipped."
     )
 
 

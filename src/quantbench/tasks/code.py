@@ -21,6 +21,10 @@ CODE_TASKS = frozenset({"humaneval", "humaneval_plus"})
 PASS_METRIC = "pass_at_1"
 
 
+class SandboxError(RuntimeError):
+    """The sandbox could not run a program, so the item cannot be scored."""
+
+
 def build_predictions(resps: list[list[str]], docs: list[dict[str, Any]]) -> list[list[str]]:
     """lm-eval filter: the program under test is the prompt followed by the completion."""
     return [[doc["prompt"] + r for r in resp] for resp, doc in zip(resps, docs, strict=True)]
@@ -35,7 +39,10 @@ def make_pass_at_1(limits: SandboxLimits) -> Callable[..., float]:
 
     def pass_at_1(references: list[str], predictions: list[list[str]], **_: Any) -> float:
         program = predictions[0][0] + "\n" + references[0] + "\n"
-        return 1.0 if run_untrusted(program, limits).passed else 0.0
+        outcome = run_untrusted(program, limits)
+        if outcome.status == "error":  # never judged: scoring it 0 would fake a result
+            raise SandboxError(f"the code sandbox did not start: {outcome.stderr_tail[-500:]}")
+        return 1.0 if outcome.passed else 0.0
 
     return pass_at_1
 

@@ -162,6 +162,20 @@ def choose_items(leaves: list[LeafTask], limit: int | None) -> None:
                 break
 
 
+LM_EVAL_DEFAULT_MAX_GEN_TOKS = 256
+"""What lm-eval's HF model generates at most when a task sets no `max_gen_toks`."""
+
+
+def cap_generation(task: Any, cap: int) -> None:
+    """Lower a generative task's token limit to `cap`; a smaller limit of its own stays."""
+    if task.config.output_type != "generate_until":
+        return
+    kwargs = dict(task.config.generation_kwargs or {})
+    own = int(kwargs.get("max_gen_toks") or LM_EVAL_DEFAULT_MAX_GEN_TOKS)
+    kwargs["max_gen_toks"] = min(own, cap)
+    task.set_config(key="generation_kwargs", value=kwargs)
+
+
 def primary_metric(name: str, leaf: LeafTask) -> tuple[str, str]:
     if name in PRIMARY_METRICS:
         return PRIMARY_METRICS[name]
@@ -189,6 +203,9 @@ def run_task(
     if not chosen:
         raise UserError(f"task '{name}' has no documents to evaluate")
     metric, filter_name = primary_metric(name, chosen[0])
+    if config.max_gen_tokens:
+        for leaf in chosen:
+            cap_generation(leaf.task, config.max_gen_tokens)
     progress(f"{sum(leaf.take for leaf in chosen)} items", 0, 1)
     output = lm_eval.simple_evaluate(
         model=lm,
@@ -197,7 +214,6 @@ def run_task(
         num_fewshot=config.num_fewshot,
         apply_chat_template=config.apply_chat_template,
         fewshot_as_multiturn=config.apply_chat_template,
-        gen_kwargs={"max_gen_toks": config.max_gen_tokens} if config.max_gen_tokens else None,
         log_samples=True,
         bootstrap_iters=0,
         task_manager=task_manager,
