@@ -13,9 +13,13 @@ from quantbench.results import load_results
 pytestmark = pytest.mark.slow
 
 
-E2E_EVALUATION = {"speed": {"batch_sizes": [1, 8], "repeats": 3}}
-"""The default study with a lighter speed sweep, to keep CI under 20 minutes; the full
-default is measured by benchmarks/default_study.py."""
+E2E_EVALUATION = {
+    "speed": {"batch_sizes": [1, 8], "repeats": 2},
+    "generations": {"max_new_tokens": 32},
+}
+E2E_CALIBRATION = {"num_samples": 16}
+"""The default study with less calibration data and a lighter evaluation, to keep CI under
+20 minutes; the full default is measured by benchmarks/default_study.py."""
 E2E_TOKENS = 4096
 
 
@@ -25,7 +29,9 @@ def default_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float
 
     root = tmp_path_factory.mktemp("e2e")
     out = root / "out"
-    (root / "study.yaml").write_text(yaml.safe_dump({"evaluation": E2E_EVALUATION}))
+    (root / "study.yaml").write_text(
+        yaml.safe_dump({"calibration": E2E_CALIBRATION, "evaluation": E2E_EVALUATION})
+    )
     started = time.perf_counter()
     result = run_cli(
         "run",
