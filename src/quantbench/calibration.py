@@ -17,13 +17,14 @@ import hashlib
 import json
 import os
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from quantbench.config import CalibrationConfig
 from quantbench.errors import UserError
+from quantbench.jsonl import json_lines
 from quantbench.models import ResolvedModel, file_sha256
 from quantbench.store import StageRef, StageStore, content_key
 
@@ -112,17 +113,7 @@ def load_rows(path: Path) -> list[Row]:
     rows: list[Row] = []
     try:
         if suffix in (".jsonl", ".jsonl.gz"):
-            import gzip
-
-            opener: Callable[..., Any] = gzip.open if suffix.endswith(".gz") else open
-            with opener(path, "rt") as handle:
-                for number, line in enumerate(handle, 1):
-                    if line.strip():
-                        where = f"{path}:{number}"
-                        try:
-                            rows.append(_check_row(json.loads(line), where))
-                        except json.JSONDecodeError as exc:
-                            raise UserError(f"{where}: not valid JSON ({exc.msg})") from None
+            rows += [_check_row(row, where) for where, row in json_lines(path)]
         elif suffix == ".json":
             try:
                 data = json.loads(path.read_text())

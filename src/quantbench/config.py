@@ -142,6 +142,12 @@ class CalibrationGrid(_Strict):
             for scalar, axes in _grid(self.model_dump())
         ]
 
+    @property
+    def default(self) -> CalibrationConfig:
+        """The first setting: the one used where a stage needs a single one (e.g. pre-flight
+        of a scheme that does not calibrate)."""
+        return self.settings()[0][0]
+
 
 DEFAULT_METRICS = ("size", "perplexity", "divergence", "speed", "generations")
 

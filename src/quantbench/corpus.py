@@ -13,7 +13,6 @@ same text as the hub's test split.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any
 from quantbench.calibration import builtin_documents, builtin_split, tokenizer_fingerprint
 from quantbench.config import CorpusConfig
 from quantbench.errors import UserError
+from quantbench.jsonl import json_lines
 from quantbench.models import ResolvedModel, file_sha256
 from quantbench.store import StageRef, StageStore, content_key
 
@@ -90,19 +90,11 @@ def _file_text(path: Path) -> str:
         raise UserError(f"corpus file not found: {path}")
     name = path.name
     if name.endswith((".jsonl", ".jsonl.gz")):
-        opener: Any = gzip.open if name.endswith(".gz") else open
         texts = []
-        with opener(path, "rt") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise UserError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-                if not isinstance(row, dict) or "text" not in row:
-                    raise UserError(f"{path}:{number}: a corpus row needs a 'text' field")
-                texts.append(str(row["text"]))
+        for where, row in json_lines(path):
+            if not isinstance(row, dict) or "text" not in row:
+                raise UserError(f"{where}: a corpus row needs a 'text' field")
+            texts.append(str(row["text"]))
         return "\n\n".join(texts)
     if name.endswith(".txt"):
         return path.read_text(errors="replace")

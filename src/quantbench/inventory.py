@@ -50,11 +50,10 @@ def plan_stages(
         plan_evaluation(plan, config.evaluation) if config.evaluation.metric_names() else None
     )
     info = inspect_model(model.path)
-    default_calibration = config.calibration.settings()[0][0]
     memory = {
         name: outcome.memory_bytes
         for name, outcome in preflight_variants(
-            list(plan.variants), info, default_calibration, available_memory_bytes()
+            list(plan.variants), info, config.calibration.default, available_memory_bytes()
         ).items()
     }
     gpu = gpus_visible()

@@ -24,7 +24,7 @@ from rich.progress import (
 
 from quantbench import __version__
 from quantbench.calibration import SAMPLES_FILE, prepare_calibration
-from quantbench.config import CalibrationConfig, SchemeEntry, StudyConfig
+from quantbench.config import SchemeEntry, StudyConfig
 from quantbench.corpus import prepare_corpus
 from quantbench.errors import StageFailed, UserError
 from quantbench.evaluate import BASELINE_SCHEMES, EvalPlan, evaluate_variant, plan_evaluation
@@ -242,7 +242,7 @@ def _preflight(
         return {}
     info = inspect_model(plan.model.path)
     outcomes = preflight_variants(
-        pending, info, _default_calibration(plan), available_memory_bytes()
+        pending, info, plan.config.calibration.default, available_memory_bytes()
     )
     problems = [p for outcome in outcomes.values() for p in outcome.problems]
     for name, outcome in outcomes.items():
@@ -251,10 +251,6 @@ def _preflight(
     if problems:
         raise UserError("pre-flight found problems: " + "; ".join(problems))
     return outcomes
-
-
-def _default_calibration(plan: StudyPlan) -> CalibrationConfig:
-    return plan.config.calibration.settings()[0][0]
 
 
 def _calibration(
@@ -321,7 +317,7 @@ def _quantize_variant(
         "model_path": str(plan.model.path),
         "scheme": variant.scheme.name,
         "options": preflight.resolved_options,
-        "seq_len": (variant.calibration_config or _default_calibration(plan)).seq_len,
+        "seq_len": (variant.calibration_config or plan.config.calibration.default).seq_len,
         "calibration_samples": (
             str(store.path(variant.calibration) / SAMPLES_FILE) if variant.calibration else None
         ),

@@ -7,13 +7,12 @@ with `data_files` per split, in place of the hub dataset the stock task yaml nam
 
 from __future__ import annotations
 
-import gzip
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from quantbench.errors import UserError
+from quantbench.jsonl import json_lines
 
 
 @dataclass(frozen=True)
@@ -128,16 +127,8 @@ def _check_fields(task: str, path: Path, required: tuple[str, ...]) -> None:
 
 
 def _first_json_row(path: Path) -> dict[str, Any]:
-    opener: Any = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as stream:
-        for number, line in enumerate(stream, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}:{number}: a row must be a JSON object")
-            return row
+    for where, row in json_lines(path):
+        if not isinstance(row, dict):
+            raise UserError(f"{where}: a row must be a JSON object")
+        return row
     raise UserError(f"{path} has no rows")
