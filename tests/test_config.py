@@ -11,7 +11,7 @@ def test_defaults_need_no_file() -> None:
     assert config.model == "smollm2-135m-instruct"
     assert tuple(entry.scheme for entry in config.schemes) == DEFAULT_SCHEMES
     assert config.calibration.num_samples == 64 and config.calibration.seq_len == 512
-    assert config.out == Path("quantbench-out")
+    assert config.out == "quantbench-out"
 
 
 def test_flags_override_file(tmp_path: Path) -> None:

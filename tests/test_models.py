@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from quantbench.errors import UserError
-from quantbench.models import BUILTIN_MODELS, inspect_model, resolve_model
+from quantbench.models import BUILTIN_MODELS, inspect_model, locate_model, resolve_model
 
 
 def test_local_folder_resolves_with_a_content_fingerprint(tiny_model: Path) -> None:
@@ -13,6 +13,17 @@ def test_local_folder_resolves_with_a_content_fingerprint(tiny_model: Path) -> N
     assert first.kind == "local" and first.path == tiny_model.resolve()
     assert first.fingerprint == again.fingerprint
     assert "model.safetensors" in first.source_files
+
+
+def test_a_worker_on_another_node_resolves_the_model_and_checks_its_content(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    described = resolve_model(str(tiny_model)).describe()
+    assert locate_model(described) == Path(described["path"])
+    elsewhere = {**described, "path": str(tmp_path / "not-on-this-node")}
+    assert locate_model(elsewhere) == Path(described["path"])  # resolved again from the spec
+    with pytest.raises(UserError, match="differs from the driver's"):
+        locate_model({**elsewhere, "fingerprint": "0" * 16})
 
 
 def test_inspect_lists_linear_layers_without_loading_weights(tiny_model: Path) -> None:

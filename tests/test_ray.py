@@ -37,7 +37,7 @@ def cluster() -> Iterator[str]:
         local.shutdown()
 
 
-def _study(root: Path, model: Path, name: str, **execution: Any) -> Path:
+def _study(root: Path, model: Path, name: str, out: str | None = None, **execution: Any) -> Path:
     study = {
         "model": str(model),
         "schemes": ["bf16", {"scheme": "w4a16-gptq", "group_size": 32}],
@@ -47,7 +47,7 @@ def _study(root: Path, model: Path, name: str, **execution: Any) -> Path:
             "corpus": {"window": 64, "stride": 64, "max_tokens": 256, "top_k": VOCAB},
         },
         "execution": execution,
-        "out": str(root / name),
+        "out": out or str(root / name),
     }
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(study))
@@ -96,7 +96,10 @@ def _quantize_workers() -> list[tuple[int, int, str]]:
 def test_a_worker_killed_mid_quantization_is_retried(
     cluster: str, local_run: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
-    config = _study(tmp_path, tiny_model, "out", executor="ray", ray_address=cluster)
+    # The output folder is a URL (fsspec's local backend): the Ray workers read their inputs
+    # from it and upload their stages to it, through mirrors of their own.
+    url = f"file://{tmp_path}/bucket/out"
+    config = _study(tmp_path, tiny_model, "out", url, executor="ray", ray_address=cluster)
     log = tmp_path / "study.log"
     with open(log, "w") as output:
         study = subprocess.Popen(
@@ -121,8 +124,10 @@ def test_a_worker_killed_mid_quantization_is_retried(
     )
     assert study.returncode == 0, output_text[-3000:]
     # the same figures as the local executor, although one stage ran twice
-    assert _quality(tmp_path / "out") == _quality(local_run)
-    stale = [p for p in (tmp_path / "out" / "stages" / "quantize").iterdir() if p.name[0] == "."]
-    assert not stale, stale
-    executor = read_json(tmp_path / "out" / "results.json")["provenance"]["executor"]  # type: ignore[index]
+    bucket = tmp_path / "bucket" / "out"
+    assert _quality(bucket) == _quality(local_run)
+    for stage in (bucket / "stages" / "quantize").iterdir():
+        # the killed attempt died before uploading: one attempt and its manifest per stage
+        assert sorted(p.name.split("-")[0] for p in stage.iterdir()) == ["attempt", "manifest.json"]
+    executor = read_json(bucket / "results.json")["provenance"]["executor"]  # type: ignore[index]
     assert executor["executor"] == "ray" and executor["nodes"] == 2

@@ -161,11 +161,11 @@ def test_sigkill_mid_quantization_then_resume(tiny_model: Path, tmp_path: Path) 
         stderr=subprocess.DEVNULL,
     )
     stage_root = tmp_path / "out" / "stages" / "quantize"
+    log = tmp_path / "out" / "logs" / "quantize-w4a16-gptq-g32.log"
     deadline = time.monotonic() + 120
     killed = False
     while time.monotonic() < deadline and process.poll() is None:
-        logs = list(stage_root.glob(".tmp-*/quantize.log")) if stage_root.exists() else []
-        if logs and '"phase": "quantizing"' in logs[0].read_text(errors="replace"):
+        if log.is_file() and '"phase": "quantizing"' in log.read_text(errors="replace"):
             os.kill(process.pid, signal.SIGKILL)
             killed = True
             break

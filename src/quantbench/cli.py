@@ -54,7 +54,8 @@ def run(
         str | None, typer.Option(help="comma-separated scheme names (see `quantbench schemes`)")
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="output folder [default: quantbench-out]")
+        str | None,
+        typer.Option(help="output folder or fsspec URL (s3://...) [default: quantbench-out]"),
     ] = None,
     calibration: Annotated[
         str | None,
@@ -157,7 +158,10 @@ def run(
     err = Console(stderr=True)
     results = run_study(study, err)
     _stdout().print(results_table(results))
-    err.print(f"results: {study.out / 'results.json'}, {study.out / 'report.md'}")
+    from quantbench.output import OutputFolder
+
+    output = OutputFolder.open(study.out)
+    err.print(f"results: {output.where('results.json')}, {output.where('report.md')}")
     if any(v.status != "ok" for v in results.variants):
         raise typer.Exit(1)
 
@@ -169,7 +173,7 @@ def plan_command(
     ] = None,
     model: Annotated[str | None, typer.Option(help="model (as for `run`)")] = None,
     schemes: Annotated[str | None, typer.Option(help="comma-separated scheme names")] = None,
-    out: Annotated[Path | None, typer.Option(help="output folder to check for done stages")] = None,
+    out: Annotated[str | None, typer.Option(help="output folder (or URL) to check")] = None,
     calibration_samples: Annotated[int | None, typer.Option(help="number of samples")] = None,
     metrics: Annotated[str | None, typer.Option(help="comma-separated metrics, or 'none'")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="scored-token budget")] = None,
@@ -266,7 +270,7 @@ def _decision(
 
 @app.command()
 def report(
-    out: Annotated[Path, typer.Argument(help="a study's output folder")],
+    out: Annotated[str, typer.Argument(help="a study's output folder or URL")],
     max_kl: MaxKL = None,
     max_ppl_increase: MaxPplIncrease = None,
     max_accuracy_drop: MaxAccuracyDrop = None,
@@ -284,14 +288,18 @@ def report(
     flags = _decision(max_kl, max_ppl_increase, max_accuracy_drop)
     constraints = Constraints(**{**saved, **{k: v for k, v in flags.items() if v is not None}})
     results = results.model_copy(update={"recommendation": recommend(results, constraints)})
-    save_results(out, results)
+    from quantbench.output import OutputFolder
+
+    output = OutputFolder.open(out)
+    written = save_results(output.local, results)
+    output.publish([p.name for p in written])
     _stdout().print(results_table(results))
-    Console(stderr=True).print(f"wrote results.csv, report.md, report.html in {out}")
+    Console(stderr=True).print(f"wrote results.csv, report.md, report.html in {output}")
 
 
 @app.command()
 def compare(
-    studies: Annotated[list[Path], typer.Argument(help="two or more study output folders")],
+    studies: Annotated[list[str], typer.Argument(help="two or more study folders or URLs")],
     out: Annotated[Path, typer.Option(help="where the merged report goes")] = Path(
         "quantbench-compare"
     ),

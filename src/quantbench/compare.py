@@ -13,13 +13,16 @@ from pathlib import Path
 
 from quantbench import __version__
 from quantbench.errors import UserError
+from quantbench.remote import is_url
 from quantbench.results import StudyResults, VariantResult, load_results
 
 
-def _labels(outs: list[Path]) -> list[str]:
+def _labels(outs: list[str]) -> list[str]:
     labels: list[str] = []
     for out in outs:
-        label = out.resolve().name or str(out)
+        label = (
+            out.rstrip("/").rsplit("/", 1)[-1] if is_url(out) else Path(out).resolve().name
+        ) or out
         while label in labels:
             label += "'"
         labels.append(label)
@@ -46,7 +49,7 @@ def _incomparable_tasks(studies: list[StudyResults]) -> set[str]:
     return {name for name, signatures in seen.items() if len(signatures) > 1}
 
 
-def compare_studies(outs: list[Path]) -> StudyResults:
+def compare_studies(outs: list[str]) -> StudyResults:
     if len(outs) < 2:
         raise UserError("compare needs at least two study folders")
     studies = [load_results(out) for out in outs]

@@ -19,7 +19,7 @@ from quantbench.errors import UserError, did_you_mean
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_SCHEMES = ("bf16", "fp8-dynamic", "w4a16-gptq", "w8a8-int8")
-DEFAULT_OUT = Path("quantbench-out")
+DEFAULT_OUT = "quantbench-out"
 
 
 class _Strict(BaseModel):
@@ -310,7 +310,15 @@ class StudyConfig(_Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     decision: DecisionConfig = DecisionConfig()
     execution: ExecutionConfig = ExecutionConfig()
-    out: Path = DEFAULT_OUT
+    out: str = Field(
+        default=DEFAULT_OUT,
+        description="output folder: a path, or an fsspec URL (s3://bucket/run, file:///srv/run)",
+    )
+
+    @field_validator("out", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, Path) else value
 
     @field_validator("schemes", mode="before")
     @classmethod

@@ -10,7 +10,6 @@ on. Finished stages are never recomputed.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -21,12 +20,16 @@ from typing import Any
 from quantbench.config import EvaluationConfig
 from quantbench.corpus import corpus_ref, read_windows
 from quantbench.executors.base import Launch, Resources
+from quantbench.output import OutputFolder
 from quantbench.plan import StudyPlan, VariantPlan, library_versions
+from quantbench.quantize import ARTIFACT_DIR
 from quantbench.results import VariantMetrics
 from quantbench.store import StageRef, StageStore, content_key
 from quantbench.workers import die_with_parent, emit, failure, run_python_worker
 
 BASELINE_SCHEMES = ("bf16", "fp16")
+FINISHED = "finished"
+"""The worker's last event; it carries the reason of every metric that failed."""
 EVALUATE_STAGE_VERSION = 1
 
 
@@ -121,35 +124,36 @@ def _input_stage(input_metric: str, metric: str, param: str | None) -> str:
 def evaluate_variant(
     eval_plan: EvalPlan,
     variant: VariantPlan,
-    artifact: Path,
-    store: StageStore,
+    output: OutputFolder,
     logs: Path,
     on_progress: Callable[[str, int | None, int | None], None],
     launch: Launch = run_python_worker,
     resources: Resources | None = None,
 ) -> VariantMetrics:
+    store = output.stages()
     refs = eval_plan.stages.get(variant.name, {})
     pending = [(name, ref.key) for name, ref in refs.items() if not store.is_done(ref)]
     errors: dict[str, str] = {}
     if pending:
         logs.mkdir(parents=True, exist_ok=True)
-        result_path = logs / f"eval-{variant.name}.result.json"
-        result_path.unlink(missing_ok=True)
         baseline_refs = eval_plan.stages.get(eval_plan.baseline or "", {})
         request = {
-            "artifact": str(artifact),
+            "artifact": [variant.quantize.stage, variant.quantize.key],
             "variant": variant.name,
             "is_baseline": variant.name == eval_plan.baseline,
             "config": eval_plan.config.model_dump(mode="json"),
-            "store_root": str(store.root),
+            "output": output.location,
             "pending": pending,
             "own_keys": {name: ref.key for name, ref in refs.items()},
             "baseline_keys": {name: ref.key for name, ref in baseline_refs.items()},
             "corpus_key": eval_plan.corpus.key if eval_plan.corpus else None,
-            "result_path": str(result_path),
         }
+        finished: list[dict[str, str]] = []
 
         def on_event(event: dict[str, Any]) -> None:
+            if event.get("phase") == FINISHED:
+                finished.append(dict(event.get("errors") or {}))
+                return
             on_progress(str(event.get("phase", "")), event.get("done"), event.get("total"))
 
         log_path = logs / f"eval-{variant.name}.log"
@@ -161,11 +165,11 @@ def evaluate_variant(
             on_event,
             resources=resources,
         )
-        if returncode != 0 or not result_path.is_file():
+        if returncode != 0 or not finished:
             reason = str(failure("evaluation", returncode, log_path))
             errors = {name: reason for name, _ in pending}
         else:
-            errors = json.loads(result_path.read_text())["errors"]
+            errors = finished[-1]
     return collect_metrics(refs, store, errors)
 
 
@@ -202,8 +206,8 @@ def _worker_main(request_path: Path) -> None:
     from quantbench.metrics.base import EvalContext
 
     config = EvaluationConfig.model_validate(request["config"])
-    store = StageStore(Path(request["store_root"]))
-    artifact = Path(request["artifact"])
+    store = OutputFolder.open(request["output"]).stages()
+    artifact = store.path(StageRef(*request["artifact"])) / ARTIFACT_DIR
     is_baseline = bool(request["is_baseline"])
     corpus_key = request["corpus_key"]
     windows = read_windows(store.path(StageRef("corpus", corpus_key))) if corpus_key else None
@@ -239,13 +243,14 @@ def _worker_main(request_path: Path) -> None:
             baseline = {n: own_path(stage) for n, stage in reads.items() if stage != name}
         else:
             baseline_keys = request["baseline_keys"]
-            baseline = {
-                n: store.path(StageRef(stage, baseline_keys[stage]))
+            done = {
+                n: StageRef(stage, baseline_keys[stage])
                 for n, stage in reads.items()
                 if stage in baseline_keys
             }
-            missing += [n for n, p in baseline.items() if not (p / "manifest.json").is_file()]
+            missing += [n for n, ref in done.items() if not store.is_done(ref)]
             missing += [n for n, stage in reads.items() if stage not in baseline_keys]
+            baseline = {n: store.path(ref) for n, ref in done.items() if n not in missing}
         if missing:
             errors[name] = f"needs {', '.join(sorted(set(missing)))}, which did not finish"
             continue
@@ -287,11 +292,7 @@ def _worker_main(request_path: Path) -> None:
             )
     if "backend" in loaded:
         loaded["backend"].close()
-    result_path = Path(request["result_path"])
-    tmp = result_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"errors": errors}))
-    os.replace(tmp, result_path)
-    emit("done")
+    emit(FINISHED, errors=errors)
 
 
 if __name__ == "__main__":

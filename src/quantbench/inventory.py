@@ -37,12 +37,12 @@ def plan_stages(
     from quantbench.evaluate import plan_evaluation
     from quantbench.executors.resources import gpus_visible, stage_resources
     from quantbench.models import inspect_model, resolve_model
+    from quantbench.output import OutputFolder
     from quantbench.plan import build_plan
     from quantbench.preflight import available_memory_bytes, preflight_variants
-    from quantbench.store import StageStore
-    from quantbench.study import STAGES_DIR, with_baseline
+    from quantbench.study import with_baseline
 
-    store = StageStore(config.out / STAGES_DIR)
+    store = OutputFolder.open(config.out).stages()
     model = resolve_model(config.model, on_status=on_status)
     config = with_baseline(config, on_status)
     plan = build_plan(config, model)

@@ -214,6 +214,24 @@ def resolve_model(spec: str, on_status: Callable[[str], None] = lambda _: None) 
     )
 
 
+def locate_model(described: dict[str, Any]) -> Path:
+    """Worker side: the local folder of the driver's resolved model (`ResolvedModel.describe`).
+
+    On the driver's node that is its path; on a node that does not see it, the worker
+    resolves the same spec itself (converting the built-in GGUF, or fetching from the hub)
+    and refuses a folder whose content differs from what the driver fingerprinted."""
+    path = Path(described["path"])
+    if path.is_dir():
+        return path
+    resolved = resolve_model(described["spec"])
+    if resolved.fingerprint != described["fingerprint"]:
+        raise UserError(
+            f"model {described['spec']} on this node ({resolved.path}) differs from the "
+            f"driver's: fingerprint {resolved.fingerprint} instead of {described['fingerprint']}"
+        )
+    return resolved.path
+
+
 def _is_hub_id(spec: str) -> bool:
     parts = spec.split("/")
     return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))

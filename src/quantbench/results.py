@@ -311,23 +311,35 @@ class StudyResults(_Record):
         raise KeyError(name)
 
 
-def save_results(out: Path, results: StudyResults, model_cards: bool = True) -> Path:
-    """Write results.json, then every file derived from it (see `report.files`)."""
+def save_results(out: Path, results: StudyResults, model_cards: bool = True) -> list[Path]:
+    """Write results.json, then every file derived from it (see `report.files`); the files
+    written in `out` (model cards go into the artifacts)."""
     from quantbench.report.files import write_reports
 
     path = out / RESULTS_FILE
     write_json_atomic(path, results.model_dump(mode="json"))
-    write_reports(out, results, model_cards=model_cards)
-    return path
+    written = write_reports(out, results, model_cards=model_cards)
+    return [path, *(p for p in written if p.parent == out)]
 
 
-def load_results(out: Path) -> StudyResults:
-    path = out / RESULTS_FILE if out.is_dir() else out
-    if not path.is_file():
-        raise UserError(f"no {RESULTS_FILE} in {out}; run `quantbench run --out {out}` first")
+def load_results(out: str | Path) -> StudyResults:
+    """The saved results of a study: its output folder (path or URL) or a results.json."""
     import json
 
-    data = json.loads(path.read_text())
+    from quantbench.remote import RemoteFolder, is_url
+
+    missing = f"no {RESULTS_FILE} in {out}; run `quantbench run --out {out}` first"
+    if is_url(out):
+        folder = RemoteFolder(str(out))
+        raw = folder.read_bytes(RESULTS_FILE)
+        path = folder.url_of(RESULTS_FILE)
+    else:
+        local = Path(out) / RESULTS_FILE if Path(out).is_dir() else Path(out)
+        raw = local.read_bytes() if local.is_file() else None
+        path = str(local)
+    if raw is None:
+        raise UserError(missing)
+    data = json.loads(raw)
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:
         raise UserError(

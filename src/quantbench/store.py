@@ -5,6 +5,12 @@ that determines the output (config slice, upstream keys, versions that matter). 
 in a private temporary folder next to it; `manifest.json` is written last and the folder is
 renamed into place in one step, so a crash at any moment leaves either a complete stage or a
 temporary folder that no later run trusts (it is swept on the next run).
+
+When the output folder is a URL, the local folder is a mirror (in the cache folder) and
+the URL is the store of record: a committed stage is uploaded (`remote.py`: files of the
+attempt first, the manifest last), a stage done remotely counts as done everywhere, and it is
+downloaded into the mirror only when its files are read (`path`). Workers on other nodes
+open the same URL with a mirror of their own, so no folder has to be shared.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from quantbench.errors import UserError
+from quantbench.remote import RemoteFolder
 
 MANIFEST = "manifest.json"
 _TMP_PREFIX = ".tmp-"
@@ -50,6 +57,16 @@ def write_json_atomic(path: Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{uuid.uuid4().hex}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{uuid.uuid4().hex}")
@@ -67,21 +84,45 @@ class StageRef:
 
 
 class StageStore:
-    """The stage folders of one output directory."""
+    """The stage folders of one output directory, optionally backed by a URL."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, remote: RemoteFolder | None = None) -> None:
         self.root = root
+        self.remote = remote
 
-    def path(self, ref: StageRef) -> Path:
+    def _local(self, ref: StageRef) -> Path:
         return self.root / ref.stage / ref.key
 
+    def path(self, ref: StageRef) -> Path:
+        """The stage's local folder; a stage done only at the URL is downloaded first."""
+        local = self._local(ref)
+        if self.remote is not None and not (local / MANIFEST).is_file():
+            self._fetch(ref)
+        return local
+
     def is_done(self, ref: StageRef) -> bool:
-        return (self.path(ref) / MANIFEST).is_file()
+        if (self._local(ref) / MANIFEST).is_file():
+            return True
+        return self.remote is not None and self.remote.exists(ref.stage, ref.key, MANIFEST)
 
     def manifest(self, ref: StageRef) -> dict[str, Any]:
-        with open(self.path(ref) / MANIFEST) as handle:
-            data: dict[str, Any] = json.load(handle)
-        return data
+        local = self._local(ref) / MANIFEST
+        if local.is_file() or self.remote is None:
+            with open(local) as handle:
+                data: dict[str, Any] = json.load(handle)
+            return data
+        remote: dict[str, Any] | None = self.remote.read_json(ref.stage, ref.key, MANIFEST)
+        if remote is None:
+            raise FileNotFoundError(f"{self.remote.url_of(ref.stage, ref.key)} is not done")
+        return remote
+
+    def location(self, ref: StageRef, *parts: str) -> str:
+        """Where a done stage's file lives for a reader outside quantbench: the local path,
+        or its URL (inside the attempt folder the manifest names)."""
+        if self.remote is None:
+            return str(self._local(ref).joinpath(*parts).resolve())
+        attempt = self.manifest(ref)["attempt"]
+        return self.remote.url_of(ref.stage, ref.key, attempt, *parts)
 
     @contextlib.contextmanager
     def build(self, ref: StageRef) -> Iterator[Path]:
@@ -97,15 +138,57 @@ class StageStore:
                 shutil.rmtree(work, ignore_errors=True)
 
     def commit(self, ref: StageRef, work: Path, manifest: Mapping[str, Any]) -> Path:
-        """Write the manifest last, then move the folder into place in one rename."""
-        write_json_atomic(work / MANIFEST, {"stage": ref.stage, "key": ref.key, **manifest})
-        final = self.path(ref)
+        """Write the manifest last, then move the folder into place in one rename (and, with
+        a URL, upload it: the attempt's files first, the manifest naming them last)."""
+        record = {"stage": ref.stage, "key": ref.key, **manifest}
+        if self.remote is not None:
+            attempt = self._upload(ref, work, record)
+            if attempt is None:  # another worker committed this stage first: use theirs
+                shutil.rmtree(work, ignore_errors=True)
+                return self.path(ref)
+            record["attempt"] = attempt
+        write_json_atomic(work / MANIFEST, record)
+        final = self._local(ref)
         if final.exists():
             # Only a stage without a manifest can be here (a done stage is never rebuilt);
             # it is an interrupted leftover from an older layout and is not trusted.
             shutil.rmtree(final)
         os.rename(work, final)
         return final
+
+    def _upload(self, ref: StageRef, work: Path, record: dict[str, Any]) -> str | None:
+        """Upload `work` as a new attempt and publish it; None when another worker's
+        manifest is (or, racing with this one, ended up) the stage's."""
+        assert self.remote is not None
+        if self.remote.exists(ref.stage, ref.key, MANIFEST):
+            return None
+        attempt = f"attempt-{uuid.uuid4().hex[:12]}"
+        self.remote.upload_folder(work, ref.stage, ref.key, attempt, skip=(MANIFEST,))
+        self.remote.write_json({**record, "attempt": attempt}, ref.stage, ref.key, MANIFEST)
+        published = self.remote.read_json(ref.stage, ref.key, MANIFEST)
+        return attempt if published is None or published.get("attempt") == attempt else None
+
+    def _fetch(self, ref: StageRef) -> None:
+        """Download a stage done at the URL into the mirror (temporary folder, then rename)."""
+        assert self.remote is not None
+        record = self.remote.read_json(ref.stage, ref.key, MANIFEST)
+        if record is None:
+            return
+        parent = self.root / ref.stage
+        parent.mkdir(parents=True, exist_ok=True)
+        work = parent / f"{_TMP_PREFIX}fetch-{ref.key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            self.remote.download_folder(work, ref.stage, ref.key, record["attempt"])
+            write_json_atomic(work / MANIFEST, record)
+            final = self._local(ref)
+            if (final / MANIFEST).is_file():  # another process on this node fetched it
+                return
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(work, final)
+        finally:
+            if work.exists():
+                shutil.rmtree(work, ignore_errors=True)
 
     def sweep_stale(self) -> list[Path]:
         """Delete temporary folders left by killed runs; call only while holding the lock."""

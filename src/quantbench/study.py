@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -23,7 +22,7 @@ from rich.progress import (
 )
 
 from quantbench import __version__
-from quantbench.calibration import SAMPLES_FILE, prepare_calibration
+from quantbench.calibration import prepare_calibration
 from quantbench.config import SchemeEntry, StudyConfig
 from quantbench.corpus import prepare_corpus
 from quantbench.errors import StageFailed, UserError
@@ -31,6 +30,7 @@ from quantbench.evaluate import BASELINE_SCHEMES, EvalPlan, evaluate_variant, pl
 from quantbench.executors import Executor, get_executor
 from quantbench.executors.resources import gpus_visible, stage_resources
 from quantbench.models import inspect_model, resolve_model
+from quantbench.output import LOGS_DIR, OutputFolder
 from quantbench.plan import StudyPlan, VariantPlan, build_plan
 from quantbench.preflight import available_memory_bytes, preflight_variants
 from quantbench.quantize import ARTIFACT_DIR, run_worker
@@ -44,19 +44,21 @@ from quantbench.results import (
     save_results,
 )
 from quantbench.schemes import Preflight
-from quantbench.store import StageStore, dir_bytes, ensure_writable_dir, exclusive
+from quantbench.store import StageStore, ensure_writable_dir, exclusive
 
 LOCK_FILE = ".quantbench.lock"
-STAGES_DIR = "stages"
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
 def run_study(config: StudyConfig, console: Console) -> StudyResults:
-    """Run (or resume) the study described by `config`; returns the saved results."""
-    out = config.out
-    ensure_writable_dir(out)
-    with exclusive(out / LOCK_FILE, what=str(out)):
-        return _run(config, console)
+    """Run (or resume) the study described by `config`; returns the saved results.
+
+    The lock is on the local folder (a URL's mirror): it keeps two runs on one machine
+    apart. Runs on different machines writing one URL do not corrupt each other (see
+    `remote.py`), but may compute a stage twice."""
+    output = OutputFolder.open(config.out)
+    ensure_writable_dir(output.local)
+    with exclusive(output.local / LOCK_FILE, what=str(output)):
+        return _run(config, output, console)
 
 
 def _executor(config: StudyConfig) -> Executor:
@@ -65,11 +67,10 @@ def _executor(config: StudyConfig) -> Executor:
     return get_executor(execution.executor, **options)
 
 
-def _run(config: StudyConfig, console: Console) -> StudyResults:
+def _run(config: StudyConfig, output: OutputFolder, console: Console) -> StudyResults:
     """Everything cheap and checkable (planning, pre-flight, inputs) before the executor
     starts; then quantize and evaluate through it."""
-    out = config.out
-    store = StageStore(out / STAGES_DIR)
+    store = output.stages()
     swept = store.sweep_stale()
     if swept:
         console.print(f"[dim]removed {len(swept)} unfinished stage folder(s) of a killed run")
@@ -100,7 +101,7 @@ def _run(config: StudyConfig, console: Console) -> StudyResults:
                 return _quantize_variant(
                     plan,
                     variant,
-                    store,
+                    output,
                     preflights.get(variant.name),
                     progress,
                     tasks[variant.name],
@@ -109,7 +110,7 @@ def _run(config: StudyConfig, console: Console) -> StudyResults:
 
             variants = runner.map(job, list(plan.variants))
         if eval_plan:
-            variants = _evaluate(plan, eval_plan, variants, store, console, runner)
+            variants = _evaluate(plan, eval_plan, variants, output, console, runner)
         results = StudyResults(
             quantbench_version=__version__,
             created_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -121,7 +122,8 @@ def _run(config: StudyConfig, console: Console) -> StudyResults:
         )
         results = _finalize(results, config, store, eval_plan)
         results.provenance["executor"] = runner.describe()
-        save_results(out, results)
+        written = save_results(output.local, results)
+        output.publish([p.name for p in written] + [LOGS_DIR])
     finally:
         runner.close()
     return results
@@ -183,13 +185,13 @@ def _evaluate(
     plan: StudyPlan,
     eval_plan: EvalPlan,
     variants: list[VariantResult],
-    store: StageStore,
+    output: OutputFolder,
     console: Console,
     runner: Executor,
 ) -> list[VariantResult]:
     by_name = {v.name: v for v in variants}
     ordered = [v for v in eval_plan.order(plan.variants) if by_name[v.name].status == "ok"]
-    logs = store.root.parent / "logs"
+    logs = output.local / LOGS_DIR
     console.print(f"[bold]evaluate[/] ({', '.join(eval_plan.config.metric_names())})")
     with _progress(console) as progress:
         tasks = {v.name: progress.add_task(v.name, total=None, phase="waiting") for v in ordered}
@@ -207,8 +209,7 @@ def _evaluate(
             metrics = evaluate_variant(
                 eval_plan,
                 variant,
-                Path(result.artifact_path or ""),
-                store,
+                output,
                 logs,
                 on_progress,
                 runner.launch,
@@ -302,25 +303,38 @@ def _progress(console: Console) -> Progress:
 def _quantize_variant(
     plan: StudyPlan,
     variant: VariantPlan,
-    store: StageStore,
+    output: OutputFolder,
     preflight: Preflight | None,
     progress: Progress,
     task: TaskID,
     runner: Executor,
 ) -> VariantResult:
+    store = output.stages()
     if store.is_done(variant.quantize):
         progress.update(task, total=1, completed=1, phase="cached")
-        return _variant_result(variant, store.manifest(variant.quantize), store)
+        return _variant_result(variant, store)
     assert preflight is not None, "pending variants always have a pre-flight outcome"
     progress.update(task, phase="starting")
+    calibration = variant.calibration
     request: dict[str, Any] = {
-        "model_path": str(plan.model.path),
+        "variant": variant.name,
+        "output": output.location,
+        "stage": [variant.quantize.stage, variant.quantize.key],
+        "model": plan.model.describe(),
         "scheme": variant.scheme.name,
         "options": preflight.resolved_options,
         "seq_len": (variant.calibration_config or plan.config.calibration.default).seq_len,
-        "calibration_samples": (
-            str(store.path(variant.calibration) / SAMPLES_FILE) if variant.calibration else None
-        ),
+        "calibration": [calibration.stage, calibration.key] if calibration else None,
+        "manifest": {
+            "scheme": variant.scheme.name,
+            "options_requested": variant.requested,
+            "options": preflight.resolved_options,
+            "decisions": preflight.decisions,
+            "notes": preflight.notes,
+            "needs_calibration": variant.needs_calibration,
+            "calibration_key": calibration.key if calibration else None,
+            "model_fingerprint": plan.model.fingerprint,
+        },
     }
 
     def on_progress(update: WorkerProgress) -> None:
@@ -329,57 +343,29 @@ def _quantize_variant(
         else:
             progress.update(task, phase=update.phase)
 
-    with store.build(variant.quantize) as work:
-        try:
-            resources = stage_resources(
-                "quantize", plan.config.execution, preflight.memory_bytes, gpus_visible()
-            )
-            outcome = run_worker(request, work, on_progress, runner.launch, resources)
-        except StageFailed as exc:
-            kept = _keep_log(store, variant, work)
-            progress.update(task, phase="[red]failed")
-            return VariantResult(
-                name=variant.name,
-                scheme=variant.scheme.name,
-                status="failed",
-                error=str(exc),
-                log_path=str(kept) if kept else None,
-                options_requested=variant.requested,
-                options=preflight.resolved_options,
-                decisions=preflight.decisions,
-                notes=preflight.notes,
-                needs_calibration=variant.needs_calibration,
-                axes=variant.axes,
-                stage_keys=_stage_keys(plan, variant),
-            )
-        artifact = work / ARTIFACT_DIR
-        manifest = {
-            "scheme": variant.scheme.name,
-            "options_requested": variant.requested,
-            "options": preflight.resolved_options,
-            "decisions": preflight.decisions,
-            "notes": preflight.notes,
-            "needs_calibration": variant.needs_calibration,
-            "calibration_key": variant.calibration.key if variant.calibration else None,
-            "model_fingerprint": plan.model.fingerprint,
-            "quantization": outcome,
-            "disk_bytes": dir_bytes(artifact, WEIGHT_SUFFIXES),
-            "artifact_bytes": dir_bytes(artifact),
-        }
-        store.commit(variant.quantize, work, manifest)
+    resources = stage_resources(
+        "quantize", plan.config.execution, preflight.memory_bytes, gpus_visible()
+    )
+    try:
+        run_worker(request, output.local / LOGS_DIR, on_progress, runner.launch, resources)
+    except StageFailed as exc:
+        progress.update(task, phase="[red]failed")
+        return VariantResult(
+            name=variant.name,
+            scheme=variant.scheme.name,
+            status="failed",
+            error=str(exc),
+            log_path=exc.log_path,
+            options_requested=variant.requested,
+            options=preflight.resolved_options,
+            decisions=preflight.decisions,
+            notes=preflight.notes,
+            needs_calibration=variant.needs_calibration,
+            axes=variant.axes,
+            stage_keys=_stage_keys(plan, variant),
+        )
     progress.update(task, total=1, completed=1, phase="done")
-    return _variant_result(variant, store.manifest(variant.quantize), store)
-
-
-def _keep_log(store: StageStore, variant: VariantPlan, work: Path) -> Path | None:
-    """Copy a failed stage's log beside the stages (the stage folder itself is discarded)."""
-    log = work / "quantize.log"
-    if not log.is_file():
-        return None
-    dest = store.root / "failed" / f"{variant.name}-{variant.quantize.key}.log"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_bytes(log.read_bytes())
-    return dest
+    return _variant_result(variant, store)
 
 
 def _stage_keys(plan: StudyPlan, variant: VariantPlan) -> dict[str, str]:
@@ -389,11 +375,8 @@ def _stage_keys(plan: StudyPlan, variant: VariantPlan) -> dict[str, str]:
     return keys
 
 
-def _variant_result(
-    variant: VariantPlan,
-    manifest: dict[str, Any],
-    store: StageStore,
-) -> VariantResult:
+def _variant_result(variant: VariantPlan, store: StageStore) -> VariantResult:
+    manifest = store.manifest(variant.quantize)
     keys = {"quantize": variant.quantize.key}
     if manifest.get("calibration_key"):
         keys["calibration"] = manifest["calibration_key"]
@@ -401,7 +384,7 @@ def _variant_result(
         name=variant.name,
         scheme=manifest["scheme"],
         status="ok",
-        artifact_path=str((store.path(variant.quantize) / ARTIFACT_DIR).resolve()),
+        artifact_path=store.location(variant.quantize, ARTIFACT_DIR),
         options_requested=manifest["options_requested"],
         options=manifest["options"],
         decisions=manifest["decisions"],

@@ -4,9 +4,9 @@ An executor does two things. `map` runs the study's per-variant jobs (quantize o
 evaluate one variant), in order or concurrently; the jobs themselves stay in the driver,
 where the progress display and the stage store live. `launch` runs the heavy part of a
 job, a quantbench worker module (`python -m quantbench.quantize REQUEST`), somewhere with
-the resources the stage asks for, and streams its progress events back. Every node must see
-the study's output folder at the same path (a shared filesystem), since workers read their
-inputs from it and write their stage there.
+the resources the stage asks for, and streams its progress events back. Workers read their
+inputs from the study's output folder and commit their stage there, so every node must
+reach it: the same path on a shared filesystem, or a URL (`output.py`).
 """
 
 from __future__ import annotations

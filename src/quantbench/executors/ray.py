@@ -6,12 +6,17 @@ driver; the worker process of each stage (quantize one variant, evaluate one var
 inside a Ray task that asks for the stage's resources (`executors.resources`), streams its
 progress events back through a Ray queue, and is retried by Ray when the process running it
 dies. A retried stage starts from scratch: stage folders are committed only when complete
-(manifest last), so partial output of a killed attempt is never read.
+(manifest last), so partial output of a killed attempt is never read. The worker's request
+and log live in a temporary folder on its node; the log comes back with the result and is
+written where the driver keeps logs, so the driver and workers need share no folder when
+the output folder is a URL.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,9 +38,8 @@ WORKER_DIED = -9
 
 
 @ray.remote
-def _run_worker(
-    module: str, request: dict[str, Any], request_path: str, log_path: str, events: Queue
-) -> int:
+def _run_worker(module: str, request: dict[str, Any], events: Queue) -> tuple[int, str]:
+    """Run the worker in a temporary folder of this node; (exit status, its whole log)."""
     from quantbench.workers import run_python_worker
 
     def on_event(event: dict[str, Any]) -> None:
@@ -44,9 +48,12 @@ def _run_worker(
     def on_stderr(line: str) -> None:
         events.put(("stderr", line))
 
-    return run_python_worker(
-        module, request, Path(request_path), Path(log_path), on_event, on_stderr
-    )
+    with tempfile.TemporaryDirectory(prefix="quantbench-ray-") as folder:
+        log = Path(folder) / "worker.log"
+        returncode = run_python_worker(
+            module, request, Path(folder) / "request.json", log, on_event, on_stderr
+        )
+        return returncode, log.read_text(errors="replace") if log.exists() else ""
 
 
 class RayExecutor:
@@ -84,10 +91,12 @@ class RayExecutor:
         on_stderr: Callable[[str], None] = lambda _: None,
         resources: Resources | None = None,
     ) -> int:
+        request_path.parent.mkdir(parents=True, exist_ok=True)
+        request_path.write_text(json.dumps(request, indent=2))
         events = Queue()
         options = _ray_options(resources or {})
         ref = _run_worker.options(max_retries=MAX_RETRIES, **options).remote(
-            module, request, str(request_path), str(log_path), events
+            module, request, events
         )
         try:
             while True:
@@ -96,7 +105,8 @@ class RayExecutor:
                 if ready:
                     break
             try:
-                returncode: int = ray.get(ref)
+                returncode, text = ray.get(ref)
+                log_path.write_text(text)
             except ray.exceptions.RayError as exc:
                 with open(log_path, "a") as log:
                     log.write(f"\nRay task failed after {MAX_RETRIES} retries: {exc}\n")

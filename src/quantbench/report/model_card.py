@@ -141,9 +141,18 @@ def render_card(results: StudyResults, variant: VariantResult) -> str:
 
 
 def write_model_cards(results: StudyResults) -> list[Path]:
+    """A README.md in every artifact (at its URL when the output folder is one); the local
+    files written."""
+    from quantbench.remote import RemoteFolder, is_url
+
     written = []
     for variant in results.variants:
         if variant.status != "ok" or not variant.artifact_path:
+            continue
+        if is_url(variant.artifact_path):
+            remote = RemoteFolder(variant.artifact_path)
+            if remote.exists("config.json"):
+                remote.write_bytes(render_card(results, variant).encode(), CARD_FILE)
             continue
         folder = Path(variant.artifact_path)
         if folder.is_dir():

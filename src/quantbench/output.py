@@ -1,0 +1,77 @@
+"""A study's output folder: a local path, or an fsspec URL worked on through a local mirror.
+
+With a path (`--out runs/a`), quantbench writes there directly; with the Ray executor every
+node must see that path (a shared filesystem). With a URL (`--out s3://bucket/runs/a`),
+quantbench works in a mirror under the cache folder (`<cache>/outputs/<hash of the URL>/`)
+and the URL is the store of record: stages are uploaded as they are committed
+(`store.StageStore`), and results.json, the reports and the worker logs when the study
+ends. Workers open the URL with a mirror on their own node, so nodes share no folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from quantbench.remote import RemoteFolder, is_url
+from quantbench.store import StageStore
+
+STAGES_DIR = "stages"
+LOGS_DIR = "logs"
+
+
+@dataclass(frozen=True)
+class OutputFolder:
+    location: str
+    """As given: a path or a URL; what workers receive to open the same folder."""
+    local: Path
+    """Where quantbench writes: the folder itself, or the URL's mirror."""
+    remote: RemoteFolder | None = None
+
+    @classmethod
+    def open(cls, location: str | Path) -> OutputFolder:
+        if is_url(location):
+            from quantbench.models import cache_dir
+
+            url = str(location).rstrip("/")
+            digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+            return cls(url, cache_dir() / "outputs" / digest, RemoteFolder(url))
+        local = Path(location).expanduser().absolute()
+        return cls(str(local), local)
+
+    def __str__(self) -> str:
+        return self.location
+
+    def stages(self) -> StageStore:
+        remote = self.remote.child(STAGES_DIR) if self.remote else None
+        return StageStore(self.local / STAGES_DIR, remote)
+
+    def where(self, name: str) -> str:
+        """Where a top-level file is for the user (path or URL)."""
+        return self.remote.url_of(name) if self.remote else str(self.local / name)
+
+    def publish(self, names: list[str]) -> None:
+        """Upload top-level files and folders of the mirror (each file moved into place
+        whole). results.json goes last, so a reader that finds it finds the reports too."""
+        if self.remote is None:
+            return
+        ordered = sorted(names, key=lambda n: n == "results.json")
+        for name in ordered:
+            path = self.local / name
+            if path.is_dir():
+                for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                    self.remote.upload_file(file, *file.relative_to(self.local).parts)
+            elif path.is_file():
+                self.remote.upload_file(path, name)
+
+    def fetch(self, name: str) -> Path:
+        """The local copy of a top-level file, downloaded from the URL when there is one."""
+        path = self.local / name
+        if self.remote is not None:
+            data = self.remote.read_bytes(name)
+            if data is not None:
+                from quantbench.store import write_bytes_atomic
+
+                write_bytes_atomic(path, data)
+        return path
