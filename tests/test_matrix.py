@@ -134,3 +134,67 @@ def test_axis_rows_never_hide_a_variant() -> None:
     (table,) = axis_tables(results)
     shown = [cell for _, row in table.rows for cell in row if cell != "–"]
     assert sorted(shown) == ["a-g32", "a-g64", "b-g32"]
+
+
+def test_model_lists_are_checked_and_labelled() -> None:
+    from quantbench.config import model_labels
+
+    assert load_study_config(None, {"model": ["only"]}).model == "only"
+    with pytest.raises(UserError, match="listed twice"):
+        load_study_config(None, {"model": ["a", "a"]})
+    with pytest.raises(UserError, match="at least one model"):
+        load_study_config(None, {"model": []})
+    specs = ("org/Llama-3.1-8B", "/models/x/", "/other/x", "q/tiny.gguf")
+    assert model_labels(specs) == ["Llama-3.1-8B", "x", "x-2", "tiny"]
+
+
+def test_a_study_of_several_models_has_a_baseline_each(tiny_model: Path, tmp_path: Path) -> None:
+    from conftest import build_tiny_model
+    from quantbench.inventory import plan_stages
+    from quantbench.recommend import kl_mean
+    from quantbench.report.headline import find_baseline, headline_rows
+    from quantbench.results import load_results
+
+    wide = build_tiny_model(tmp_path / "wide", hidden_size=128)
+    study = {
+        "model": [str(tiny_model), str(wide)],
+        "schemes": ["bf16", "fp8-dynamic"],
+        "evaluation": {
+            "metrics": ["size", "perplexity", "divergence"],
+            "corpus": {"window": 64, "stride": 64, "max_tokens": 256, "top_k": VOCAB},
+        },
+        "out": str(tmp_path / "out"),
+    }
+    config = tmp_path / "models.yaml"
+    config.write_text(yaml.safe_dump(study))
+    planned = plan_stages(load_study_config(config))
+    assert {s.variant for s in planned if s.stage == "quantize"} == {
+        "model/bf16",
+        "model/fp8-dynamic",
+        "wide/bf16",
+        "wide/fp8-dynamic",
+    }
+
+    result = run_cli("run", "--config", str(config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    merged = load_results(tmp_path / "out")
+    assert [v.name for v in merged.variants] == [
+        "model/bf16",
+        "model/fp8-dynamic",
+        "wide/bf16",
+        "wide/fp8-dynamic",
+    ]
+    assert [v.axes["model"] for v in merged.variants] == ["model", "model", "wide", "wide"]
+    for label in ("model", "wide"):
+        own = load_results(tmp_path / "out" / label)  # each model is a whole study
+        variant = merged.variant(f"{label}/fp8-dynamic")
+        assert variant.metrics.divergence == own.variant("fp8-dynamic").metrics.divergence
+        baseline = find_baseline(merged, variant)
+        assert baseline is not None and baseline.name == f"{label}/bf16"
+        assert kl_mean(baseline, baseline) == 0.0
+    rows = {row.name: row for row in headline_rows(merged)}
+    assert rows["wide/bf16"].is_baseline and rows["model/bf16"].is_baseline
+    assert merged.variant("wide/bf16").disk_bytes != merged.variant("model/bf16").disk_bytes
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "model = model" in report and "model = wide" in report
+    assert "tokenizers differ" not in report  # same tokenizer: perplexities comparable

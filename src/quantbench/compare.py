@@ -122,3 +122,51 @@ def compare_studies(outs: list[str]) -> StudyResults:
         },
         notes=notes,
     )
+
+
+def merge_model_studies(
+    labels: list[str], studies: list[StudyResults], config: dict[str, object]
+) -> StudyResults:
+    """One results record for a study of several models (each a study of its own).
+
+    Variants are named `<model label>/<variant>` and gain the axis `model`. Every delta
+    (Δppl, KL, top-1, task accuracy) stays the one computed against the variant's own
+    model's baseline, so all metrics are kept; absolute perplexities are comparable across
+    models only when they scored the same tokens, which a note says when they did not."""
+    variants = [
+        variant.model_copy(
+            update={"name": f"{label}/{variant.name}", "axes": {"model": label, **variant.axes}}
+        )
+        for label, study in zip(labels, studies, strict=True)
+        for variant in study.variants
+    ]
+    token_hashes = [
+        next((v.metrics.perplexity.tokens_sha256 for v in s.variants if v.metrics.perplexity), None)
+        for s in studies
+    ]
+    notes = [
+        f"{label}: {note}" for label, s in zip(labels, studies, strict=True) for note in s.notes
+    ]
+    if _distinct(token_hashes):
+        notes.append(
+            "the models scored different tokens (tokenizers differ): compare each variant's "
+            "Δppl and KL against its own model's baseline, not absolute perplexities across models"
+        )
+    return StudyResults(
+        quantbench_version=__version__,
+        created_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        model={
+            "spec": " + ".join(str(s.model.get("spec")) for s in studies),
+            "models": {label: s.model for label, s in zip(labels, studies, strict=True)},
+        },
+        config=config,
+        calibrations=[c for s in studies for c in s.calibrations],
+        variants=variants,
+        provenance={
+            "model_studies": [
+                {"label": label, "created_at": s.created_at, "provenance": s.provenance}
+                for label, s in zip(labels, studies, strict=True)
+            ]
+        },
+        notes=notes,
+    )

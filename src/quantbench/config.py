@@ -8,6 +8,7 @@ planner, so that a config can be written, validated and hashed anywhere.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -302,7 +303,11 @@ class ExecutionConfig(_Strict):
 class StudyConfig(_Strict):
     """Everything that defines a study; flags on the command line override the file."""
 
-    model: str = DEFAULT_MODEL
+    model: str | tuple[str, ...] = Field(
+        default=DEFAULT_MODEL,
+        description="a model, or a list of models: each is its own study with its own "
+        "baseline, in a sub-folder of `out` named by `model_labels`, merged into one report",
+    )
     schemes: tuple[SchemeEntry, ...] = Field(
         default=tuple(SchemeEntry(scheme=s) for s in DEFAULT_SCHEMES), min_length=1
     )
@@ -314,6 +319,24 @@ class StudyConfig(_Strict):
         default=DEFAULT_OUT,
         description="output folder: a path, or an fsspec URL (s3://bucket/run, file:///srv/run)",
     )
+
+    @field_validator("model")
+    @classmethod
+    def _distinct_models(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        if isinstance(value, str):
+            return value
+        if not value:
+            raise ValueError("list at least one model")
+        if len(set(value)) != len(value):
+            raise ValueError("a model is listed twice")
+        return value[0] if len(value) == 1 else value
+
+    def models(self) -> tuple[str, ...]:
+        return (self.model,) if isinstance(self.model, str) else self.model
+
+    def for_model(self, spec: str, out: str) -> StudyConfig:
+        """The one-model study of `spec` inside a study of several models."""
+        return self.model_copy(update={"model": spec, "out": out})
 
     @field_validator("out", mode="before")
     @classmethod
@@ -328,6 +351,19 @@ class StudyConfig(_Strict):
         if isinstance(value, list | tuple):
             return [{"scheme": v} if isinstance(v, str) else v for v in value]
         return value
+
+
+def model_labels(specs: tuple[str, ...]) -> list[str]:
+    """Readable, distinct folder and variant-name prefixes for the models of a study:
+    the built-in name, a hub id's repository name, a folder's or file's name."""
+    labels: list[str] = []
+    for spec in specs:
+        name = spec.rstrip("/").rsplit("/", 1)[-1].removesuffix(".gguf") or "model"
+        label = re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+        while label in labels:
+            label += "-2"
+        labels.append(label)
+    return labels
 
 
 def _field_names(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:

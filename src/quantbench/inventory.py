@@ -10,6 +10,7 @@ or evaluated.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +34,22 @@ class PlannedStage:
 def plan_stages(
     config: StudyConfig, on_status: Callable[[str], None] = lambda _: None
 ) -> list[PlannedStage]:
-    """The study's stages in the order they would run."""
+    """The study's stages in the order they would run (model after model, variants named
+    `<model label>/<variant>`, for a study of several models)."""
+    from quantbench.config import model_labels
+    from quantbench.output import OutputFolder
+
+    if len(config.models()) == 1:
+        return _plan_one(config, on_status)
+    output = OutputFolder.open(config.out)
+    return [
+        dataclasses.replace(stage, variant=f"{label}/{stage.variant}")
+        for label, spec in zip(model_labels(config.models()), config.models(), strict=True)
+        for stage in _plan_one(config.for_model(spec, output.child(label)), on_status)
+    ]
+
+
+def _plan_one(config: StudyConfig, on_status: Callable[[str], None]) -> list[PlannedStage]:
     from quantbench.evaluate import plan_evaluation
     from quantbench.executors.resources import gpus_visible, stage_resources
     from quantbench.models import inspect_model, resolve_model
@@ -43,7 +59,8 @@ def plan_stages(
     from quantbench.study import with_baseline
 
     store = OutputFolder.open(config.out).stages()
-    model = resolve_model(config.model, on_status=on_status)
+    (spec,) = config.models()
+    model = resolve_model(spec, on_status=on_status)
     config = with_baseline(config, on_status)
     plan = build_plan(config, model)
     eval_plan = (

@@ -43,6 +43,10 @@ class OutputFolder:
     def __str__(self) -> str:
         return self.location
 
+    def child(self, name: str) -> str:
+        """The location of a sub-folder (one model's study inside a study of several)."""
+        return self.remote.url_of(name) if self.remote else str(self.local / name)
+
     def stages(self) -> StageStore:
         remote = self.remote.child(STAGES_DIR) if self.remote else None
         return StageStore(self.local / STAGES_DIR, remote)

@@ -468,7 +468,7 @@ def recommend(results: StudyResults, constraints: Constraints) -> Recommendation
     as not acceptable. Speed objectives are not judged when any ok variant's speed is emulated.
     """
     baseline = find_baseline(results)
-    verdicts = [verdict(v, baseline, constraints) for v in results.variants]
+    verdicts = [verdict(v, find_baseline(results, v), constraints) for v in results.variants]
     acceptable = [
         v for v, judged in zip(results.variants, verdicts, strict=True) if judged.acceptable
     ]

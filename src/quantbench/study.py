@@ -58,7 +58,33 @@ def run_study(config: StudyConfig, console: Console) -> StudyResults:
     output = OutputFolder.open(config.out)
     ensure_writable_dir(output.local)
     with exclusive(output.local / LOCK_FILE, what=str(output)):
+        if len(config.models()) > 1:
+            return _run_models(config, output, console)
         return _run(config, output, console)
+
+
+def _run_models(config: StudyConfig, output: OutputFolder, console: Console) -> StudyResults:
+    """A study of several models: one study per model in `<out>/<label>/` (its own baseline,
+    calibration and corpus, since tokens differ), one after the other, then one merged
+    results.json and report in `<out>/` with `model` as a study axis."""
+    from quantbench.compare import merge_model_studies
+    from quantbench.config import model_labels
+    from quantbench.recommend import recommend
+
+    labels = model_labels(config.models())
+    studies = []
+    for label, spec in zip(labels, config.models(), strict=True):
+        console.rule(f"[bold]model {label}[/] ({spec})")
+        sub = OutputFolder.open(output.child(label))
+        ensure_writable_dir(sub.local)
+        with exclusive(sub.local / LOCK_FILE, what=str(sub)):
+            studies.append(_run(config.for_model(spec, sub.location), sub, console))
+    merged = merge_model_studies(labels, studies, config.model_dump(mode="json"))
+    constraints = Constraints(**config.decision.model_dump())
+    merged = merged.model_copy(update={"recommendation": recommend(merged, constraints)})
+    written = save_results(output.local, merged, model_cards=False)
+    output.publish([p.name for p in written])
+    return merged
 
 
 def _executor(config: StudyConfig) -> Executor:
@@ -74,7 +100,8 @@ def _run(config: StudyConfig, output: OutputFolder, console: Console) -> StudyRe
     swept = store.sweep_stale()
     if swept:
         console.print(f"[dim]removed {len(swept)} unfinished stage folder(s) of a killed run")
-    model = resolve_model(config.model, on_status=lambda s: console.print(f"[dim]{s}"))
+    (spec,) = config.models()
+    model = resolve_model(spec, on_status=lambda s: console.print(f"[dim]{s}"))
     for note in model.notes:
         console.print(f"[dim]model: {note}")
     config = with_baseline(config, lambda note: console.print(f"[dim]{note}"))

@@ -94,9 +94,22 @@ class HeadlineRow:
         return column(key).text(self)
 
 
-def find_baseline(results: StudyResults) -> VariantResult | None:
-    """The variant every delta is taken against: the first one with scheme bf16 or fp16."""
-    return next((v for v in results.variants if v.scheme in BASELINE_SCHEMES), None)
+def study_group(name: str) -> str:
+    """The study a variant comes from in merged results (`<study>/<variant>`: several
+    models, or `quantbench compare`); '' within one study."""
+    return name.split("/", 1)[0] if "/" in name else ""
+
+
+def find_baseline(
+    results: StudyResults, variant: VariantResult | None = None
+) -> VariantResult | None:
+    """The variant deltas are taken against: the first one with scheme bf16 or fp16, or,
+    for `variant` in merged results, the first of its own study."""
+    baselines = [v for v in results.variants if v.scheme in BASELINE_SCHEMES]
+    if variant is not None:
+        group = study_group(variant.name)
+        return next((b for b in baselines if study_group(b.name) == group), None)
+    return baselines[0] if baselines else None
 
 
 def decimals_for(value: float, significant: int, minimum: int, maximum: int = 6) -> int:
@@ -421,14 +434,16 @@ def headline_rows(results: StudyResults) -> list[HeadlineRow]:
 
     Pure: reads only the saved records, so any report can be rebuilt from `results.json`.
     """
-    baseline = find_baseline(results)
-    return [
-        HeadlineRow(
-            name=variant.name,
-            scheme=variant.scheme,
-            status=variant.status,
-            is_baseline=variant is baseline,
-            cells={c.key: c.extract(variant, baseline) for c in HEADLINE_COLUMNS},
+    rows = []
+    for variant in results.variants:
+        baseline = find_baseline(results, variant)
+        rows.append(
+            HeadlineRow(
+                name=variant.name,
+                scheme=variant.scheme,
+                status=variant.status,
+                is_baseline=variant is baseline,
+                cells={c.key: c.extract(variant, baseline) for c in HEADLINE_COLUMNS},
+            )
         )
-        for variant in results.variants
-    ]
+    return rows

@@ -126,18 +126,16 @@ def quality_metric(results: StudyResults) -> QualityMetric:
     rec = results.recommendation
     if rec is not None and rec.quality_metric in ("kl_mean", "perplexity"):
         return "kl_mean" if rec.quality_metric == "kl_mean" else "perplexity"
-    baseline = find_baseline(results)
     ok = _ok(results)
-    kls = [_kl(v, baseline) for v in ok]
+    kls = [_kl(v, find_baseline(results, v)) for v in ok]
     if ok and all(k is not None and _finite(k[0]) for k in kls):
         return "kl_mean"
     return "perplexity"
 
 
 def _quality_getter(results: StudyResults) -> Callable[[VariantResult], Figures | None]:
-    baseline = find_baseline(results)
     if quality_metric(results) == "kl_mean":
-        return lambda v: _kl(v, baseline)
+        return lambda v: _kl(v, find_baseline(results, v))
     return _ppl
 
 

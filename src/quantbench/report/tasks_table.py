@@ -63,7 +63,6 @@ def task_rows(results: StudyResults) -> list[TaskRow]:
     """Rows grouped by task (in the order tasks first appear), variants in study order."""
     from quantbench.report.headline import find_baseline
 
-    baseline = find_baseline(results)
     order: list[str] = []
     for variant in results.variants:
         for name in variant.metrics.tasks:
@@ -74,6 +73,7 @@ def task_rows(results: StudyResults) -> list[TaskRow]:
         for variant in results.variants:
             record = variant.metrics.tasks.get(task)
             if record is not None:
+                baseline = find_baseline(results, variant)
                 is_base = baseline is not None and variant.name == baseline.name
                 rows.append(TaskRow(task, variant.name, is_base, record))
     return rows
