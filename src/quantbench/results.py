@@ -124,6 +124,20 @@ class SpeedRecord(_Record):
     warmup: int
     repeats: int
     points: list[SpeedPoint]
+    startup_s: float | None = Field(
+        default=None,
+        description="seconds to load the model (vllm: engine start-up, compilation included), "
+        "apart from the steady-state figures",
+    )
+    kernels: list[str] = Field(
+        default_factory=list, description="quantized-layer kernel classes the runtime chose"
+    )
+    thread_binding: str | None = Field(
+        default=None, description="vllm on CPU: the cores its OpenMP threads were bound to"
+    )
+    sample_output: str | None = Field(
+        default=None, description="text of the first timed sequence, checked beside the figure"
+    )
 
 
 class GenerationItem(_Record):

@@ -111,6 +111,8 @@ def _run(config: StudyConfig, output: OutputFolder, console: Console) -> StudyRe
     )
     pending = [v for v in plan.variants if not store.is_done(v.quantize)]
     preflights = _preflight(plan, pending, console)
+    if eval_plan is not None:
+        _runtime_preflight(plan, eval_plan, console)
     calibrations = _calibration(plan, pending, store, console)
     if eval_plan and eval_plan.corpus and not store.is_done(eval_plan.corpus):
         with console.status("tokenizing the evaluation corpus"):
@@ -279,6 +281,29 @@ def _preflight(
     if problems:
         raise UserError("pre-flight found problems: " + "; ".join(problems))
     return outcomes
+
+
+def _runtime_preflight(plan: StudyPlan, eval_plan: EvalPlan, console: Console) -> None:
+    """For metrics on the vllm backend: check its environment and say, per variant, whether
+    vLLM runs it natively on this hardware, through a fallback kernel, or not at all (those
+    figures are then recorded as unsupported, without starting an engine)."""
+    config = eval_plan.config
+    uses = sorted({m for m in config.metric_names() if config.backend_for(m) == "vllm"})
+    if not uses:
+        return
+    from quantbench.backends.vllm import VLLMBackend
+    from quantbench.backends.vllm_support import hardware_here, support_for_scheme
+
+    python = VLLMBackend(settings=config.vllm)._python()  # a user error when there is none
+    hardware = hardware_here(config.device)
+    console.print(
+        f"[yellow]pre-flight[/] vllm ({', '.join(uses)}) on {hardware.describe()}, "
+        f"interpreter {python}:"
+    )
+    for variant in plan.variants:
+        support = support_for_scheme(variant.scheme.name, hardware)
+        colour = {"native": "green", "fallback": "yellow", "unsupported": "red"}[support.kind]
+        console.print(f"  {variant.name}: [{colour}]{support.describe()}[/]")
 
 
 def _calibration(

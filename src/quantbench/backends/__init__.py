@@ -21,6 +21,7 @@ from quantbench.errors import UserError, did_you_mean
 
 REGISTRY: dict[str, str] = {
     "hf": "quantbench.backends.hf:HFBackend",
+    "vllm": "quantbench.backends.vllm:VLLMBackend",
 }
 
 

@@ -36,14 +36,16 @@ class EvalContext:
     """Finished stage folders of the baseline variant, by stage name."""
     windows: Windows | None
     progress: Callable[[str, int, int], None]
-    backend_factory: Callable[[], tuple[Backend, LoadInfo]]
+    backend_factory: Callable[[str], tuple[Backend, LoadInfo]]
+    backend_name: str = "hf"
+    """The backend this metric runs through (`EvaluationConfig.backend_for`)."""
     param: str | None = None
     """For a metric with one stage per parameter (the tasks metric: per task), this stage's."""
     state: dict[str, Any] = field(default_factory=dict)
     """Measurements shared between metrics of one worker (e.g. memory after load)."""
 
     def backend(self) -> tuple[Backend, LoadInfo]:
-        return self.backend_factory()
+        return self.backend_factory(self.backend_name)
 
 
 class Metric(Protocol):

@@ -80,8 +80,9 @@ class SpeedMetric:
                     throughput_tok_s=_spread(throughput),
                 )
             )
+        texts = list(getattr(backend, "last_texts", None) or [])
         return SpeedRecord(
-            backend=ctx.config.backend,
+            backend=ctx.backend_name,
             execution_mode=load.execution_mode,
             detail=load.detail,
             device=load.device,
@@ -89,4 +90,8 @@ class SpeedMetric:
             warmup=settings.warmup,
             repeats=settings.repeats,
             points=points,
+            startup_s=load.load_s,
+            kernels=list(getattr(backend, "kernels", None) or []),
+            thread_binding=getattr(backend, "thread_binding", None),
+            sample_output=texts[0] if texts else None,
         )

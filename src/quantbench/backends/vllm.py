@@ -1,0 +1,305 @@
+"""The vllm backend: real low-precision kernels, through a worker in vLLM's own environment.
+
+quantbench never imports vLLM. `load` starts `vllm_worker.py` under the vLLM env's
+interpreter (`evaluation.vllm.python`, else the managed env of `quantbench env create vllm`)
+in a process group of its own, and every call is one JSON line each way with a timeout:
+when a call runs past it (an engine that never finishes starting, as FP8 models do on
+vLLM's CPU build), the whole process group is killed and the call fails with the reason,
+so a study never hangs on one variant. Before starting anything, `vllm_support` decides
+from the artifact's quantization config and this machine whether vLLM runs it natively,
+through a fallback kernel, or not at all; "not at all" fails at once, with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from quantbench.backends.base import GenerationOutput, GenerationTiming, LoadInfo, WindowScores
+from quantbench.backends.vllm_support import Support, hardware_here, support_for_artifact
+from quantbench.config import VLLMSettings
+from quantbench.errors import UserError
+
+PROTOCOL = 1
+WORKER = Path(__file__).with_name("vllm_worker.py")
+_SELECTED = re.compile(r"Selected (\w+) for (\w+)")
+SCORE_BATCH = 8
+"""Windows per score call: large enough to batch, small enough for steady progress."""
+
+
+class BackendCallFailed(RuntimeError):
+    """A worker call failed, timed out, or the worker died; the message says which."""
+
+
+class UnsupportedOnHardware(RuntimeError):
+    """vLLM cannot run this artifact on this machine (decided before starting anything)."""
+
+
+class VLLMBackend:
+    name = "vllm"
+
+    def __init__(
+        self,
+        device: str = "auto",
+        threads: int | None = None,
+        settings: VLLMSettings | None = None,
+        on_stderr: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings or VLLMSettings()
+        self.device = device
+        self.threads = threads
+        self._process: subprocess.Popen[bytes] | None = None
+        self._channel: IO[bytes] | None = None
+        self._next_id = 0
+        self._tokenizer: Any = None
+        self._artifact: Path | None = None
+        self.support: Support | None = None
+        self.kernels: list[str] = []
+        self.thread_binding: str | None = None
+        self.on_stderr = on_stderr
+
+    # -- process and protocol -----------------------------------------------------------
+
+    def _python(self) -> str:
+        if self.settings.python:
+            python = Path(self.settings.python).expanduser()
+            if not python.exists():
+                raise UserError(f"vLLM interpreter not found: {python}")
+            return str(python)
+        from quantbench.envs import env_python
+
+        return str(env_python("vllm"))
+
+    def _environment(self, cpu: bool) -> dict[str, str]:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env.pop("PYTHONPATH", None)  # the worker must see vLLM's environment only
+        if cpu:
+            cores = self.threads or len(os.sched_getaffinity(0))
+            self.thread_binding = env.get("VLLM_CPU_OMP_THREADS_BIND") or f"0-{cores - 1}"
+            env["VLLM_CPU_OMP_THREADS_BIND"] = self.thread_binding
+            env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{self.settings.kv_cache_gib:g}")
+        return env
+
+    def _start(self, cpu: bool) -> None:
+        self._process = subprocess.Popen(
+            [self._python(), str(WORKER)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=self._environment(cpu),
+            start_new_session=True,
+        )
+        self._channel = self._process.stdout
+        threading.Thread(target=self._follow_log, args=(self._process.stderr,), daemon=True).start()
+        hello = self._read(self.settings.start_timeout_s, "starting the vLLM worker")
+        if hello.get("protocol") != PROTOCOL:
+            self._kill()
+            raise BackendCallFailed(
+                f"the vLLM worker speaks protocol {hello.get('protocol')}, "
+                f"quantbench speaks {PROTOCOL}"
+            )
+
+    def _follow_log(self, stream: IO[bytes] | None) -> None:
+        """Pass the worker's log on (to the evaluation log) and note the kernels vLLM
+        selects: its engine builds the model in child processes, where the worker itself
+        cannot look, but they log "Selected <kernel> for <scheme>"."""
+        if stream is None:
+            return
+        for raw in iter(stream.readline, b""):
+            line = raw.decode(errors="replace")
+            sys.stderr.write(line)
+            match = _SELECTED.search(line)
+            if match and f"{match[1]} ({match[2]})" not in self.kernels:
+                self.kernels.append(f"{match[1]} ({match[2]})")
+            if self.on_stderr is not None:
+                self.on_stderr(line.rstrip("\n"))
+
+    def _read(self, timeout_s: float, what: str) -> dict[str, Any]:
+        assert self._process is not None and self._channel is not None
+        deadline = time.monotonic() + timeout_s
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._channel, selectors.EVENT_READ)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._kill()
+                    raise BackendCallFailed(
+                        f"{what} took longer than {timeout_s:.0f} s; the vLLM worker was killed"
+                    )
+                if selector.select(timeout=min(left, 0.5)):
+                    line = self._channel.readline()
+                    if line:
+                        message: dict[str, Any] = json.loads(line)
+                        return message
+                code = self._process.poll()
+                if code is not None:  # its children may still hold the pipe open
+                    self._kill()
+                    raise BackendCallFailed(f"the vLLM worker exited (status {code}) during {what}")
+
+    def _call(self, op: str, timeout_s: float, **payload: Any) -> dict[str, Any]:
+        if self._process is None or self._process.stdin is None:
+            raise BackendCallFailed("the vLLM worker is not running")
+        self._next_id += 1
+        request = {"id": self._next_id, "op": op, **payload}
+        try:
+            self._process.stdin.write((json.dumps(request) + "\n").encode())
+            self._process.stdin.flush()
+        except BrokenPipeError:
+            self._kill()
+            raise BackendCallFailed(f"the vLLM worker died before `{op}`") from None
+        answer = self._read(timeout_s, f"`{op}`")
+        if answer.get("id") != self._next_id:
+            self._kill()
+            raise BackendCallFailed(f"the vLLM worker answered out of order during `{op}`")
+        if not answer.get("ok"):
+            raise BackendCallFailed(
+                f"vLLM {op} failed: {answer.get('kind')}: {answer.get('error')}"
+            )
+        result: dict[str, Any] = answer["result"]
+        return result
+
+    def _kill(self) -> None:
+        """Kill the worker's whole process group (vLLM starts engine-core children)."""
+        if self._process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._process.pid, signal.SIGKILL)
+        self._process.wait()
+        self._process = None
+
+    # -- Backend interface ---------------------------------------------------------------
+
+    def load(self, artifact: Path) -> LoadInfo:
+        hardware = hardware_here(self.device)
+        support = support_for_artifact(artifact, hardware)
+        self.support = support
+        if support.kind == "unsupported":
+            raise UnsupportedOnHardware(f"unsupported on this hardware: {support.reason}")
+        self._artifact = artifact
+        started = time.perf_counter()
+        self._start(cpu=hardware.device == "cpu")
+        loaded = self._call(
+            "load",
+            self.settings.start_timeout_s,
+            model=str(artifact),
+            dtype="bfloat16" if hardware.device == "cpu" else "auto",
+            max_model_len=self.settings.max_model_len,
+            max_logprobs=self.settings.max_logprobs,
+            seed=0,
+            enforce_eager=self.settings.enforce_eager,
+        )
+        self.kernels += [k for k in loaded.get("kernels") or [] if k not in self.kernels]
+        kernels = f" (vLLM {loaded.get('vllm_version')}: {', '.join(self.kernels)})"
+        return LoadInfo(
+            load_s=time.perf_counter() - started,
+            execution_mode="native",
+            detail=support.describe() + (kernels if self.kernels else ""),
+            device=hardware.device,
+            dtype=str(loaded.get("dtype")),
+        )
+
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            assert self._artifact is not None, "load an artifact first"
+            self._tokenizer = AutoTokenizer.from_pretrained(self._artifact)
+        return self._tokenizer
+
+    def score_windows(
+        self,
+        windows: Sequence[Sequence[int]],
+        top_k: int,
+        full_vocab_for: int = 0,
+        gather_ids: Sequence[np.ndarray] | None = None,
+    ) -> Iterator[WindowScores]:
+        if full_vocab_for or gather_ids is not None:
+            raise NotImplementedError(
+                "the vllm backend returns prompt log-probs of the top-k tokens only; "
+                "divergence needs log-probs at the baseline's ids: score it with the hf backend"
+            )
+        for start in range(0, len(windows), SCORE_BATCH):
+            batch = [list(w) for w in windows[start : start + SCORE_BATCH]]
+            result = self._call("score", self.settings.call_timeout_s, windows=batch, top_k=top_k)
+            for scored in result["windows"]:
+                yield WindowScores(
+                    token_logprobs=np.asarray(scored["token_logprobs"], dtype=np.float32),
+                    topk_ids=np.asarray(scored["topk_ids"], dtype=np.int32),
+                    topk_logprobs=np.asarray(scored["topk_logprobs"], dtype=np.float32),
+                    full_logprobs=None,
+                )
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, batch_size: int = 8
+    ) -> list[GenerationOutput]:
+        result = self._call(
+            "generate",
+            self.settings.call_timeout_s,
+            prompts=[list(p) for p in prompts],
+            max_new_tokens=max_new_tokens,
+        )
+        eos = self.tokenizer().eos_token_id
+        outputs = []
+        for item in result["outputs"]:
+            ids = [int(t) for t in item["token_ids"]]
+            if eos is not None and eos in ids:
+                ids = ids[: ids.index(eos)]
+            outputs.append(GenerationOutput(ids, str(item["text"])))
+        return outputs
+
+    def timed_generate(
+        self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int
+    ) -> GenerationTiming:
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        result = self._call(
+            "timed",
+            self.settings.call_timeout_s,
+            prompts=[list(p) for p in prompt_ids],
+            max_new_tokens=max_new_tokens,
+        )
+        if result["new_tokens"] != [max_new_tokens]:
+            raise BackendCallFailed(
+                f"vLLM generated {result['new_tokens']} tokens per sequence, not {max_new_tokens}"
+            )
+        ttft, total = float(result["ttft_s"]), float(result["total_s"])
+        decode = (total - ttft) / (max_new_tokens - 1) if max_new_tokens > 1 else 0.0
+        self.last_texts = list(result.get("texts") or [])
+        return GenerationTiming(
+            ttft_s=ttft,
+            decode_s_per_token=max(decode, 0.0),
+            total_s=total,
+            new_tokens_per_sequence=max_new_tokens,
+            batch_size=len(prompt_ids),
+        )
+
+    def lm_eval_model(self, batch_size: int, progress: Callable[[str, int, int], None]) -> Any:
+        raise NotImplementedError("task accuracy runs through the hf backend")
+
+    def close(self) -> None:
+        if self._process is not None:
+            with contextlib.suppress(BackendCallFailed):
+                self._call("close", 60)
+            self._kill()
+
+
+def worker_command(python: str) -> list[str]:
+    """How to start the worker by hand (for a log line or a bug report)."""
+    return [python, str(WORKER)]
+
+
+if __name__ == "__main__":  # pragma: no cover - a debugging aid
+    print(" ".join(worker_command(sys.executable)))

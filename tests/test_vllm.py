@@ -1,0 +1,196 @@
+"""The vllm backend: pre-flight rules, the worker protocol with its timeouts (against a fake
+worker, no vLLM needed), and, marked `vllm`, the real engine in its own environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from quantbench.backends.vllm import BackendCallFailed, UnsupportedOnHardware, VLLMBackend
+from quantbench.backends.vllm_support import (
+    Hardware,
+    artifact_family,
+    support_for,
+    support_for_scheme,
+)
+from quantbench.config import VLLMSettings, load_study_config
+from quantbench.errors import UserError
+
+SAPPHIRE = Hardware(
+    "cpu", "Xeon", cpu_flags=frozenset({"avx512f", "avx512_bf16", "amx_bf16", "amx_int8"})
+)
+AVX2_ONLY = Hardware("cpu", "old", cpu_flags=frozenset({"avx2"}))
+H200 = Hardware("cuda", "H200", (9, 0))
+A100 = Hardware("cuda", "A100", (8, 0))
+
+
+def test_preflight_per_hardware() -> None:
+    cpu = {
+        s: support_for_scheme(s, SAPPHIRE).kind
+        for s in ("bf16", "fp8-dynamic", "w8a8-int8", "w4a16-gptq")
+    }
+    assert cpu == {
+        "bf16": "native",
+        "fp8-dynamic": "unsupported",
+        "w8a8-int8": "native",
+        "w4a16-gptq": "native",
+    }
+    assert "never finished" in support_for_scheme("fp8-dynamic", SAPPHIRE).reason
+    assert support_for_scheme("w8a8-int8", AVX2_ONLY).kind == "unsupported"
+    assert support_for_scheme("bf16", AVX2_ONLY).kind == "fallback"
+    assert support_for_scheme("fp8-dynamic", H200).kind == "native"
+    fp8_a100 = support_for_scheme("fp8-dynamic", A100)
+    assert fp8_a100.kind == "fallback" and "W8A16" in fp8_a100.kernel
+    assert support_for("int8", Hardware("cuda", "T4", (7, 5))).kind == "native"
+    assert support_for("w4a16", Hardware("cuda", "V100", (7, 0))).kind == "fallback"
+
+
+def _artifact(tmp_path: Path, quantization: dict[str, object] | None) -> Path:
+    folder = tmp_path / "artifact"
+    folder.mkdir(exist_ok=True)
+    config: dict[str, object] = {"torch_dtype": "bfloat16"}
+    if quantization is not None:
+        config["quantization_config"] = quantization
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def _group(weights: dict[str, object], activations: object) -> dict[str, object]:
+    return {"config_groups": {"group_0": {"weights": weights, "input_activations": activations}}}
+
+
+def test_artifact_families_from_compressed_tensors_configs(tmp_path: Path) -> None:
+    assert artifact_family(_artifact(tmp_path, None)) == "bf16"
+    fp8 = _group({"type": "float", "num_bits": 8}, {"type": "float", "num_bits": 8})
+    assert artifact_family(_artifact(tmp_path, fp8)) == "fp8"
+    int8 = _group({"type": "int", "num_bits": 8}, {"type": "int", "num_bits": 8})
+    assert artifact_family(_artifact(tmp_path, int8)) == "int8"
+    w4 = _group({"type": "int", "num_bits": 4, "group_size": 64}, None)
+    assert artifact_family(_artifact(tmp_path, w4)) == "w4a16"
+
+
+def test_an_unsupported_artifact_fails_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fp8 = _group({"type": "float", "num_bits": 8}, {"type": "float", "num_bits": 8})
+    artifact = _artifact(tmp_path, fp8)
+    monkeypatch.setattr("quantbench.backends.vllm.hardware_here", lambda device: SAPPHIRE)
+    backend = VLLMBackend(settings=VLLMSettings(python=str(tmp_path / "no-such-python")))
+    with pytest.raises(UnsupportedOnHardware, match="unsupported on this hardware"):
+        backend.load(artifact)
+
+
+FAKE_WORKER = """
+import json, os, subprocess, sys, time
+mode = os.environ["FAKE_MODE"]
+out = os.fdopen(os.dup(1), "w", buffering=1)
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+open(os.environ["FAKE_CHILD"], "w").write(str(child.pid))
+out.write(json.dumps({"hello": "fake", "protocol": 99 if mode == "protocol" else 1}) + "\\n")
+for line in sys.stdin:
+    request = json.loads(line)
+    if mode == "hang":
+        time.sleep(600)
+    if mode == "die":
+        os._exit(3)
+    if request["op"] == "load":
+        result = {"dtype": "bfloat16", "vllm_version": "fake", "kernels": []}
+    elif request["op"] == "timed":
+        n = request["max_new_tokens"]
+        result = {"ttft_s": 0.5, "total_s": 0.5 + 0.1 * (n - 1), "new_tokens": [n], "texts": ["ok"]}
+    else:
+        result = {}
+    out.write(json.dumps({"id": request["id"], "ok": True, "result": result}) + "\\n")
+"""
+
+
+def _fake_backend(tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch) -> VLLMBackend:
+    script = tmp_path / "fake_worker.py"
+    script.write_text(FAKE_WORKER)
+    python = tmp_path / "python"
+    python.write_text(f"#!/bin/sh\nexec {sys.executable} {script}\n")
+    python.chmod(0o755)
+    monkeypatch.setenv("FAKE_MODE", mode)
+    monkeypatch.setenv("FAKE_CHILD", str(tmp_path / "child.pid"))
+    monkeypatch.setattr("quantbench.backends.vllm.hardware_here", lambda device: SAPPHIRE)
+    settings = VLLMSettings(python=str(python), start_timeout_s=20, call_timeout_s=2)
+    return VLLMBackend(settings=settings)
+
+
+def _child_gone(tmp_path: Path) -> bool:
+    pid = int((tmp_path / "child.pid").read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_the_protocol_times_and_reports_a_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = _fake_backend(tmp_path, "ok", monkeypatch)
+    info = backend.load(_artifact(tmp_path, None))
+    assert info.execution_mode == "native" and info.detail.startswith("native: bf16")
+    timing = backend.timed_generate([[1, 2, 3]] * 4, 11)
+    assert timing.ttft_s == 0.5 and timing.decode_s_per_token == pytest.approx(0.1)
+    assert timing.batch_size == 4 and backend.last_texts == ["ok"]
+    backend.close()
+    assert _child_gone(tmp_path)
+
+
+def test_a_call_past_its_timeout_kills_the_whole_worker_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = _fake_backend(tmp_path, "hang", monkeypatch)
+    backend.settings = backend.settings.model_copy(update={"start_timeout_s": 2})
+    started = time.monotonic()
+    with pytest.raises(BackendCallFailed, match="longer than 2 s; the vLLM worker was killed"):
+        backend.load(_artifact(tmp_path, None))
+    assert time.monotonic() - started < 10
+    assert _child_gone(tmp_path)  # the engine's children die with it
+
+
+def test_a_worker_that_dies_or_speaks_another_protocol_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = _fake_backend(tmp_path, "die", monkeypatch)
+    with pytest.raises(BackendCallFailed, match="exited \\(status 3\\)"):
+        backend.load(_artifact(tmp_path, None))
+    backend = _fake_backend(tmp_path, "protocol", monkeypatch)
+    with pytest.raises(BackendCallFailed, match="protocol 99"):
+        backend.load(_artifact(tmp_path, None))
+
+
+def test_backend_settings_are_checked_and_only_speed_moves_with_speed_backend() -> None:
+    with pytest.raises(UserError, match=r"unknown backend 'vlm'.*vllm"):
+        load_study_config(None, {"evaluation": {"speed_backend": "vlm"}})
+    config = load_study_config(None, {"evaluation": {"speed_backend": "vllm"}}).evaluation
+    assert config.backend_for("speed") == "vllm" and config.backend_for("perplexity") == "hf"
+    assert config.backend_key("speed")["vllm"]["max_model_len"] == 2048
+    assert "vllm" not in config.backend_key("perplexity")
+    plain = load_study_config(None, {}).evaluation
+    assert plain.backend_key("perplexity") == config.backend_key("perplexity")
+
+
+def test_no_vllm_environment_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("quantbench.envs.env_info", lambda name: None)
+    with pytest.raises(UserError, match="quantbench env create vllm"):
+        VLLMBackend()._python()
+
+
+def _vllm_python() -> str | None:
+    explicit = os.environ.get("QUANTBENCH_VLLM_PYTHON")
+    if explicit:
+        return explicit
+    from quantbench.envs import env_info
+
+    info = env_info("vllm")
+    return info["python"] if info else None
