@@ -19,6 +19,10 @@ CHATML = (
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+USER_CACHE = os.environ.get("QUANTBENCH_CACHE_DIR")
+"""The user's cache folder before the tests isolate theirs (the vLLM env lives there)."""
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _offline_and_isolated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Tests never reach a hub, and never touch the user's real cache."""

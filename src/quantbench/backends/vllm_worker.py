@@ -60,7 +60,6 @@ class Worker:
             enable_prefix_caching=False,
             seed=int(request.get("seed", 0)),
             enforce_eager=bool(request.get("enforce_eager", False)),
-            max_num_seqs=int(request.get("max_num_seqs", 256)),
         )
         load_s = time.perf_counter() - started
         config = self.llm.llm_engine.model_config

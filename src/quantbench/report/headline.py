@@ -248,6 +248,11 @@ def _speed_mode(variant: VariantResult, _: VariantResult | None) -> Cell:
     return Cell(speed.execution_mode if speed is not None else None)
 
 
+def _speed_backend(variant: VariantResult, _: VariantResult | None) -> Cell:
+    speed = variant.metrics.speed
+    return Cell(speed.backend if speed is not None else None)
+
+
 def _exact_match(variant: VariantResult, _: VariantResult | None) -> Cell:
     gen = variant.metrics.generations
     return Cell(gen.exact_match_rate if gen is not None else None)
@@ -396,6 +401,14 @@ HEADLINE_COLUMNS: tuple[HeadlineColumn, ...] = (
         _speed_mode,
         _plain,
         (("speed_execution_mode", "value"),),
+        align="left",
+    ),
+    HeadlineColumn(
+        "speed_backend",
+        "speed backend",
+        _speed_backend,
+        _plain,
+        (("speed_backend", "value"),),
         align="left",
     ),
     HeadlineColumn(

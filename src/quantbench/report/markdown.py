@@ -143,7 +143,13 @@ def _measured(results: StudyResults, baseline: VariantResult | None) -> list[str
     device = (size.device if size else None) or (speed.device if speed else None)
     backend = backend or evaluation.get("backend")
     device = device or evaluation.get("device")
-    if backend:
+    if speed is not None and backend and speed.backend != backend:
+        parts.append(
+            f"Quality figures (size, perplexity, divergence, generations, tasks) ran on the "
+            f"`{backend}` backend, device `{device}`; speed ran on the `{speed.backend}` "
+            f"backend, device `{speed.device}`."
+        )
+    elif backend:
         parts.append(f"Evaluation ran on the `{backend}` backend, device `{device}`.")
     if speed is not None:
         batches = ", ".join(str(p.batch_size) for p in speed.points) or "none"
@@ -360,11 +366,25 @@ def _spread_cells(spread: Spread, to_text: Callable[[float], str]) -> list[str]:
 def _speed_lines(speed: SpeedRecord) -> list[str]:
     mode = f"**{speed.execution_mode}**" if speed.execution_mode == "emulated" else "native"
     threads = f", {speed.threads} threads" if speed.threads else ""
+    if speed.thread_binding:
+        threads = f", OpenMP threads bound to cores {speed.thread_binding}"
     lines = [
         f"Speed: {mode} execution on `{speed.backend}` / `{speed.device}`{threads}; "
         f"{escape_cell(speed.detail)}",
         "",
     ]
+    if speed.startup_s is not None:
+        lines[-1:-1] = [
+            "",
+            f"Model load{' (engine start-up and compilation)' if speed.backend == 'vllm' else ''}"
+            f": {speed.startup_s:.1f} s, apart from the steady-state figures below.",
+        ]
+    if speed.sample_output:
+        lines[-1:-1] = [
+            "",
+            f"Output checked beside the figures (first timed sequence): "
+            f"`{escape_cell(speed.sample_output[:120].strip())}`",
+        ]
     headers = [
         "batch",
         "mode",
