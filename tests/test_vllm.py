@@ -178,6 +178,13 @@ def test_backend_settings_are_checked_and_only_speed_moves_with_speed_backend() 
     assert config.backend_for("speed") == "vllm" and config.backend_for("perplexity") == "hf"
     assert config.backend_key("speed")["vllm"]["max_model_len"] == 2048
     assert "vllm" not in config.backend_key("perplexity")
+    with pytest.raises(UserError, match="backend vllm runs speed and generations only"):
+        load_study_config(None, {"evaluation": {"backend": "vllm"}})
+    only = {"backend": "vllm", "metrics": ["speed", "generations"]}
+    assert (
+        load_study_config(None, {"evaluation": only}).evaluation.backend_for("generations")
+        == "vllm"
+    )
     plain = load_study_config(None, {}).evaluation
     assert plain.backend_key("perplexity") == config.backend_key("perplexity")
 

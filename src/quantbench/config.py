@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from quantbench.errors import UserError, did_you_mean
 
@@ -238,6 +245,10 @@ class TasksConfig(_Strict):
         return value or None
 
 
+VLLM_METRICS = ("speed", "generations")
+"""What studies run through the vllm backend today (see the README on quality through vLLM)."""
+
+
 class VLLMSettings(_Strict):
     """The vllm backend: where its environment is, how its engine is built, how long to wait."""
 
@@ -289,6 +300,18 @@ class EvaluationConfig(_Strict):
             hint = did_you_mean(value, REGISTRY)
             raise ValueError(f"unknown backend '{value}'{hint}; known: {', '.join(REGISTRY)}")
         return value
+
+    @model_validator(mode="after")
+    def _vllm_runs_what_it_can(self) -> EvaluationConfig:
+        if self.backend == "vllm":
+            others = [m for m in self.metric_names() if m not in VLLM_METRICS]
+            if others:
+                raise ValueError(
+                    f"backend vllm runs {' and '.join(VLLM_METRICS)} only, not "
+                    f"{', '.join(others)} (they need transformers): keep backend hf and set "
+                    "speed_backend: vllm (--speed-backend vllm)"
+                )
+        return self
 
     def backend_for(self, metric: str) -> str:
         """The backend a metric runs through (speed may have its own)."""

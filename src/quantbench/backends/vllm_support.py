@@ -25,6 +25,7 @@ SCHEME_FAMILIES: dict[str, Family] = {
     "fp8-dynamic": "fp8",
     "w8a8-int8": "int8",
     "w4a16-gptq": "w4a16",
+    "w8a16-gptq": "w8a16",
 }
 
 
