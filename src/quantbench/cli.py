@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import click
 import typer
@@ -190,6 +190,8 @@ def plan_command(
     calibration_samples: Annotated[int | None, typer.Option(help="number of samples")] = None,
     metrics: Annotated[str | None, typer.Option(help="comma-separated metrics, or 'none'")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="scored-token budget")] = None,
+    backend: Annotated[str | None, typer.Option(help="backend for every metric")] = None,
+    speed_backend: Annotated[str | None, typer.Option(help="backend for speed only")] = None,
     tasks: Annotated[str | None, typer.Option(help="lm-eval tasks, comma-separated")] = None,
     limit: Annotated[int | None, typer.Option(help="items per task")] = None,
     task_data: Annotated[Path | None, typer.Option(help="folder of local task data")] = None,
@@ -212,6 +214,8 @@ def plan_command(
         "execution": {"executor": executor},
         "evaluation": {
             "metrics": metrics,
+            "backend": backend,
+            "speed_backend": speed_backend,
             "corpus": {"max_tokens": max_tokens},
             "tasks": {
                 "names": tasks,
@@ -393,6 +397,28 @@ def version() -> None:
     print(__version__)
 
 
+def _click_exceptions() -> list[Any]:
+    """Where click's exceptions live: click itself, typer (its Exit and Abort), and the copy
+    of click that recent typer versions vendor (`typer._click`), whose classes are not
+    click's."""
+    modules: list[Any] = [click.exceptions, typer]
+    try:
+        from typer._click import exceptions as vendored
+    except ImportError:
+        return modules
+    return [*modules, vendored]
+
+
+def _classes(name: str) -> tuple[type[BaseException], ...]:
+    return tuple({getattr(m, name) for m in _click_exceptions() if hasattr(m, name)})
+
+
+_EXIT = _classes("Exit")
+_CLICK_ERROR = _classes("ClickException")
+_USAGE = _classes("UsageError")
+_INTERRUPTED: tuple[type[BaseException], ...] = (KeyboardInterrupt, *_classes("Abort"))
+
+
 def main() -> None:
     debug = "--debug" in sys.argv
     err = Console(stderr=True)
@@ -403,12 +429,12 @@ def main() -> None:
             raise
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except _EXIT as exc:
+        sys.exit(getattr(exc, "exit_code", 0))
+    except _CLICK_ERROR as exc:
+        exc.show()  # type: ignore[attr-defined]
+        sys.exit(2 if isinstance(exc, _USAGE) else getattr(exc, "exit_code", 1))
+    except _INTERRUPTED:
         err.print("[yellow]interrupted[/]: finished stages are kept; run again to resume")
         sys.exit(130)
 
