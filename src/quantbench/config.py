@@ -262,6 +262,11 @@ class VLLMSettings(_Strict):
         default=1.0, gt=0, description="KV cache on CPU (VLLM_CPU_KVCACHE_SPACE), GiB"
     )
     enforce_eager: bool = Field(default=False, description="skip graph capture / compilation")
+    cpu_int4_w4a8: bool = Field(
+        default=False,
+        description="let vLLM's CPU build run W4A16 models as W4A8 (it quantizes activations "
+        "to int8 unless VLLM_CPU_INT4_W4A8=0; off: the scheme as quantized)",
+    )
     start_timeout_s: float = Field(
         default=600.0, gt=0, description="engine start-up limit; past it the worker is killed"
     )

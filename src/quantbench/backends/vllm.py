@@ -91,6 +91,7 @@ class VLLMBackend:
             self.thread_binding = env.get("VLLM_CPU_OMP_THREADS_BIND") or f"0-{cores - 1}"
             env["VLLM_CPU_OMP_THREADS_BIND"] = self.thread_binding
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{self.settings.kv_cache_gib:g}")
+            env["VLLM_CPU_INT4_W4A8"] = "1" if self.settings.cpu_int4_w4a8 else "0"
         return env
 
     def _start(self, cpu: bool) -> None:

@@ -134,7 +134,13 @@ class Worker:
         }
 
     def close(self, request: dict[str, Any]) -> dict[str, Any]:
-        self.llm = None
+        """Shut the engine down explicitly: an engine left to exit on its own can leave its
+        shared-memory segments (/dev/shm/psm_*, 160 MB each) behind."""
+        if self.llm is not None:
+            shutdown = getattr(getattr(self.llm.llm_engine, "engine_core", None), "shutdown", None)
+            if shutdown is not None:
+                shutdown()
+            self.llm = None
         return {}
 
 
