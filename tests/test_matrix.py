@@ -146,12 +146,12 @@ def test_model_lists_are_checked_and_labelled() -> None:
         load_study_config(None, {"model": []})
     specs = ("org/Llama-3.1-8B", "/models/x/", "/other/x", "q/tiny.gguf")
     assert model_labels(specs) == ["Llama-3.1-8B", "x", "x-2", "tiny"]
+    assert model_labels((".",)) == [Path.cwd().name]  # never the output folder itself
 
 
 def test_a_study_of_several_models_has_a_baseline_each(tiny_model: Path, tmp_path: Path) -> None:
     from conftest import build_tiny_model
     from quantbench.inventory import plan_stages
-    from quantbench.recommend import kl_mean
     from quantbench.report.headline import find_baseline, headline_rows
     from quantbench.results import load_results
 
@@ -191,10 +191,19 @@ def test_a_study_of_several_models_has_a_baseline_each(tiny_model: Path, tmp_pat
         assert variant.metrics.divergence == own.variant("fp8-dynamic").metrics.divergence
         baseline = find_baseline(merged, variant)
         assert baseline is not None and baseline.name == f"{label}/bf16"
-        assert kl_mean(baseline, baseline) == 0.0
     rows = {row.name: row for row in headline_rows(merged)}
     assert rows["wide/bf16"].is_baseline and rows["model/bf16"].is_baseline
     assert merged.variant("wide/bf16").disk_bytes != merged.variant("model/bf16").disk_bytes
+    # deciding with KL against each model's own baseline: only the baselines pass KL 0
+    assert merged.recommendation is not None
+    assert merged.recommendation.quality_metric == "kl_mean"
+    strict = run_cli("report", str(tmp_path / "out"), "--max-kl", "0")
+    assert strict.returncode == 0, strict.stderr[-2000:]
+    decided = load_results(tmp_path / "out").recommendation
+    assert decided is not None
+    passing = [v.variant for v in decided.verdicts if v.acceptable]
+    assert passing == ["model/bf16", "wide/bf16"]
+    assert "only the baselines (model/bf16, wide/bf16) are acceptable" in decided.summary
     report = (tmp_path / "out" / "report.md").read_text()
     assert "model = model" in report and "model = wide" in report
     assert "tokenizers differ" not in report  # same tokenizer: perplexities comparable

@@ -128,6 +128,37 @@ def test_two_workers_committing_one_stage_leave_one_whole_attempt(tmp_path: Path
     assert got == contents[winner]  # one attempt's files, never a mix
 
 
+def test_workers_sharing_a_mirror_download_a_stage_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = {f"shard-{i}.bin": bytes([i]) * 65536 for i in range(8)}
+    _commit(_store(tmp_path, "node-a"), files)
+    downloads: list[int] = []
+    download = RemoteFolder.download_folder
+
+    def counted(self: RemoteFolder, *args: Any, **kwargs: Any) -> int:
+        downloads.append(1)
+        return download(self, *args, **kwargs)
+
+    monkeypatch.setattr(RemoteFolder, "download_folder", counted)
+    seen: list[dict[str, bytes]] = []
+    barrier = threading.Barrier(4)
+
+    def reader() -> None:
+        store = _store(tmp_path, "node-b")  # one node, one mirror, four processes' worth
+        barrier.wait()
+        folder = store.path(REF)
+        seen.append({p.name: p.read_bytes() for p in folder.iterdir() if p.name != MANIFEST})
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seen == [files] * 4
+    assert len(downloads) == 1
+
+
 def test_a_study_at_a_url_runs_reports_and_resumes_from_another_mirror(
     tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

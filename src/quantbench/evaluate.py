@@ -70,6 +70,11 @@ def plan_evaluation(plan: StudyPlan, config: EvaluationConfig) -> EvalPlan:
     corpus = corpus_ref(config.corpus, plan.model) if any(m.uses_corpus for m in metrics) else None
     baseline = baseline_name(plan.variants)
     versions = library_versions(("torch", "transformers", "compressed-tensors"))
+    runtimes: dict[str, str] = {}
+    if any(config.backend_for(m.name) == "vllm" for m in metrics):
+        from quantbench.envs import vllm_python, vllm_version
+
+        runtimes["vllm"] = vllm_version(vllm_python(config.vllm.python))
     stages: dict[str, dict[str, StageRef]] = {}
     ordered = sorted(plan.variants, key=lambda v: v.name != baseline)
     params_of = {m.name: _params(m, config) for m in metrics}
@@ -97,7 +102,7 @@ def plan_evaluation(plan: StudyPlan, config: EvaluationConfig) -> EvalPlan:
                     "v": [EVALUATE_STAGE_VERSION, metric.version],
                     "config": configs[(metric.name, param)],
                     "variant": variant.quantize.key,
-                    "backend": config.backend_key(metric.name),
+                    "backend": _with_runtime(config.backend_key(metric.name), runtimes),
                     "corpus": corpus.key if metric.uses_corpus and corpus else None,
                     "own": {n: own[n].key for n in metric.own_inputs},
                     "baseline": baseline_keys,
@@ -111,6 +116,13 @@ def plan_evaluation(plan: StudyPlan, config: EvaluationConfig) -> EvalPlan:
 def _params(metric: Any, config: EvaluationConfig) -> tuple[str | None, ...]:
     params = getattr(metric, "params", None)
     return tuple(params(config)) if params is not None else (None,)
+
+
+def _with_runtime(key: dict[str, Any], runtimes: dict[str, str]) -> dict[str, Any]:
+    """A backend key with the version of the runtime it runs in, when that is not
+    quantbench's environment (another vLLM gives other figures)."""
+    runtime = runtimes.get(str(key["name"]))
+    return {**key, "runtime": runtime} if runtime else key
 
 
 def _input_stage(input_metric: str, metric: str, param: str | None) -> str:
@@ -216,7 +228,7 @@ def _worker_main(request_path: Path) -> None:
     def backend_factory(name: str) -> tuple[Backend, LoadInfo]:
         """The artifact loaded in backend `name`; one backend at a time (a GPU holds one
         copy of the model), so switching closes the other."""
-        if loaded.get("name") != name:
+        if loaded.get("name") != name or not getattr(loaded.get("backend"), "alive", True):
             import psutil
 
             if "backend" in loaded:

@@ -326,7 +326,11 @@ def _pick(
     variant, value = best
     text = format_value(value, unit)
     if context.only_baseline:
-        reason = f"only the baseline ({variant.name}) is acceptable, so it is the choice ({text})"
+        if len(context.acceptable) == 1:
+            reason = f"only the baseline ({variant.name}) is acceptable, so it is the choice"
+        else:
+            reason = f"only the models' baselines are acceptable; {variant.name} is the {phrase}"
+        reason += f" ({text})"
     else:
         reason = f"{variant.name} is the {phrase} acceptable variant ({text})"
     if without:
@@ -408,11 +412,16 @@ def _front(
 
 
 def _quality(
-    ok: Sequence[VariantResult], baseline: VariantResult | None
+    ok: Sequence[VariantResult], results: StudyResults
 ) -> tuple[str, Callable[[VariantResult], float | None]]:
-    """Mean KL when every ok variant has one (the baseline's is 0), else perplexity."""
-    if ok and all(_finite(kl_mean(v, baseline)) for v in ok):
-        return "kl_mean", lambda v: kl_mean(v, baseline)
+    """Mean KL (against each variant's own baseline) when every ok variant has one (a
+    baseline's is 0), else perplexity."""
+
+    def kl(v: VariantResult) -> float | None:
+        return kl_mean(v, find_baseline(results, v))
+
+    if ok and all(_finite(kl(v)) for v in ok):
+        return "kl_mean", kl
     return "perplexity", _ppl_estimate
 
 
@@ -451,9 +460,11 @@ def _summary(
     if not speed_judged:
         picks.append("speed cannot be judged here (emulated)")
     if context.only_baseline:
-        assert context.baseline is not None
         rejected = "; ".join(_why_not(v) for v in context.verdicts if not v.acceptable)
-        text = f"{lead}, only the baseline ({context.baseline.name}) is acceptable"
+        names = ", ".join(v.name for v in context.acceptable)
+        kind = "the baseline" if len(context.acceptable) == 1 else "the baselines"
+        verb = "is" if len(context.acceptable) == 1 else "are"
+        text = f"{lead}, only {kind} ({names}) {verb} acceptable"
         text += f": {rejected}." if rejected else " (it is the only variant)."
         if not speed_judged:
             text += " Speed cannot be judged here (emulated)."
@@ -472,7 +483,9 @@ def recommend(results: StudyResults, constraints: Constraints) -> Recommendation
     acceptable = [
         v for v, judged in zip(results.variants, verdicts, strict=True) if judged.acceptable
     ]
-    only_baseline = baseline is not None and [v.name for v in acceptable] == [baseline.name]
+    only_baseline = bool(acceptable) and all(
+        v is find_baseline(results, v) for v in acceptable
+    )  # several in merged results: each model's own
     context = _Context(acceptable, verdicts, only_baseline, baseline)
 
     ok = [v for v in results.variants if v.status == "ok"]
@@ -511,7 +524,7 @@ def recommend(results: StudyResults, constraints: Constraints) -> Recommendation
         choices.append(_emulated_choice(LOWEST_LATENCY, UNIT_SECONDS_PER_TOKEN, emulated))
         choices.append(_emulated_choice(HIGHEST_THROUGHPUT, UNIT_TOKENS_PER_SECOND, emulated))
 
-    quality_metric, quality = _quality(ok, baseline)
+    quality_metric, quality = _quality(ok, results)
     size_front = _front(ok, lambda v: _as_float(weights_bytes(v)), quality)
     speed_front = _front(ok, decode_s_per_token, quality) if speed_judged else []
 

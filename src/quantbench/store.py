@@ -149,12 +149,26 @@ class StageStore:
             record["attempt"] = attempt
         write_json_atomic(work / MANIFEST, record)
         final = self._local(ref)
-        if final.exists():
-            # Only a stage without a manifest can be here (a done stage is never rebuilt);
-            # it is an interrupted leftover from an older layout and is not trusted.
-            shutil.rmtree(final)
-        os.rename(work, final)
+        with self._mirror_lock(ref):
+            if (final / MANIFEST).is_file():
+                # A mirror shared by several processes: another one fetched the stage this
+                # one just uploaded; keep theirs (it is the same attempt) and never delete a
+                # complete folder someone may be reading.
+                shutil.rmtree(work, ignore_errors=True)
+                return final
+            if final.exists():
+                shutil.rmtree(final)  # no manifest: an interrupted leftover, never trusted
+            os.rename(work, final)
         return final
+
+    def _mirror_lock(self, ref: StageRef) -> contextlib.AbstractContextManager[object]:
+        """Serializes placing one stage's folder among the processes sharing a mirror (a
+        URL's workers on one node); a plain folder needs no lock (keys are unique per run)."""
+        if self.remote is None:
+            return contextlib.nullcontext()
+        parent = self.root / ref.stage
+        parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(parent / f".lock-{ref.key}"))
 
     def _upload(self, ref: StageRef, work: Path, record: dict[str, Any]) -> str | None:
         """Upload `work` as a new attempt and publish it; None when another worker's
@@ -177,18 +191,19 @@ class StageStore:
         parent = self.root / ref.stage
         parent.mkdir(parents=True, exist_ok=True)
         work = parent / f"{_TMP_PREFIX}fetch-{ref.key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            self.remote.download_folder(work, ref.stage, ref.key, record["attempt"])
-            write_json_atomic(work / MANIFEST, record)
-            final = self._local(ref)
-            if (final / MANIFEST).is_file():  # another process on this node fetched it
+        final = self._local(ref)
+        with self._mirror_lock(ref):  # one download per node; the others wait for it
+            if (final / MANIFEST).is_file():
                 return
-            if final.exists():
-                shutil.rmtree(final)
-            os.rename(work, final)
-        finally:
-            if work.exists():
-                shutil.rmtree(work, ignore_errors=True)
+            try:
+                self.remote.download_folder(work, ref.stage, ref.key, record["attempt"])
+                write_json_atomic(work / MANIFEST, record)
+                if final.exists():
+                    shutil.rmtree(final)  # no manifest: an interrupted leftover
+                os.rename(work, final)
+            finally:
+                if work.exists():
+                    shutil.rmtree(work, ignore_errors=True)
 
     def sweep_stale(self) -> list[Path]:
         """Delete temporary folders left by killed runs; call only while holding the lock."""

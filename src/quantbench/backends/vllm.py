@@ -31,11 +31,11 @@ import numpy as np
 from quantbench.backends.base import GenerationOutput, GenerationTiming, LoadInfo, WindowScores
 from quantbench.backends.vllm_support import Support, hardware_here, support_for_artifact
 from quantbench.config import VLLMSettings
-from quantbench.errors import UserError
 
 PROTOCOL = 1
 WORKER = Path(__file__).with_name("vllm_worker.py")
 _SELECTED = re.compile(r"Selected (\w+) for (\w+)")
+KILL_GRACE_S = 5.0
 SCORE_BATCH = 8
 """Windows per score call: large enough to batch, small enough for steady progress."""
 
@@ -69,26 +69,24 @@ class VLLMBackend:
         self.support: Support | None = None
         self.kernels: list[str] = []
         self.thread_binding: str | None = None
+        self.last_texts: list[str] = []
         self.on_stderr = on_stderr
 
     # -- process and protocol -----------------------------------------------------------
 
     def _python(self) -> str:
-        if self.settings.python:
-            python = Path(self.settings.python).expanduser()
-            if not python.exists():
-                raise UserError(f"vLLM interpreter not found: {python}")
-            return str(python)
-        from quantbench.envs import env_python
+        from quantbench.envs import vllm_python
 
-        return str(env_python("vllm"))
+        return vllm_python(self.settings.python)
 
     def _environment(self, cpu: bool) -> dict[str, str]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
         env.pop("PYTHONPATH", None)  # the worker must see vLLM's environment only
         if cpu:
-            cores = self.threads or len(os.sched_getaffinity(0))
-            self.thread_binding = env.get("VLLM_CPU_OMP_THREADS_BIND") or f"0-{cores - 1}"
+            allowed = sorted(os.sched_getaffinity(0))
+            self.thread_binding = env.get("VLLM_CPU_OMP_THREADS_BIND") or cpu_list(
+                allowed[: self.threads or len(allowed)]
+            )
             env["VLLM_CPU_OMP_THREADS_BIND"] = self.thread_binding
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{self.settings.kv_cache_gib:g}")
             env["VLLM_CPU_INT4_W4A8"] = "1" if self.settings.cpu_int4_w4a8 else "0"
@@ -143,7 +141,14 @@ class VLLMBackend:
                 if selector.select(timeout=min(left, 0.5)):
                     line = self._channel.readline()
                     if line:
-                        message: dict[str, Any] = json.loads(line)
+                        try:
+                            message: dict[str, Any] = json.loads(line)
+                        except json.JSONDecodeError:
+                            self._kill()
+                            raise BackendCallFailed(
+                                f"the vLLM worker wrote a line that is not JSON during {what}: "
+                                f"{line[:200]!r}"
+                            ) from None
                         return message
                 code = self._process.poll()
                 if code is not None:  # its children may still hold the pipe open
@@ -172,10 +177,20 @@ class VLLMBackend:
         result: dict[str, Any] = answer["result"]
         return result
 
+    @property
+    def alive(self) -> bool:
+        """Whether the worker runs (a timed-out or dead one is gone for good)."""
+        return self._process is not None
+
     def _kill(self) -> None:
-        """Kill the worker's whole process group (vLLM starts engine-core children)."""
+        """End the worker's whole process group (vLLM starts engine-core children): SIGTERM
+        first, so the engine can release its shared memory, then SIGKILL."""
         if self._process is None:
             return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(timeout=KILL_GRACE_S)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self._process.pid, signal.SIGKILL)
         self._process.wait()
@@ -278,7 +293,8 @@ class VLLMBackend:
             )
         ttft, total = float(result["ttft_s"]), float(result["total_s"])
         decode = (total - ttft) / (max_new_tokens - 1) if max_new_tokens > 1 else 0.0
-        self.last_texts = list(result.get("texts") or [])
+        if not self.last_texts:  # the output check shown beside the figures: the first run's
+            self.last_texts = list(result.get("texts") or [])
         return GenerationTiming(
             ttft_s=ttft,
             decode_s_per_token=max(decode, 0.0),
@@ -295,6 +311,17 @@ class VLLMBackend:
             with contextlib.suppress(BackendCallFailed):
                 self._call("close", 60)
             self._kill()
+
+
+def cpu_list(cores: Sequence[int]) -> str:
+    """Cores as vLLM's VLLM_CPU_OMP_THREADS_BIND takes them: ranges, e.g. "8-15" or "0-3,6"."""
+    ranges: list[list[int]] = []
+    for core in sorted(cores):
+        if ranges and ranges[-1][1] == core - 1:
+            ranges[-1][1] = core
+        else:
+            ranges.append([core, core])
+    return ",".join(f"{low}-{high}" if low != high else str(low) for low, high in ranges)
 
 
 def worker_command(python: str) -> list[str]:

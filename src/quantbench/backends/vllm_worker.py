@@ -175,7 +175,30 @@ def _kernels(llm: Any) -> list[str]:
     return sorted({name for names in results for name in names})
 
 
+def _die_with_parent() -> None:
+    """Kill this worker's process group (it leads one: the engine's children are in it) when
+    the evaluation worker that started it dies, even by SIGKILL: PR_SET_PDEATHSIG for this
+    process, and a watchdog thread that takes the children too."""
+    import contextlib
+    import ctypes
+    import signal
+    import threading
+
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os.killpg(0, signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def main() -> None:
+    _die_with_parent()
     worker = Worker()
     _send({"hello": "quantbench-vllm-worker", "protocol": PROTOCOL, "pid": os.getpid()})
     for line in sys.stdin:

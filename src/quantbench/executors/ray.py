@@ -108,8 +108,7 @@ class RayExecutor:
                 returncode, text = ray.get(ref)
                 log_path.write_text(text)
             except ray.exceptions.RayError as exc:
-                with open(log_path, "a") as log:
-                    log.write(f"\nRay task failed after {MAX_RETRIES} retries: {exc}\n")
+                log_path.write_text(f"Ray task failed after {MAX_RETRIES} retries: {exc}\n")
                 returncode = WORKER_DIED
         except BaseException:
             ray.cancel(ref, force=True)

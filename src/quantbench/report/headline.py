@@ -96,8 +96,8 @@ class HeadlineRow:
 
 def study_group(name: str) -> str:
     """The study a variant comes from in merged results (`<study>/<variant>`: several
-    models, or `quantbench compare`); '' within one study."""
-    return name.split("/", 1)[0] if "/" in name else ""
+    models, `quantbench compare`, or both: `<study>/<model>/<variant>`); '' in one study."""
+    return name.rsplit("/", 1)[0] if "/" in name else ""
 
 
 def find_baseline(
