@@ -107,11 +107,16 @@ def ray_versus_local(work: Path, lines: list[str]) -> None:
     ]
     for name, figures in local.items():
         other = ray.get(name, {})
+
+        def pair(
+            key: str, digits: int, mine: dict[str, Any] = figures, other: dict[str, Any] = other
+        ) -> str:
+            theirs = other.get(key) or {"estimate": float("nan")}
+            return f"{mine[key]['estimate']:.{digits}f} / {theirs['estimate']:.{digits}f}"
+
         lines.append(
-            f"| {name} | {figures['disk_bytes']:,} | {figures['perplexity']:.6f} / "
-            f"{other.get('perplexity', float('nan')):.6f} | {figures['kl_mean']:.6g} / "
-            f"{other.get('kl_mean', float('nan')):.6g} | {figures['top1_agreement']:.6f} / "
-            f"{other.get('top1_agreement', float('nan')):.6f} | "
+            f"| {name} | {figures['disk_bytes']:,} | {pair('perplexity', 6)} | "
+            f"{pair('kl_mean', 6)} | {pair('top1_agreement', 6)} | "
             f"{figures['generated_text'] == other.get('generated_text')} |"
         )
     differing = sorted(
