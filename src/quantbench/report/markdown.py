@@ -400,6 +400,7 @@ def _speed_lines(speed: SpeedRecord) -> list[str]:
         "throughput p90 (tok/s)",
         "throughput CV",
         "end-to-end median (s)",
+        "requests/s median",
     ]
     rows = [
         [
@@ -410,6 +411,7 @@ def _speed_lines(speed: SpeedRecord) -> list[str]:
             *_spread_cells(p.tpot_s, _ms),
             *_spread_cells(p.throughput_tok_s, lambda x: f"{x:,.1f}"),
             f"{p.e2e_s.median:,.3f}",
+            f"{p.batch_size / p.e2e_s.median:,.2f}" if p.e2e_s.median > 0 else "–",
         ]
         for p in speed.points
     ]
