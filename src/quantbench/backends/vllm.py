@@ -34,7 +34,7 @@ from quantbench.config import VLLMSettings
 
 PROTOCOL = 1
 WORKER = Path(__file__).with_name("vllm_worker.py")
-_SELECTED = re.compile(r"Selected (\w+) for (\w+)")
+_SELECTED = re.compile(r"(?:Selected|Using) (\w+Kernel) for (\w+)")
 KILL_GRACE_S = 5.0
 SCORE_BATCH = 8
 """Windows per score call: large enough to batch, small enough for steady progress."""
