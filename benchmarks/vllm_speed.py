@@ -78,6 +78,11 @@ def main() -> None:
     parser.add_argument("--study", type=Path, required=True)
     parser.add_argument("--python", default=None, help="vLLM env interpreter")
     parser.add_argument(
+        "--reuse", type=Path, default=None, help="a finished work folder: skip the quantbench run"
+    )
+    parser.add_argument("--batches", default="1,8", help="batch sizes for vllm bench latency")
+    parser.add_argument("--no-throughput", action="store_true", help="skip vllm bench throughput")
+    parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "vllm_speed.md"
     )
     args = parser.parse_args()
@@ -86,18 +91,20 @@ def main() -> None:
         from quantbench.envs import env_python
 
         python = str(env_python("vllm"))
-    work = Path(tempfile.mkdtemp(prefix="quantbench-vllm-bench-"))
+    work = args.reuse or Path(tempfile.mkdtemp(prefix="quantbench-vllm-bench-"))
     study = work / "study"
-    for stage in ("quantize", "calibration"):
-        shutil.copytree(args.study / "stages" / stage, study / "stages" / stage)
-    started = time.perf_counter()
-    with open(work / "quantbench.log", "w") as log:
-        subprocess.run(
-            [sys.executable, "-m", "quantbench", "run", "--out", str(study), "--metrics",
-             "speed", "--speed-backend", "vllm", "--vllm-python", python],
-            stdout=log, stderr=subprocess.STDOUT, check=False,
-        )  # fmt: skip
-    quantbench_s = time.perf_counter() - started
+    quantbench_s = 0.0
+    if args.reuse is None:
+        for stage in ("quantize", "calibration"):
+            shutil.copytree(args.study / "stages" / stage, study / "stages" / stage)
+        started = time.perf_counter()
+        with open(work / "quantbench.log", "w") as log:
+            subprocess.run(
+                [sys.executable, "-m", "quantbench", "run", "--out", str(study), "--metrics",
+                 "speed", "--speed-backend", "vllm", "--vllm-python", python],
+                stdout=log, stderr=subprocess.STDOUT, check=False,
+            )  # fmt: skip
+        quantbench_s = time.perf_counter() - started
     results = json.loads((study / "results.json").read_text())
     rows, checks = [], []
     decode_b1: dict[str, float] = {}
@@ -110,7 +117,7 @@ def main() -> None:
         points = {p["batch_size"]: p for p in speed["points"]}
         decode_b1[variant["name"]] = points[1]["tpot_s"]["median"]
         artifact = variant["artifact_path"]
-        for batch in (1, 8):
+        for batch in [int(b) for b in args.batches.split(",")]:
             latency = bench(
                 python, "latency", artifact,
                 ["--input-len", str(PROMPT), "--output-len", str(OUTPUT), "--batch-size",
@@ -125,6 +132,8 @@ def main() -> None:
                 f"{latency['avg_latency'] * 1000:.0f} ms | {ratio:.3f} | "
                 f"{'yes' if checks[-1] else 'no'} | {speed['detail']} |"
             )
+        if args.no_throughput:
+            continue
         throughput = bench(
             python, "throughput", artifact,
             ["--dataset-name", "random", "--random-input-len", str(PROMPT),
@@ -136,7 +145,8 @@ def main() -> None:
         ratio = ours / theirs
         checks.append(abs(ratio - 1) <= 0.10)
         rows.append(
-            f"| {variant['name']} | output tok/s, 32 requests | {ours:.0f} | {theirs:.0f} | "
+            f"| {variant['name']} | output tok/s, 32 requests (`bench throughput`: no warm-up) "
+            f"| {ours:.0f} | {theirs:.0f} | "
             f"{ratio:.3f} | {'yes' if checks[-1] else 'no'} | |"
         )
     lines = [
