@@ -114,7 +114,7 @@ class VLLMBackend:
     def _follow_log(self, stream: IO[bytes] | None) -> None:
         """Pass the worker's log on (to the evaluation log) and note the kernels vLLM
         selects: its engine builds the model in child processes, where the worker itself
-        cannot look, but they log "Selected <kernel> for <scheme>"."""
+        cannot look, but they log "Selected (or Using) <kernel> for <scheme>"."""
         if stream is None:
             return
         for raw in iter(stream.readline, b""):
