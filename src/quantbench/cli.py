@@ -174,7 +174,7 @@ def run(
     from quantbench.output import OutputFolder
 
     output = OutputFolder.open(study.out)
-    err.print(f"results: {output.where('results.json')}, {output.where('report.md')}")
+    err.print(f"results: {output.child('results.json')}, {output.child('report.md')}")
     if any(v.status != "ok" for v in results.variants):
         raise typer.Exit(1)
 
@@ -298,7 +298,7 @@ def report(
     apply where a flag is not given)."""
     from quantbench.recommend import recommend
     from quantbench.report.terminal import results_table
-    from quantbench.results import Constraints, load_results, save_results
+    from quantbench.results import Constraints, load_results
 
     results = load_results(out)
     saved = dict(results.config.get("decision") or {})
@@ -309,8 +309,7 @@ def report(
 
     output = OutputFolder.open(out)
     # A study of several models keeps its model cards in the per-model studies.
-    written = save_results(output.local, results, model_cards="models" not in results.model)
-    output.publish([p.name for p in written])
+    output.save(results, model_cards="models" not in results.model)
     _stdout().print(results_table(results))
     Console(stderr=True).print(f"wrote results.csv, report.md, report.html in {output}")
 

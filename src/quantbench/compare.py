@@ -29,6 +29,12 @@ def _labels(outs: list[str]) -> list[str]:
     return labels
 
 
+def _tokens_sha256(study: StudyResults) -> str | None:
+    """The hash of the token ids a study scored (the same for all its variants)."""
+    records = (v.metrics.perplexity for v in study.variants if v.metrics.perplexity)
+    return next((r.tokens_sha256 for r in records), None)
+
+
 def _distinct(values: list[str | None]) -> bool:
     present = {v for v in values if v is not None}
     return len(present) > 1
@@ -55,10 +61,7 @@ def compare_studies(outs: list[str]) -> StudyResults:
     studies = [load_results(out) for out in outs]
     labels = _labels(outs)
     notes: list[str] = []
-    token_hashes = [
-        next((v.metrics.perplexity.tokens_sha256 for v in s.variants if v.metrics.perplexity), None)
-        for s in studies
-    ]
+    token_hashes = [_tokens_sha256(s) for s in studies]
     prompt_hashes = [
         next(
             (v.metrics.generations.suite_sha256 for v in s.variants if v.metrics.generations), None
@@ -140,10 +143,7 @@ def merge_model_studies(
         for label, study in zip(labels, studies, strict=True)
         for variant in study.variants
     ]
-    token_hashes = [
-        next((v.metrics.perplexity.tokens_sha256 for v in s.variants if v.metrics.perplexity), None)
-        for s in studies
-    ]
+    token_hashes = [_tokens_sha256(s) for s in studies]
     notes = [
         f"{label}: {note}" for label, s in zip(labels, studies, strict=True) for note in s.notes
     ]

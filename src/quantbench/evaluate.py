@@ -218,7 +218,13 @@ def _worker_main(request_path: Path) -> None:
 
     config = EvaluationConfig.model_validate(request["config"])
     store = OutputFolder.open(request["output"]).stages()
-    artifact = store.path(StageRef(*request["artifact"])) / ARTIFACT_DIR
+    # Only metrics that load the model read the artifact: the others (perplexity and
+    # divergence read the scores) spare its download from a URL.
+    loads_model = any(
+        load_metric(REGISTRY[split_stage_name(name)[0]]).needs_model
+        for name, _ in request["pending"]
+    )
+    artifact = store.path(StageRef(*request["artifact"]), fetch=loads_model) / ARTIFACT_DIR
     is_baseline = bool(request["is_baseline"])
     corpus_key = request["corpus_key"]
     windows = read_windows(store.path(StageRef("corpus", corpus_key))) if corpus_key else None

@@ -13,9 +13,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from quantbench.remote import RemoteFolder, is_url
 from quantbench.store import StageStore
+
+if TYPE_CHECKING:
+    from quantbench.results import StudyResults
 
 STAGES_DIR = "stages"
 LOGS_DIR = "logs"
@@ -44,16 +48,21 @@ class OutputFolder:
         return self.location
 
     def child(self, name: str) -> str:
-        """The location of a sub-folder (one model's study inside a study of several)."""
+        """Where something inside the folder is (a file for the user, or one model's study
+        inside a study of several): a path or a URL."""
         return self.remote.url_of(name) if self.remote else str(self.local / name)
 
     def stages(self) -> StageStore:
         remote = self.remote.child(STAGES_DIR) if self.remote else None
         return StageStore(self.local / STAGES_DIR, remote)
 
-    def where(self, name: str) -> str:
-        """Where a top-level file is for the user (path or URL)."""
-        return self.remote.url_of(name) if self.remote else str(self.local / name)
+    def save(self, results: StudyResults, model_cards: bool = True, logs: bool = False) -> None:
+        """Write results.json and the reports (`results.save_results`) and, with a URL,
+        upload them (and the worker logs, with `logs`)."""
+        from quantbench.results import save_results
+
+        written = save_results(self.local, results, model_cards=model_cards)
+        self.publish([p.name for p in written] + ([LOGS_DIR] if logs else []))
 
     def publish(self, names: list[str]) -> None:
         """Upload top-level files and folders of the mirror (each file moved into place
@@ -68,14 +77,3 @@ class OutputFolder:
                     self.remote.upload_file(file, *file.relative_to(self.local).parts)
             elif path.is_file():
                 self.remote.upload_file(path, name)
-
-    def fetch(self, name: str) -> Path:
-        """The local copy of a top-level file, downloaded from the URL when there is one."""
-        path = self.local / name
-        if self.remote is not None:
-            data = self.remote.read_bytes(name)
-            if data is not None:
-                from quantbench.store import write_bytes_atomic
-
-                write_bytes_atomic(path, data)
-        return path

@@ -86,8 +86,8 @@ def _worker_main(request_path: Path) -> None:
         emit("committed")
         return
     with store.build(ref) as work:
-        result = _quantize(request, store, work / ARTIFACT_DIR)
         artifact = work / ARTIFACT_DIR
+        result = _quantize(request, store, artifact)
         manifest = {
             **request["manifest"],
             "quantization": result,

@@ -87,10 +87,11 @@ class StageStore:
     def _local(self, ref: StageRef) -> Path:
         return self.root / ref.stage / ref.key
 
-    def path(self, ref: StageRef) -> Path:
-        """The stage's local folder; a stage done only at the URL is downloaded first."""
+    def path(self, ref: StageRef, fetch: bool = True) -> Path:
+        """The stage's local folder; a stage done only at the URL is downloaded first
+        (unless `fetch` is False: a caller that may not read it at all)."""
         local = self._local(ref)
-        if self.remote is not None and not (local / MANIFEST).is_file():
+        if fetch and self.remote is not None and not (local / MANIFEST).is_file():
             self._fetch(ref)
         return local
 

@@ -41,7 +41,6 @@ from quantbench.results import (
     QuantizationRecord,
     StudyResults,
     VariantResult,
-    save_results,
 )
 from quantbench.schemes import Preflight
 from quantbench.store import StageStore, ensure_writable_dir, exclusive
@@ -82,8 +81,7 @@ def _run_models(config: StudyConfig, output: OutputFolder, console: Console) -> 
     merged = merge_model_studies(labels, studies, config.model_dump(mode="json"))
     constraints = Constraints(**config.decision.model_dump())
     merged = merged.model_copy(update={"recommendation": recommend(merged, constraints)})
-    written = save_results(output.local, merged, model_cards=False)
-    output.publish([p.name for p in written])
+    output.save(merged, model_cards=False)
     return merged
 
 
@@ -151,8 +149,7 @@ def _run(config: StudyConfig, output: OutputFolder, console: Console) -> StudyRe
         )
         results = _finalize(results, config, store, eval_plan)
         results.provenance["executor"] = runner.describe()
-        written = save_results(output.local, results)
-        output.publish([p.name for p in written] + [LOGS_DIR])
+        output.save(results, logs=True)
     finally:
         runner.close()
     return results
