@@ -99,7 +99,7 @@ mode = os.environ["FAKE_MODE"]
 out = os.fdopen(os.dup(1), "w", buffering=1)
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
 open(os.environ["FAKE_CHILD"], "w").write(str(child.pid))
-out.write(json.dumps({"hello": "fake", "protocol": 99 if mode == "protocol" else 1}) + "\\n")
+out.write(json.dumps({"hello": "fake", "protocol": 99 if mode == "protocol" else 2}) + "\\n")
 for line in sys.stdin:
     request = json.loads(line)
     if mode == "hang":
@@ -108,9 +108,13 @@ for line in sys.stdin:
         os._exit(3)
     if request["op"] == "load":
         result = {"dtype": "bfloat16", "vllm_version": "fake", "kernels": []}
-    elif request["op"] == "timed":
+    elif request["op"] == "timed":  # request r: first token at 0.4 + 0.1 r, then one every 0.1 s
         n = request["max_new_tokens"]
-        result = {"ttft_s": 0.5, "total_s": 0.5 + 0.1 * (n - 1), "new_tokens": [n], "texts": ["ok"]}
+        batch = len(request["prompts"])
+        arrivals = [[0.4 + 0.1 * r + 0.1 * i for i in range(n)] for r in range(batch)]
+        result = {"total_s": arrivals[-1][-1] + 0.01, "arrivals_s": arrivals}
+    elif request["op"] == "generate":
+        result = {"outputs": [{"token_ids": [5, 6], "text": "ok"} for _ in request["prompts"]]}
     else:
         result = {}
     out.write(json.dumps({"id": request["id"], "ok": True, "result": result}) + "\\n")
@@ -147,8 +151,11 @@ def test_the_protocol_times_and_reports_a_run(
     info = backend.load(_artifact(tmp_path, None))
     assert info.execution_mode == "native" and info.detail.startswith("native: bf16")
     timing = backend.timed_generate([[1, 2, 3]] * 4, 11)
-    assert timing.ttft_s == 0.5 and timing.decode_s_per_token == pytest.approx(0.1)
-    assert timing.batch_size == 4 and backend.last_texts == ["ok"]
+    assert timing.ttft_s == pytest.approx(0.55)  # the mean of 0.4, 0.5, 0.6 and 0.7
+    assert timing.decode_s_per_token == pytest.approx(0.1)
+    assert timing.total_s == pytest.approx(0.4 + 0.3 + 1.0 + 0.01)
+    assert len(timing.inter_token_s) == 4 * 10 and max(timing.inter_token_s) < 0.1 + 1e-9
+    assert timing.batch_size == 4 and backend.last_texts == ["ok", "ok"]
     backend.close()
     assert _child_gone(tmp_path)
 
@@ -282,6 +289,7 @@ def test_vllm_agrees_with_hf_on_the_baseline_and_runs_its_speed(tmp_path: Path) 
         timing = vllm.timed_generate([windows[0][:64]] * 4, 16)
         assert timing.batch_size == 4 and timing.new_tokens_per_sequence == 16
         assert 0 < timing.ttft_s < timing.total_s and timing.decode_s_per_token > 0
+        assert len(timing.inter_token_s) == 4 * 15
         assert vllm.last_texts and vllm.last_texts[0].strip()
         assert vllm.thread_binding == cpu_list(sorted(os.sched_getaffinity(0)))
     finally:

@@ -72,9 +72,11 @@ def plan_evaluation(plan: StudyPlan, config: EvaluationConfig) -> EvalPlan:
     versions = library_versions(("torch", "transformers", "compressed-tensors"))
     runtimes: dict[str, str] = {}
     if any(config.backend_for(m.name) == "vllm" for m in metrics):
+        from quantbench.backends.vllm import PROTOCOL
         from quantbench.envs import vllm_python, vllm_version
 
-        runtimes["vllm"] = vllm_version(vllm_python(config.vllm.python))
+        version = vllm_version(vllm_python(config.vllm.python))
+        runtimes["vllm"] = f"{version}, worker protocol {PROTOCOL}"
     stages: dict[str, dict[str, StageRef]] = {}
     ordered = sorted(plan.variants, key=lambda v: v.name != baseline)
     params_of = {m.name: _params(m, config) for m in metrics}
@@ -120,7 +122,8 @@ def _params(metric: Any, config: EvaluationConfig) -> tuple[str | None, ...]:
 
 def _with_runtime(key: dict[str, Any], runtimes: dict[str, str]) -> dict[str, Any]:
     """A backend key with the version of the runtime it runs in, when that is not
-    quantbench's environment (another vLLM gives other figures)."""
+    quantbench's environment (another vLLM, or another way of driving it, gives other
+    figures)."""
     runtime = runtimes.get(str(key["name"]))
     return {**key, "runtime": runtime} if runtime else key
 

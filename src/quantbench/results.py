@@ -113,6 +113,11 @@ class SpeedPoint(_Record):
     tpot_s: Spread = Field(description="time per output token after the first, seconds")
     e2e_s: Spread = Field(description="end-to-end latency for the whole batch, seconds")
     throughput_tok_s: Spread = Field(description="output tokens per second, whole batch")
+    itl_s: Spread | None = Field(
+        default=None,
+        description="inter-token latency: every gap between consecutive tokens of a sequence "
+        "over the measured runs, seconds (backends that see tokens arrive one by one: vllm)",
+    )
 
 
 class SpeedRecord(_Record):

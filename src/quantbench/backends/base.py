@@ -71,16 +71,21 @@ class GenerationOutput:
 
 @dataclass(frozen=True)
 class GenerationTiming:
-    """Wall-clock timing of one batched greedy run with a fixed number of new tokens."""
+    """Wall-clock timing of one batched run with a fixed number of new tokens (greedy through
+    hf; through vllm sampled at temperature 1.0, as `vllm bench` samples)."""
 
     ttft_s: float
-    """Time to first token in seconds: prefill of the whole prompt batch plus the first token."""
+    """Time to first token in seconds: prefill of the whole prompt batch plus the first token
+    (vllm: the mean over the batch's requests)."""
     decode_s_per_token: float
     """Mean seconds per later decode step (one new token for every sequence); 0 if none."""
     total_s: float
     """Seconds for the whole run, prefill included."""
     new_tokens_per_sequence: int
     batch_size: int
+    inter_token_s: tuple[float, ...] = ()
+    """Every gap between two consecutive tokens of one sequence, seconds, where the backend
+    sees tokens arrive one by one (vllm); empty otherwise."""
 
 
 class Backend(Protocol):

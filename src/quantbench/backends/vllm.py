@@ -32,7 +32,7 @@ from quantbench.backends.base import GenerationOutput, GenerationTiming, LoadInf
 from quantbench.backends.vllm_support import Support, hardware_here, support_for_artifact
 from quantbench.config import VLLMSettings
 
-PROTOCOL = 1
+PROTOCOL = 2
 WORKER = Path(__file__).with_name("vllm_worker.py")
 _SELECTED = re.compile(r"(?:Selected|Using) (\w+Kernel) for (\w+)")
 KILL_GRACE_S = 5.0
@@ -258,18 +258,22 @@ class VLLMBackend:
                     full_logprobs=None,
                 )
 
-    def generate(
-        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, batch_size: int = 8
-    ) -> list[GenerationOutput]:
+    def _greedy(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[Any]:
         result = self._call(
             "generate",
             self.settings.call_timeout_s,
             prompts=[list(p) for p in prompts],
             max_new_tokens=max_new_tokens,
         )
+        outputs: list[Any] = result["outputs"]
+        return outputs
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, batch_size: int = 8
+    ) -> list[GenerationOutput]:
         eos = self.tokenizer().eos_token_id
         outputs = []
-        for item in result["outputs"]:
+        for item in self._greedy(prompts, max_new_tokens):
             ids = [int(t) for t in item["token_ids"]]
             if eos is not None and eos in ids:
                 ids = ids[: ids.index(eos)]
@@ -279,28 +283,36 @@ class VLLMBackend:
     def timed_generate(
         self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int
     ) -> GenerationTiming:
+        """One timed run through vLLM, sampled as `vllm bench latency` samples (temperature
+        1.0): TTFT and time per output token are means over the batch's requests, as `vllm
+        bench serve` defines them, and every inter-token gap is kept. The first call also
+        decodes the first two prompts greedily, outside the timing, for the output check
+        shown beside the figures."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if not self.last_texts:
+            self.last_texts = [str(o["text"]) for o in self._greedy(prompt_ids[:2], max_new_tokens)]
         result = self._call(
             "timed",
             self.settings.call_timeout_s,
             prompts=[list(p) for p in prompt_ids],
             max_new_tokens=max_new_tokens,
         )
-        if result["new_tokens"] != [max_new_tokens]:
+        arrivals = [np.asarray(times, dtype=np.float64) for times in result["arrivals_s"]]
+        lengths = sorted({len(times) for times in arrivals})
+        if len(arrivals) != len(prompt_ids) or lengths != [max_new_tokens]:
             raise BackendCallFailed(
-                f"vLLM generated {result['new_tokens']} tokens per sequence, not {max_new_tokens}"
+                f"vLLM returned {len(arrivals)} sequences of {lengths} tokens, "
+                f"not {len(prompt_ids)} of {max_new_tokens}"
             )
-        ttft, total = float(result["ttft_s"]), float(result["total_s"])
-        decode = (total - ttft) / (max_new_tokens - 1) if max_new_tokens > 1 else 0.0
-        if not self.last_texts:  # the output check shown beside the figures: the first run's
-            self.last_texts = list(result.get("texts") or [])
+        gaps = np.concatenate([np.diff(times) for times in arrivals])
         return GenerationTiming(
-            ttft_s=ttft,
-            decode_s_per_token=max(decode, 0.0),
-            total_s=total,
+            ttft_s=float(np.mean([times[0] for times in arrivals])),
+            decode_s_per_token=float(gaps.mean()) if gaps.size else 0.0,
+            total_s=float(result["total_s"]),
             new_tokens_per_sequence=max_new_tokens,
             batch_size=len(prompt_ids),
+            inter_token_s=tuple(float(g) for g in gaps),
         )
 
     def lm_eval_model(self, batch_size: int, progress: Callable[[str, int, int], None]) -> Any:

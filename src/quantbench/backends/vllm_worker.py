@@ -11,8 +11,8 @@ the protocol version; every answer is {"id", "ok": true, "result"} or {"id", "ok
 "error", "kind"}.
 
 Operations: load, score (prompt log-probs over token windows), generate (greedy), timed
-(one batched greedy run of a fixed number of tokens, end-of-sequence ignored, with its
-timings), close.
+(one batched run of a fixed number of tokens, end-of-sequence ignored, sampled as `vllm
+bench` samples, with every token's arrival time), close.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import time
 import traceback
 from typing import Any
 
-PROTOCOL = 1
+PROTOCOL = 2
 
 # Run as a script, this file's folder comes first on sys.path, and quantbench's own
 # `backends/vllm.py` would shadow the vllm package: the folder is taken off.
@@ -44,6 +44,7 @@ def _send(message: dict[str, Any]) -> None:
 class Worker:
     def __init__(self) -> None:
         self.llm: Any = None
+        self.runs = 0
 
     # -- operations -----------------------------------------------------------------
 
@@ -109,29 +110,43 @@ class Worker:
         }
 
     def timed(self, request: dict[str, Any]) -> dict[str, Any]:
-        """One batched greedy run of exactly `max_new_tokens` tokens per prompt, as `vllm
-        bench latency` times it (wall clock around `generate`), plus a prefill-only run
-        (`max_tokens=1`) for the time to first token."""
+        """One batched run of exactly `max_new_tokens` tokens per prompt, sampled as `vllm
+        bench latency` samples (temperature 1.0, top-p 1.0, end-of-sequence ignored).
+
+        The worker steps the engine itself, as `LLM.generate` does, but asks for every new
+        token as it comes (DELTA outputs) and notes its arrival time: each request's time to
+        first token, its inter-token gaps and the wall clock of the whole batch come from
+        this one run (seconds)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
 
-        prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in request["prompts"]]
+        engine = self.llm.llm_engine
         new_tokens = int(request["max_new_tokens"])
-        first = SamplingParams(max_tokens=1, ignore_eos=True, temperature=0.0)
-        whole = SamplingParams(max_tokens=new_tokens, ignore_eos=True, temperature=0.0)
-        mark = time.perf_counter()
-        self.llm.generate(prompts, first, use_tqdm=False)
-        ttft_s = time.perf_counter() - mark
-        mark = time.perf_counter()
-        outputs = self.llm.generate(prompts, whole, use_tqdm=False)
-        total_s = time.perf_counter() - mark
-        lengths = sorted({len(o.outputs[0].token_ids) for o in outputs})
-        return {
-            "ttft_s": ttft_s,
-            "total_s": total_s,
-            "new_tokens": lengths,
-            "texts": [o.outputs[0].text for o in outputs[:2]],
-        }
+        params = SamplingParams(
+            max_tokens=new_tokens,
+            ignore_eos=True,
+            temperature=1.0,
+            top_p=1.0,
+            output_kind=RequestOutputKind.DELTA,
+        )
+        self.runs += 1
+        arrivals: dict[str, list[float]] = {}
+        started = time.perf_counter()
+        for index, prompt in enumerate(request["prompts"]):
+            engine.add_request(
+                f"timed-{self.runs}-{index}",
+                TokensPrompt(prompt_token_ids=list(prompt)),
+                params.clone(),
+            )
+        while engine.has_unfinished_requests():
+            outputs = engine.step()
+            now = time.perf_counter()
+            for output in outputs:
+                got = len(output.outputs[0].token_ids)
+                arrivals.setdefault(output.request_id, []).extend([now - started] * got)
+        total_s = time.perf_counter() - started
+        return {"total_s": total_s, "arrivals_s": list(arrivals.values())}
 
     def close(self, request: dict[str, Any]) -> dict[str, Any]:
         """Shut the engine down explicitly: an engine left to exit on its own can leave its

@@ -59,6 +59,7 @@ class SpeedMetric:
         for batch_size in settings.batch_sizes:
             prompts = fixed_prompts(tokenizer, batch_size, settings.prompt_tokens)
             ttft, tpot, e2e, throughput = [], [], [], []
+            itl: list[float] = []
             for run in range(settings.warmup + settings.repeats):
                 timing = backend.timed_generate(prompts, settings.output_tokens)
                 runs_done += 1
@@ -69,6 +70,7 @@ class SpeedMetric:
                 tpot.append(timing.decode_s_per_token)
                 e2e.append(timing.total_s)
                 throughput.append(batch_size * timing.new_tokens_per_sequence / timing.total_s)
+                itl.extend(timing.inter_token_s)
             points.append(
                 SpeedPoint(
                     batch_size=batch_size,
@@ -78,6 +80,7 @@ class SpeedMetric:
                     tpot_s=_spread(tpot),
                     e2e_s=_spread(e2e),
                     throughput_tok_s=_spread(throughput),
+                    itl_s=_spread(itl) if itl else None,
                 )
             )
         texts = list(getattr(backend, "last_texts", None) or [])
