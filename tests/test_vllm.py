@@ -115,6 +115,21 @@ for line in sys.stdin:
         result = {"total_s": arrivals[-1][-1] + 0.01, "arrivals_s": arrivals}
     elif request["op"] == "generate":
         result = {"outputs": [{"token_ids": [5, 6], "text": "ok"} for _ in request["prompts"]]}
+    elif request["op"] == "score":  # row j of window i: log-prob -(i + j) for every token
+        import numpy as np
+        gathers = dict(np.load(request["inputs"])) if request["inputs"] else {}
+        arrays = {}
+        for i, window in enumerate(request["windows"]):
+            rows = np.array([[-(i + j)] * 7 for j in range(len(window) - 1)], dtype=np.float32)
+            arrays[f"token_{i}"] = rows[:, 0]
+            arrays[f"topk_ids_{i}"] = np.zeros((len(rows), request["top_k"]), dtype=np.int32)
+            arrays[f"topk_logprobs_{i}"] = rows[:, : request["top_k"]]
+            if f"gather_{i}" in gathers:
+                arrays[f"gathered_{i}"] = np.take_along_axis(rows, gathers[f"gather_{i}"], 1)
+            if request["full"][i]:
+                arrays[f"full_{i}"] = rows
+        np.savez(request["output"], **arrays)
+        result = {"windows": len(request["windows"]), "output": request["output"]}
     else:
         result = {}
     out.write(json.dumps({"id": request["id"], "ok": True, "result": result}) + "\\n")
@@ -160,6 +175,25 @@ def test_the_protocol_times_and_reports_a_run(
     assert _child_gone(tmp_path)
 
 
+def test_scores_travel_through_files_with_the_ids_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    backend = _fake_backend(tmp_path, "ok", monkeypatch)
+    backend.load(_artifact(tmp_path, None))
+    windows = [[1, 2, 3, 4]] * 11  # two calls: 8 windows, then 3
+    gather = [np.full((3, 2), i % 7, dtype=np.int64) for i in range(11)]
+    scores = list(backend.score_windows(windows, 2, full_vocab_for=9, gather_ids=gather))
+    backend.close()
+    assert len(scores) == 11
+    assert scores[9].token_logprobs.tolist() == [-1, -2, -3]  # second call, its window 1
+    assert scores[10].topk_logprobs.shape == (3, 2)
+    assert [s.full_logprobs is not None for s in scores] == [True] * 9 + [False] * 2
+    assert all(s.gathered_logprobs is not None for s in scores)
+    assert scores[10].gathered_logprobs[:, 0].tolist() == [-2, -3, -4]
+
+
 def test_a_call_past_its_timeout_kills_the_whole_worker_group(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -197,13 +231,11 @@ def test_backend_settings_are_checked_and_only_speed_moves_with_speed_backend() 
     assert config.backend_for("speed") == "vllm" and config.backend_for("perplexity") == "hf"
     assert config.backend_key("speed")["vllm"]["max_model_len"] == 2048
     assert "vllm" not in config.backend_key("perplexity")
-    with pytest.raises(UserError, match="backend vllm runs speed and generations only"):
+    with pytest.raises(UserError, match=r"backend vllm runs perplexity, .* only, not size"):
         load_study_config(None, {"evaluation": {"backend": "vllm"}})
-    only = {"backend": "vllm", "metrics": ["speed", "generations"]}
-    assert (
-        load_study_config(None, {"evaluation": only}).evaluation.backend_for("generations")
-        == "vllm"
-    )
+    only = {"backend": "vllm", "metrics": ["perplexity", "divergence", "speed", "generations"]}
+    through_vllm = load_study_config(None, {"evaluation": only}).evaluation
+    assert {through_vllm.backend_for(m) for m in (*only["metrics"], "scores")} == {"vllm"}
     plain = load_study_config(None, {}).evaluation
     assert plain.backend_key("perplexity") == config.backend_key("perplexity")
 
@@ -245,6 +277,10 @@ VLLM_TOLERANCE = 0.02
 """Largest relative perplexity difference between vLLM and transformers on the same bf16
 weights and windows: different kernels and accumulation orders, same model."""
 
+VLLM_LOGPROB_GAP = 0.05
+"""Largest median absolute difference (nats) between the two backends' log-probs at the same
+ids, same weights and windows."""
+
 
 @pytest.mark.vllm
 def test_vllm_agrees_with_hf_on_the_baseline_and_runs_its_speed(tmp_path: Path) -> None:
@@ -265,7 +301,8 @@ def test_vllm_agrees_with_hf_on_the_baseline_and_runs_its_speed(tmp_path: Path) 
     tokenizer = hf.tokenizer()
     ids = tokenizer(builtin_eval_text(), add_special_tokens=False)["input_ids"]
     windows = make_windows(ids, 256, 256, 1024).windows
-    hf_nll = -np.concatenate([s.token_logprobs for s in hf.score_windows(windows, 5)]).mean()
+    hf_scores = list(hf.score_windows(windows, 5))
+    hf_nll = -np.concatenate([s.token_logprobs for s in hf_scores]).mean()
     hf.close()
 
     settings = VLLMSettings(python=python, max_model_len=512, enforce_eager=True)
@@ -281,6 +318,23 @@ def test_vllm_agrees_with_hf_on_the_baseline_and_runs_its_speed(tmp_path: Path) 
         vllm_nll = -np.concatenate([s.token_logprobs for s in scores]).mean()
         ratio = float(np.exp(vllm_nll - hf_nll))
         assert abs(ratio - 1) < VLLM_TOLERANCE, (np.exp(hf_nll), np.exp(vllm_nll))
+
+        # What divergence needs: log-probs at given ids (here transformers' top 5, which
+        # vLLM's own top 5 need not be) and whole rows for the exactness check.
+        gather = [s.topk_ids.astype(np.int64) for s in hf_scores]
+        tapped = list(vllm.score_windows(windows, 1, full_vocab_for=1, gather_ids=gather))
+        pairs = zip(tapped, hf_scores, strict=True)
+        gap = np.abs(np.concatenate([t.gathered_logprobs - h.topk_logprobs for t, h in pairs]))
+        assert np.median(gap) < VLLM_LOGPROB_GAP, np.percentile(gap, [50, 90, 99])
+        full = tapped[0].full_logprobs
+        assert full is not None and full.shape == (len(windows[0]) - 1, len(tokenizer))
+        np.testing.assert_allclose(np.exp(full.astype(np.float64)).sum(-1), 1, atol=1e-3)
+        targets = np.asarray(windows[0][1:])
+        np.testing.assert_allclose(
+            full[np.arange(len(targets)), targets], tapped[0].token_logprobs, atol=1e-6
+        )
+        assert all(t.full_logprobs is None for t in tapped[1:])
+        assert np.array_equal(tapped[0].topk_ids[:, 0], full.argmax(-1))
 
         prompt = tokenizer("The capital of France is", add_special_tokens=False)["input_ids"]
         (answer,) = vllm.generate([prompt], 8)

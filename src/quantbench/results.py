@@ -141,7 +141,8 @@ class SpeedRecord(_Record):
         default=None, description="vllm on CPU: the cores its OpenMP threads were bound to"
     )
     sample_output: str | None = Field(
-        default=None, description="text of the first timed sequence, checked beside the figure"
+        default=None,
+        description="greedy continuation of the first timed prompt, checked beside the figure",
     )
 
 

@@ -20,6 +20,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -82,6 +83,10 @@ class VLLMBackend:
     def _environment(self, cpu: bool) -> dict[str, str]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
         env.pop("PYTHONPATH", None)  # the worker must see vLLM's environment only
+        # The scoring tap is a function the worker sends to its own engine process, which
+        # vLLM pickles only when allowed (the channel is the engine's local IPC).
+        env["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
+        env["VLLM_WORKER_MULTIPROC_METHOD"] = self.settings.multiproc_method
         if cpu:
             allowed = sorted(os.sched_getaffinity(0))
             self.thread_binding = env.get("VLLM_CPU_OMP_THREADS_BIND") or cpu_list(
@@ -242,21 +247,44 @@ class VLLMBackend:
         full_vocab_for: int = 0,
         gather_ids: Sequence[np.ndarray] | None = None,
     ) -> Iterator[WindowScores]:
-        if full_vocab_for or gather_ids is not None:
-            raise NotImplementedError(
-                "the vllm backend returns prompt log-probs of the top-k tokens only; "
-                "divergence needs log-probs at the baseline's ids: score it with the hf backend"
-            )
-        for start in range(0, len(windows), SCORE_BATCH):
-            batch = [list(w) for w in windows[start : start + SCORE_BATCH]]
-            result = self._call("score", self.settings.call_timeout_s, windows=batch, top_k=top_k)
-            for scored in result["windows"]:
-                yield WindowScores(
-                    token_logprobs=np.asarray(scored["token_logprobs"], dtype=np.float32),
-                    topk_ids=np.asarray(scored["topk_ids"], dtype=np.int32),
-                    topk_logprobs=np.asarray(scored["topk_logprobs"], dtype=np.float32),
-                    full_logprobs=None,
+        """Prompt log-probs from vLLM's forward pass, `SCORE_BATCH` windows a call; the
+        arrays travel through .npz files in a folder of this backend's (they are large:
+        whole rows for the exactness check)."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        for i, window in enumerate(windows):
+            if len(window) < 2:
+                raise ValueError(f"window {i} has {len(window)} tokens; scoring needs at least 2")
+        with tempfile.TemporaryDirectory(prefix="quantbench-vllm-scores-") as folder:
+            for start in range(0, len(windows), SCORE_BATCH):
+                batch = [list(w) for w in windows[start : start + SCORE_BATCH]]
+                inputs = None
+                if gather_ids is not None:
+                    inputs = os.path.join(folder, "inputs.npz")
+                    gathers = {
+                        f"gather_{i}": np.asarray(gather_ids[start + i], dtype=np.int64)
+                        for i in range(len(batch))
+                    }
+                    np.savez(inputs, **gathers)  # type: ignore[arg-type]
+                output = os.path.join(folder, "scores.npz")
+                self._call(
+                    "score",
+                    self.settings.call_timeout_s,
+                    windows=batch,
+                    top_k=top_k,
+                    full=[start + i < full_vocab_for for i in range(len(batch))],
+                    inputs=inputs,
+                    output=output,
                 )
+                with np.load(output) as arrays:
+                    for i in range(len(batch)):
+                        yield WindowScores(
+                            token_logprobs=arrays[f"token_{i}"],
+                            topk_ids=arrays[f"topk_ids_{i}"],
+                            topk_logprobs=arrays[f"topk_logprobs_{i}"],
+                            full_logprobs=arrays.get(f"full_{i}"),
+                            gathered_logprobs=arrays.get(f"gathered_{i}"),
+                        )
 
     def _greedy(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[Any]:
         result = self._call(

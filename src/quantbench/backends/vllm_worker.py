@@ -73,25 +73,66 @@ class Worker:
         }
 
     def score(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Score token windows through vLLM's own forward pass.
+
+        vLLM hands out prompt log-probs only as its top-k plus the actual token, but a
+        variant's divergence needs its log-probs at the *baseline's* top-k ids, and the
+        exactness check needs whole rows. So the worker installs a tap in the engine process
+        on the one function every prompt log-prob passes through (the sampler's
+        `gather_logprobs`, which receives the float32 log-softmax rows and the prompt's
+        next tokens), plans what to take from each window, runs the windows as ordinary
+        requests for prompt log-probs, and collects what the tap took. Every row is checked
+        against the log-prob vLLM itself returns for the window's next token.
+
+        Request: windows (token id lists), top_k, full (a bool per window), inputs (an .npz
+        with `gather_<i>` int64 (targets, g) arrays, or null), output (the .npz to write).
+        Arrays written: `token_<i>`, `topk_ids_<i>`, `topk_logprobs_<i>`, and `gathered_<i>`
+        and `full_<i>` where asked."""
+        import numpy as np
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        top_k = int(request["top_k"])
-        params = SamplingParams(max_tokens=1, prompt_logprobs=top_k, temperature=0.0)
-        prompts = [TokensPrompt(prompt_token_ids=list(w)) for w in request["windows"]]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        windows = []
-        for window, output in zip(request["windows"], outputs, strict=True):
-            actual, ids, logprobs = [], [], []
-            for position, entry in enumerate(output.prompt_logprobs[1:], start=1):
-                target = window[position]
-                ranked = sorted(entry.items(), key=lambda kv: kv[1].rank)
-                top = [(token, lp.logprob) for token, lp in ranked if lp.rank <= top_k][:top_k]
-                actual.append(entry[target].logprob)
-                ids.append([token for token, _ in top])
-                logprobs.append([value for _, value in top])
-            windows.append({"token_logprobs": actual, "topk_ids": ids, "topk_logprobs": logprobs})
-        return {"windows": windows}
+        windows = [list(w) for w in request["windows"]]
+        gathers = {}
+        if request.get("inputs"):
+            with np.load(request["inputs"]) as inputs:
+                gathers = {int(k.split("_")[1]): inputs[k] for k in inputs.files}
+        plans = [
+            {
+                "window": window,
+                "top_k": int(request["top_k"]),
+                "full": bool(request["full"][index]),
+                "gather": _packed(gathers[index].astype(np.int64)) if index in gathers else None,
+            }
+            for index, window in enumerate(windows)
+        ]
+        self.llm.collective_rpc(_tap_install)
+        self.llm.collective_rpc(_tap_plan, args=(plans,))
+        params = SamplingParams(max_tokens=1, prompt_logprobs=1, temperature=0.0)
+        prompts = [TokensPrompt(prompt_token_ids=w) for w in windows]
+        try:
+            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        finally:
+            taken = self.llm.collective_rpc(_tap_collect)[0]
+        arrays: dict[str, Any] = {}
+        for index, (window, output, parts) in enumerate(zip(windows, outputs, taken, strict=True)):
+            if parts is None:
+                raise RuntimeError(f"window {index}: the tap saw no prompt log-probs")
+            for name, value in parts.items():
+                arrays[f"{name}_{index}"] = _unpacked(value)
+            vllm_says = [
+                entry[window[position]].logprob
+                for position, entry in enumerate(output.prompt_logprobs[1:], start=1)
+            ]
+            tapped = arrays[f"token_{index}"]
+            if len(vllm_says) != len(tapped) or not np.allclose(
+                vllm_says, tapped, atol=1e-3, rtol=0
+            ):
+                raise RuntimeError(
+                    f"window {index}: the tapped log-probs are not the ones vLLM returned"
+                )
+        np.savez(request["output"], **arrays)
+        return {"windows": len(windows), "output": request["output"]}
 
     def generate(self, request: dict[str, Any]) -> dict[str, Any]:
         from vllm import SamplingParams
@@ -159,6 +200,89 @@ class Worker:
         return {}
 
 
+# -- the scoring tap: these run inside vLLM's engine process (sent by collective_rpc) -------
+
+
+def _tap_install(worker: Any) -> bool:
+    """Wrap the sampler's `gather_logprobs` so that planned windows' rows are kept."""
+    runner = getattr(worker, "worker", worker).model_runner
+    sampler = runner.sampler
+    if getattr(sampler, "quantbench_tap", None) is None:
+        import torch
+
+        tap: dict[str, Any] = {"plans": []}
+        original = sampler.gather_logprobs
+
+        def gather_logprobs(logprobs: Any, num_logprobs: int, token_ids: Any) -> Any:
+            with torch.no_grad():
+                _tap_take(tap, logprobs, token_ids)
+            return original(logprobs, num_logprobs, token_ids)
+
+        sampler.gather_logprobs = gather_logprobs
+        sampler.quantbench_tap = tap
+    return True
+
+
+def _tap_plan(worker: Any, plans: list[dict[str, Any]]) -> bool:
+    tap = getattr(worker, "worker", worker).model_runner.sampler.quantbench_tap
+    tap["plans"] = [{**plan, "done": 0, "parts": {}} for plan in plans]
+    return True
+
+
+def _tap_take(tap: dict[str, Any], logprobs: Any, token_ids: Any) -> None:
+    """Keep what the plan asks of these rows: they score `token_ids`, the next tokens of
+    one window from some position on (a chunk, when vLLM prefills a window in pieces), so
+    the window is the planned one whose next tokens, from where it stopped, are these."""
+    import torch
+
+    targets = token_ids.tolist()
+    count = len(targets)
+    for plan in tap["plans"]:
+        done, window = plan["done"], plan["window"]
+        if window[done + 1 : done + 1 + count] != targets:
+            continue
+        rows = logprobs.float()
+        take = {"token": rows.gather(-1, token_ids.long().unsqueeze(-1)).squeeze(-1)}
+        values, ids = torch.topk(rows, plan["top_k"], dim=-1)
+        take["topk_ids"], take["topk_logprobs"] = ids.to(torch.int32), values
+        if plan["gather"] is not None:
+            wanted = torch.from_numpy(_unpacked(plan["gather"])[done : done + count])
+            take["gathered"] = rows.gather(-1, wanted.to(rows.device))
+        if plan["full"]:
+            take["full"] = rows.clone()
+        for name, value in take.items():
+            plan["parts"].setdefault(name, []).append(value.cpu())
+        plan["done"] = done + count
+        return
+
+
+def _tap_collect(worker: Any) -> list[dict[str, Any] | None]:
+    """The planned windows' arrays, each row of every window scored once, as numpy."""
+    import torch
+
+    tap = getattr(worker, "worker", worker).model_runner.sampler.quantbench_tap
+    plans, tap["plans"] = tap["plans"], []
+    collected: list[dict[str, Any] | None] = []
+    for plan in plans:
+        if plan["done"] != len(plan["window"]) - 1:
+            collected.append(None)
+            continue
+        collected.append({n: _packed(torch.cat(v).numpy()) for n, v in plan["parts"].items()})
+    return collected
+
+
+def _packed(array: Any) -> list[Any]:
+    """An array as vLLM's RPC carries it intact: dtype, shape and raw bytes."""
+    return [array.dtype.str, list(array.shape), array.tobytes()]
+
+
+def _unpacked(packed: Any) -> Any:
+    import numpy as np
+
+    dtype, shape, data = packed
+    return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape).copy()
+
+
 def _vllm_version() -> str:
     import vllm
 
@@ -167,27 +291,29 @@ def _vllm_version() -> str:
 
 def _kernels(llm: Any) -> list[str]:
     """The quantized linear method and kernel classes vLLM chose for the model's layers."""
-
-    def collect(model: Any) -> list[str]:
-        found: set[str] = set()
-        for module in model.modules():
-            method = getattr(module, "quant_method", None)
-            if method is None:
-                continue
-            found.add(type(method).__name__)
-            scheme = getattr(module, "scheme", None)
-            if scheme is not None:
-                found.add(type(scheme).__name__)
-            kernel = getattr(scheme, "kernel", None)
-            if kernel is not None:
-                found.add(type(kernel).__name__)
-        return sorted(found)
-
     try:
-        results = llm.apply_model(collect)
+        results = llm.collective_rpc(_kernel_names)
     except Exception:  # kernel names inform; they are never required
         return []
     return sorted({name for names in results for name in names})
+
+
+def _kernel_names(worker: Any) -> list[str]:
+    """Runs in the engine process: the classes behind every quantized layer."""
+    model = getattr(worker, "worker", worker).model_runner.model
+    found: set[str] = set()
+    for module in model.modules():
+        method = getattr(module, "quant_method", None)
+        if method is None:
+            continue
+        found.add(type(method).__name__)
+        scheme = getattr(module, "scheme", None)
+        if scheme is not None:
+            found.add(type(scheme).__name__)
+        kernel = getattr(scheme, "kernel", None)
+        if kernel is not None:
+            found.add(type(kernel).__name__)
+    return sorted(found)
 
 
 def _die_with_parent() -> None:

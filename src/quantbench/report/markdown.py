@@ -383,7 +383,7 @@ def _speed_lines(speed: SpeedRecord) -> list[str]:
     if speed.sample_output:
         lines[-1:-1] = [
             "",
-            f"Output checked beside the figures (first timed sequence): "
+            f"Output checked beside the figures (the first timed prompt, decoded greedily): "
             f"`{escape_cell(speed.sample_output[:120].strip())}`",
         ]
     headers = [
@@ -402,6 +402,9 @@ def _speed_lines(speed: SpeedRecord) -> list[str]:
         "end-to-end median (s)",
         "requests/s median",
     ]
+    with_itl = any(p.itl_s is not None for p in speed.points)
+    if with_itl:
+        headers += ["inter-token median (ms)", "inter-token p90 (ms)"]
     rows = [
         [
             str(p.batch_size),
@@ -412,6 +415,11 @@ def _speed_lines(speed: SpeedRecord) -> list[str]:
             *_spread_cells(p.throughput_tok_s, lambda x: f"{x:,.1f}"),
             f"{p.e2e_s.median:,.3f}",
             f"{p.batch_size / p.e2e_s.median:,.2f}" if p.e2e_s.median > 0 else "–",
+            *(
+                ([_ms(p.itl_s.median), _ms(p.itl_s.p90)] if p.itl_s else ["–", "–"])
+                if with_itl
+                else []
+            ),
         ]
         for p in speed.points
     ]
