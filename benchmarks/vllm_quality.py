@@ -38,6 +38,9 @@ def main() -> None:
     parser.add_argument("--study", type=Path, required=True)
     parser.add_argument("--python", default=None, help="vLLM env interpreter")
     parser.add_argument(
+        "--reuse", type=Path, default=None, help="a finished work folder: skip the run"
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "vllm_quality.md"
     )
     args = parser.parse_args()
@@ -46,12 +49,13 @@ def main() -> None:
         from quantbench.envs import env_python
 
         python = str(env_python("vllm"))
-    work = Path(tempfile.mkdtemp(prefix="quantbench-vllm-quality-"))
+    work = args.reuse or Path(tempfile.mkdtemp(prefix="quantbench-vllm-quality-"))
     study = work / "study"
-    for stage in ("quantize", "calibration"):
-        shutil.copytree(args.study / "stages" / stage, study / "stages" / stage)
     started = time.perf_counter()
-    with open(work / "quantbench.log", "w") as log:
+    if args.reuse is None:
+        for stage in ("quantize", "calibration"):
+            shutil.copytree(args.study / "stages" / stage, study / "stages" / stage)
+    with open(work / "quantbench.log", "a") as log:
         subprocess.run(
             [sys.executable, "-m", "quantbench", "run", "--out", str(study), "--backend",
              "vllm", "--metrics", "perplexity,divergence,generations", "--vllm-python", python],
@@ -64,7 +68,7 @@ def main() -> None:
     for name, ours in vllm.items():
         theirs = hf[name]["metrics"]
         metrics = ours["metrics"]
-        if "perplexity" not in metrics:
+        if not metrics.get("perplexity"):
             rows.append(f"| {name} | {metrics.get('errors')} | | | | | | |")
             continue
         ppl_v, ppl_h = metrics["perplexity"], theirs["perplexity"]
@@ -91,7 +95,11 @@ def main() -> None:
         f"- machine: {os.cpu_count()} logical cores; vLLM env: `{python}`",
         f"- hf figures: `{args.study}/results.json`; vLLM figures: `quantbench run --backend "
         "vllm --metrics perplexity,divergence,generations` on copies of its artifacts, "
-        f"{run_s:.0f} s (engine start-ups included)",
+        + (
+            f"{run_s:.0f} s (engine start-ups included)"
+            if args.reuse is None
+            else f"resumed in `{args.reuse}` ({run_s:.0f} s)"
+        ),
         "- same corpus windows (16,384 tokens), same 48 prompts, greedy decoding; each "
         "backend's KL is against its own baseline's top-256 reference",
         "",

@@ -12,7 +12,8 @@ quantized again). The script runs, in one go on a quiet machine, `--launches` ro
    prompts of the same lengths (`--max-num-seqs 32`, so the first wave's warm-up weighs a
    fifth), under the same engine settings (bf16, no prefix caching, max_model_len 2048,
    KV cache 1 GiB, threads bound to every core).
-Both sample as `vllm bench` does (temperature 1.0, end-of-sequence ignored). Every figure is
+Both sample as `vllm bench` does (temperature 1.0, end-of-sequence ignored) and start their
+engine processes by spawn (the `vllm` CLI sets it; so does quantbench). Every figure is
 the mean over launches, with the launches' range; the ratio is of the two means. The
 issue's target: within 10%.
 """
@@ -194,7 +195,8 @@ def main() -> None:
         f"- date: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}",
         f"- machine: {os.cpu_count()} logical cores; vLLM env: `{python}`",
         f"- settings: {PROMPT} prompt tokens, {OUTPUT} output tokens (end-of-sequence "
-        f"ignored), sampled at temperature 1.0 on both sides, {WARMUP} warm-up + {RUNS} "
+        f"ignored), sampled at temperature 1.0 and engines started by spawn on both sides, "
+        f"{WARMUP} warm-up + {RUNS} "
         "runs per launch, bf16, prefix caching off, max_model_len 2048, KV cache 1 GiB, "
         "threads bound to all cores; `bench throughput`: 160 requests, at most 32 at once",
         f"- {args.launches} engine launches per figure: each cell is the mean over launches "
