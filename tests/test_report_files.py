@@ -250,5 +250,38 @@ def test_markdown_without_emulation_or_metrics() -> None:
     assert render_csv(bare).count("\n") == 3
 
 
+def test_markdown_shows_what_vllm_measured_beside_its_speed() -> None:
+    speed = _speed("native", 0.02).model_copy(
+        update={
+            "backend": "vllm",
+            "startup_s": 95.4,
+            "thread_binding": "0-1",
+            "sample_output": "The capital of France is Paris.",
+        }
+    )
+    speed.points[0] = speed.points[0].model_copy(update={"itl_s": _spread(0.0213)})
+    results = StudyResults(
+        quantbench_version="0.1.0",
+        created_at="2025-01-01T00:00:00+00:00",
+        model={},
+        config={},
+        variants=[
+            VariantResult(
+                name="w8a8-int8",
+                scheme="w8a8-int8",
+                status="ok",
+                metrics=VariantMetrics(speed=speed),
+            )
+        ],
+    )
+    text = render_markdown(results)
+    assert "OpenMP threads bound to cores 0-1" in text
+    assert "(engine start-up and compilation): 95.4 s" in text
+    assert "decoded greedily): `The capital of France is Paris.`" in text
+    assert "| inter-token median (ms) | inter-token p90 (ms) |" in text
+    assert text.count("| 21.3 |") == 1  # batch 1 has its gaps; batch 8's cells are dashes
+    assert "| – | – |" in text
+
+
 def test_escape_cell() -> None:
     assert escape_cell("a|b\r\nc <|im_end|> & d") == "a\\|b<br>c &lt;\\|im_end\\|&gt; &amp; d"
