@@ -224,8 +224,20 @@ def _tap_install(worker: Any) -> bool:
 
 
 def _tap_plan(worker: Any, plans: list[dict[str, Any]]) -> bool:
+    import torch
+
     tap = getattr(worker, "worker", worker).model_runner.sampler.quantbench_tap
-    tap["plans"] = [{**plan, "done": 0, "parts": {}} for plan in plans]
+    tap["plans"] = [
+        {
+            **plan,
+            "gather": None
+            if plan["gather"] is None
+            else torch.from_numpy(_unpacked(plan["gather"])),
+            "done": 0,
+            "parts": {},
+        }
+        for plan in plans
+    ]
     return True
 
 
@@ -246,8 +258,8 @@ def _tap_take(tap: dict[str, Any], logprobs: Any, token_ids: Any) -> None:
         values, ids = torch.topk(rows, plan["top_k"], dim=-1)
         take["topk_ids"], take["topk_logprobs"] = ids.to(torch.int32), values
         if plan["gather"] is not None:
-            wanted = torch.from_numpy(_unpacked(plan["gather"])[done : done + count])
-            take["gathered"] = rows.gather(-1, wanted.to(rows.device))
+            wanted = plan["gather"][done : done + count].to(rows.device)
+            take["gathered"] = rows.gather(-1, wanted)
         if plan["full"]:
             take["full"] = rows.clone()
         for name, value in take.items():
