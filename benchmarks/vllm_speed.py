@@ -78,18 +78,27 @@ def bench(python: str, kind: str, artifact: str, extra: list[str], work: Path) -
     return data
 
 
-def launch_quantbench(study_stages: Path, work: Path, python: str, round_: int) -> Path:
-    """One `quantbench run` of the speed metric through vLLM, in a folder of its own."""
+def launch_quantbench(
+    study_stages: Path, work: Path, python: str, round_: int, extra: list[str]
+) -> Path:
+    """One `quantbench run` of the speed metric through vLLM, in a folder of its own
+    (`extra`: the flags that made `--study`'s artifacts, so that their keys match)."""
     study = work / f"quantbench-{round_}"
     for stage in ("quantize", "calibration"):
         shutil.copytree(study_stages / stage, study / "stages" / stage)
     with open(work / f"quantbench-{round_}.log", "w") as log:
         subprocess.run(
             [sys.executable, "-m", "quantbench", "run", "--out", str(study), "--metrics",
-             "speed", "--speed-backend", "vllm", "--vllm-python", python],
+             "speed", "--speed-backend", "vllm", "--vllm-python", python, *extra],
             stdout=log, stderr=subprocess.STDOUT, check=False,
         )  # fmt: skip
     return study
+
+
+def cpu_name() -> str:
+    from quantbench.hardware import hardware_here
+
+    return hardware_here("cpu").describe()
 
 
 def summary(values: list[float], scale: float, unit: str) -> str:
@@ -106,6 +115,13 @@ def main() -> None:
     parser.add_argument("--launches", type=int, default=2, help="engine launches per figure")
     parser.add_argument("--batches", default="1,8,32", help="batch sizes for vllm bench latency")
     parser.add_argument("--no-throughput", action="store_true", help="skip vllm bench throughput")
+    parser.add_argument(
+        "--study-args",
+        default="",
+        help="the `quantbench run` flags `--study` was made with, e.g. "
+        "'--calibration-samples 8 --calibration-seq-len 128' (its artifacts are reused only "
+        "if the keys match)",
+    )
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "vllm_speed.md"
     )
@@ -126,7 +142,9 @@ def main() -> None:
     quantbench_s: list[float] = []
     for round_ in range(args.launches):
         mark = time.perf_counter()
-        study = launch_quantbench(args.study / "stages", work, python, round_)
+        study = launch_quantbench(
+            args.study / "stages", work, python, round_, args.study_args.split()
+        )
         quantbench_s.append(time.perf_counter() - mark)
         results = json.loads((study / "results.json").read_text())
         for variant in results["variants"]:
@@ -205,6 +223,7 @@ def main() -> None:
         + ", ".join(f"{s:.0f} s" for s in quantbench_s)
         + " (engine start-ups included)",
         f"- whole benchmark: {(time.perf_counter() - started) / 60:.0f} min",
+        f"- study flags: `{args.study_args or '(defaults)'}`; CPU: {cpu_name()}",
         f"- all within 10%: **{all(checks) and bool(checks)}** ({sum(checks)}/{len(checks)})",
         "",
         "| variant | figure | quantbench | vllm bench | ratio | within 10% |",

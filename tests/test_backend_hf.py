@@ -16,6 +16,7 @@ import pytest
 
 from quantbench.backends import REGISTRY, get_backend
 from quantbench.errors import UserError
+from quantbench.hardware import Hardware
 
 FP8_SCRIPT = textwrap.dedent(
     """
@@ -59,7 +60,9 @@ def sharp_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 @pytest.fixture(scope="module")
 def backend(sharp_model: Path) -> Iterator[Any]:
-    backend = get_backend("hf", device="cpu")
+    """bf16, as saved, whatever this CPU's default (auto) would pick: compared with
+    `reference` below."""
+    backend = get_backend("hf", device="cpu", dtype="bfloat16")
     backend.load(sharp_model)
     yield backend
     backend.close()
@@ -91,17 +94,40 @@ def reference_logprobs(model: Any, window: list[int]) -> np.ndarray:
     return torch.log_softmax(logits.double(), dim=-1).numpy()
 
 
-def test_native_load_info(sharp_model: Path) -> None:
+@pytest.mark.parametrize("cpu_flags", [{"avx512f", "amx_bf16"}, {"avx2"}])
+def test_native_load_info(
+    sharp_model: Path, cpu_flags: set[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """By default bf16 stays bf16 where the CPU computes it in hardware, and runs in float32
+    (saying so) where it does not."""
+    cpu = Hardware("cpu", "test CPU", cpu_flags=frozenset(cpu_flags))
+    monkeypatch.setattr("quantbench.hardware.hardware_here", lambda device: cpu)
     backend = get_backend("hf", device="cpu", threads=2)
     info = backend.load(sharp_model)
     assert info.execution_mode == "native"
     assert info.device == "cpu"
-    assert info.dtype == "bfloat16"
+    assert info.dtype == ("bfloat16" if cpu.native_bf16() else "float32")
+    assert ("computed in float32" in info.detail) == (not cpu.native_bf16())
     assert info.load_s > 0
     assert "unquantized" in info.detail
     backend.close()
     with pytest.raises(RuntimeError, match="load"):
         backend.tokenizer()
+
+
+def test_compute_dtype_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from quantbench.backends.hf import resolve_compute_dtype
+
+    avx2 = Hardware("cpu", "test CPU", cpu_flags=frozenset({"avx2"}))
+    monkeypatch.setattr("quantbench.hardware.hardware_here", lambda device: avx2)
+    assert resolve_compute_dtype("auto", "cpu", "bfloat16")[0] == torch.float32
+    assert resolve_compute_dtype("auto", "cpu", "float32") == ("auto", "")
+    assert resolve_compute_dtype("auto", "cuda", "bfloat16") == ("auto", "")
+    assert resolve_compute_dtype("bfloat16", "cpu", "bfloat16")[0] == torch.bfloat16
+    with pytest.raises(UserError, match="dtype must be one of"):
+        get_backend("hf", device="cpu", dtype="int4")
 
 
 def test_token_logprobs_match_float64_reference(
@@ -201,7 +227,7 @@ def test_generate_stops_at_generation_config_eos_list(
     generation_config["eos_token_id"] = [backend.tokenizer().eos_token_id, stop]
     (artifact / "generation_config.json").write_text(json.dumps(generation_config))
 
-    other = get_backend("hf", device="cpu")
+    other = get_backend("hf", device="cpu", dtype="bfloat16")
     other.load(artifact)
     cut = other.generate([prompt], max_new_tokens=12)[0].token_ids
     other.close()

@@ -22,7 +22,10 @@ def _float64_logprobs(artifact: Path, windows: list[list[int]]) -> list[np.ndarr
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(artifact).eval()
+    from quantbench.backends.hf import resolve_compute_dtype
+
+    dtype, _ = resolve_compute_dtype("auto", "cpu", "bfloat16")  # what the study used here
+    model = AutoModelForCausalLM.from_pretrained(artifact, dtype=dtype).eval()
     out = []
     with torch.inference_mode():
         for window in windows:

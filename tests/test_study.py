@@ -172,12 +172,33 @@ def test_sigkill_mid_quantization_then_resume(tiny_model: Path, tmp_path: Path) 
         time.sleep(0.05)
     process.wait(30)
     assert killed, "the run finished before it could be killed"
-    assert not [p for p in stage_root.iterdir() if not p.name.startswith(".tmp-")]
+    left = sorted(p.name for p in stage_root.iterdir())
+    assert len(left) == 1 and left[0].startswith(".tmp-"), left
     assert not (tmp_path / "out" / "results.json").exists()
+    # The build folder is named .tmp-<key>-<worker pid>-<nonce>. The worker dies by
+    # PR_SET_PDEATHSIG, asynchronously: resume only once it is gone, so the sweep below sees
+    # exactly what a killed run leaves (and a worker outliving its driver fails here, named).
+    worker_pid = int(left[0].split("-")[-2])
+    assert _gone_within(worker_pid, 30), f"quantize worker {worker_pid} outlived its driver"
 
     resumed = run_cli("run", "--config", str(config))
     assert resumed.returncode == 0, resumed.stderr
-    assert "removed 1 unfinished stage folder" in resumed.stderr
+    assert "removed 1 unfinished stage folder" in resumed.stderr, resumed.stderr
     results = load_results(tmp_path / "out")
     assert results.variants[0].status == "ok"
     assert not list(stage_root.glob(".tmp-*"))
+
+
+def _gone_within(pid: int, timeout_s: float) -> bool:
+    """True once `pid` has exited (a zombie nobody reaps counts as gone)."""
+    import psutil
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False

@@ -81,6 +81,13 @@ def run(
         str | None, typer.Option(help="generation prompts: 'builtin' or a .jsonl file")
     ] = None,
     device: Annotated[str | None, typer.Option(help="evaluation device: auto, cpu, cuda")] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option(
+            help="hf compute dtype: auto (float32 on CPUs without bf16 in hardware), "
+            "bfloat16, float16, float32"
+        ),
+    ] = None,
     backend: Annotated[
         str | None, typer.Option(help="backend for every metric: hf (default) or vllm")
     ] = None,
@@ -151,6 +158,7 @@ def run(
         "evaluation": {
             "metrics": metrics,
             "device": device,
+            "dtype": dtype,
             "backend": backend,
             "speed_backend": speed_backend,
             "vllm": {"python": vllm_python},

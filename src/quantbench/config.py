@@ -297,6 +297,12 @@ class EvaluationConfig(_Strict):
     vllm: VLLMSettings = VLLMSettings()
     device: str = Field(default="auto", description="'auto', 'cpu' or 'cuda'")
     threads: int | None = Field(default=None, gt=0, description="torch threads; default all")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="auto",
+        description="the hf backend's compute dtype; auto: the artifact's own, except float32 "
+        "on a CPU without bf16 matmuls in hardware (no AVX-512 BF16/AMX), where bf16 ran "
+        "4-5x slower; results record the dtype used",
+    )
     corpus: CorpusConfig = CorpusConfig()
     speed: SpeedConfig = SpeedConfig()
     generations: GenerationsConfig = GenerationsConfig()
@@ -338,6 +344,8 @@ class EvaluationConfig(_Strict):
         key: dict[str, Any] = {"name": name, "device": self.device, "threads": self.threads}
         if name == "vllm":
             key["vllm"] = self.vllm.key()
+        else:
+            key["dtype"] = self.dtype
         return key
 
     def metric_names(self) -> tuple[str, ...]:

@@ -247,6 +247,8 @@ def _worker_main(request_path: Path) -> None:
             options: dict[str, Any] = {"device": config.device, "threads": config.threads}
             if name == "vllm":
                 options["settings"] = config.vllm
+            else:
+                options["dtype"] = config.dtype
             backend = get_backend(name, **options)
             loaded["name"] = name
             try:

