@@ -161,3 +161,20 @@ def evaluated(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     assert result.returncode == 0, result.stderr[-3000:]
     assert "emulated" in result.stdout
     return root
+
+
+def process_gone(pid: int, timeout_s: float) -> bool:
+    """True once `pid` has exited within `timeout_s` (a zombie nobody reaps counts as gone)."""
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from conftest import read_json, run_cli, tiny_study_yaml
+from conftest import process_gone, read_json, run_cli, tiny_study_yaml
 from quantbench import study as study_module
 from quantbench.config import load_study_config
 from quantbench.results import load_results
@@ -179,7 +179,7 @@ def test_sigkill_mid_quantization_then_resume(tiny_model: Path, tmp_path: Path) 
     # PR_SET_PDEATHSIG, asynchronously: resume only once it is gone, so the sweep below sees
     # exactly what a killed run leaves (and a worker outliving its driver fails here, named).
     worker_pid = int(left[0].split("-")[-2])
-    assert _gone_within(worker_pid, 30), f"quantize worker {worker_pid} outlived its driver"
+    assert process_gone(worker_pid, 30), f"quantize worker {worker_pid} outlived its driver"
 
     resumed = run_cli("run", "--config", str(config))
     assert resumed.returncode == 0, resumed.stderr
@@ -187,18 +187,3 @@ def test_sigkill_mid_quantization_then_resume(tiny_model: Path, tmp_path: Path) 
     results = load_results(tmp_path / "out")
     assert results.variants[0].status == "ok"
     assert not list(stage_root.glob(".tmp-*"))
-
-
-def _gone_within(pid: int, timeout_s: float) -> bool:
-    """True once `pid` has exited (a zombie nobody reaps counts as gone)."""
-    import psutil
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.05)
-    return False

@@ -10,10 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
-from conftest import USER_CACHE
+from conftest import USER_CACHE, process_gone
 from quantbench.backends.vllm import (
     BackendCallFailed,
     UnsupportedOnHardware,
@@ -151,13 +150,7 @@ def _fake_backend(tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def _child_gone(tmp_path: Path) -> bool:
-    pid = int((tmp_path / "child.pid").read_text())
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-            return True
-        time.sleep(0.05)
-    return False
+    return process_gone(int((tmp_path / "child.pid").read_text()), 5)
 
 
 def test_the_protocol_times_and_reports_a_run(

