@@ -92,8 +92,9 @@ def _executor(config: StudyConfig) -> Executor:
 
 
 def _run(config: StudyConfig, output: OutputFolder, console: Console) -> StudyResults:
-    """Everything cheap and checkable (planning, pre-flight, inputs) before the executor
-    starts; then quantize and evaluate through it."""
+    """Everything cheap and checkable (planning, pre-flight) before the executor starts;
+    the inputs (calibration data, corpus) while it gets its workers ready; then quantize and
+    evaluate through it."""
     store = output.stages()
     swept = store.sweep_stale()
     if swept:
@@ -111,12 +112,14 @@ def _run(config: StudyConfig, output: OutputFolder, console: Console) -> StudyRe
     preflights = _preflight(plan, pending, console)
     if eval_plan is not None:
         _runtime_preflight(plan, eval_plan, console)
-    calibrations = _calibration(plan, pending, store, console)
-    if eval_plan and eval_plan.corpus and not store.is_done(eval_plan.corpus):
-        with console.status("tokenizing the evaluation corpus"):
-            prepare_corpus(store, eval_plan.corpus, config.evaluation.corpus, model)
     runner = _executor(config)
     try:
+        if pending or eval_plan:
+            runner.prestart()
+        calibrations = _calibration(plan, pending, store, console)
+        if eval_plan and eval_plan.corpus and not store.is_done(eval_plan.corpus):
+            with console.status("tokenizing the evaluation corpus"):
+                prepare_corpus(store, eval_plan.corpus, config.evaluation.corpus, model)
         console.print("[bold]quantize")
         with _progress(console) as progress:
             tasks = {

@@ -1,11 +1,12 @@
 """Run a quantbench module as a child process and follow it.
 
-Quantization and evaluation each run in a fresh Python process: llm-compressor keeps global
-state, peak-memory figures must belong to one variant, and a crash must not take the study
-down. The child reads a JSON request, prints JSON progress events on stdout and writes its
-result file last; its whole output is kept in a log. Killing the parent kills the child
-(it asks Linux for SIGKILL on parent death), and an interrupted parent kills the child's
-process group.
+Quantization and evaluation each run in a process of their own (a fresh interpreter, or a
+fork of the fork server, `forkserver.py`, which has torch and transformers imported already):
+llm-compressor keeps global state, peak-memory figures must belong to one variant, and a
+crash must not take the study down. The child reads a JSON request, prints JSON progress
+events on stdout and writes its result file last; its whole output is kept in a log.
+Killing the parent kills the child (it asks Linux for SIGKILL on parent death), and an
+interrupted parent kills the child's process group.
 """
 
 from __future__ import annotations
@@ -18,11 +19,15 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any, TextIO
+from subprocess import Popen
+from typing import IO, TYPE_CHECKING, Any, TextIO
 
 from quantbench.errors import StageFailed
+
+if TYPE_CHECKING:
+    from quantbench.forkserver import ForkedWorker, ForkServer
 
 
 def _pump(
@@ -55,13 +60,16 @@ def run_python_worker(
     on_event: Callable[[dict[str, Any]], None],
     on_stderr: Callable[[str], None] = lambda _: None,
     resources: dict[str, float] | None = None,
+    fork_server: ForkServer | None = None,
 ) -> int:
     """Run `python -m module request_path` to completion here; return its exit status.
 
-    `resources` is accepted for the executors' `Launch` interface; a local child process
-    takes what the machine has."""
+    With `fork_server` the child is forked from it (torch and transformers already imported)
+    instead of starting a fresh interpreter; a server that cannot do it is noted in the log
+    and the fresh interpreter used. `resources` is accepted for the executors' `Launch`
+    interface; a local child process takes what the machine has."""
     request_path.write_text(json.dumps(request, indent=2))
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    env = worker_environment(os.environ)
     lock = threading.Lock()
 
     def on_stdout(line: str) -> None:
@@ -70,35 +78,76 @@ def run_python_worker(
                 on_event(json.loads(line))
 
     with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", module, str(request_path)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-        assert process.stdout is not None and process.stderr is not None
+        child = _start_child(module, str(request_path), env, fork_server, log)
         readers = [
-            threading.Thread(
-                target=_pump, args=(process.stdout, log, on_stdout, lock), daemon=True
-            ),
-            threading.Thread(
-                target=_pump, args=(process.stderr, log, on_stderr, lock), daemon=True
-            ),
+            threading.Thread(target=_pump, args=(child.stdout, log, on_stdout, lock), daemon=True),
+            threading.Thread(target=_pump, args=(child.stderr, log, on_stderr, lock), daemon=True),
         ]
         for reader in readers:
             reader.start()
         try:
-            returncode = process.wait()
+            returncode = child.wait()
         except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            child.kill()
+            child.wait()
             raise
         for reader in readers:
             reader.join(timeout=5)
+        child.stdout.close()
+        child.stderr.close()
     return returncode
+
+
+def worker_environment(base: Mapping[str, str]) -> dict[str, str]:
+    """A worker's environment: the driver's, unbuffered, with tokenizers' threads off (the
+    driver may have used them before the fork)."""
+    return {**base, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+
+
+class _Child:
+    """A started worker: its output streams, and how to wait for it or kill its group."""
+
+    def __init__(self, stdout: IO[bytes], stderr: IO[bytes], process: Popen[bytes] | ForkedWorker):
+        self.stdout, self.stderr, self._process = stdout, stderr, process
+
+    def wait(self) -> int:
+        return self._process.wait()
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._process.pid, signal.SIGKILL)
+
+
+def _start_child(
+    module: str, argument: str, env: dict[str, str], fork_server: ForkServer | None, log: TextIO
+) -> _Child:
+    if fork_server is not None:
+        from quantbench.forkserver import ForkServerUnavailable
+
+        out_read, out_write = os.pipe()
+        err_read, err_write = os.pipe()
+        try:
+            forked = fork_server.spawn(module, [argument], env, out_write, err_write)
+        except ForkServerUnavailable as exc:
+            for fd in (out_read, err_read):
+                os.close(fd)
+            log.write(f"[quantbench] fork server unavailable ({exc}); starting a fresh python\n")
+        else:
+            stdout = open(out_read, "rb", buffering=0)  # noqa: SIM115 (the caller closes it)
+            return _Child(stdout, open(err_read, "rb", buffering=0), forked)
+        finally:
+            os.close(out_write)
+            os.close(err_write)
+    process = subprocess.Popen(
+        [sys.executable, "-m", module, argument],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    return _Child(process.stdout, process.stderr, process)
 
 
 def failure(what: str, returncode: int, log_path: Path) -> StageFailed:

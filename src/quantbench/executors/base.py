@@ -57,6 +57,11 @@ class Executor(Protocol):
         """Run a worker module where `resources` are available; return its exit status."""
         ...
 
+    def prestart(self) -> None:
+        """Begin, in the background, what workers will need (the local executor's fork
+        server imports torch and transformers) while the driver prepares their inputs."""
+        ...
+
     def describe(self) -> dict[str, Any]:
         """Where the work ran (for provenance)."""
         ...

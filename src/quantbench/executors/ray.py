@@ -127,6 +127,9 @@ class RayExecutor:
             "cluster_resources": {k: resources[k] for k in ("CPU", "GPU") if k in resources},
         }
 
+    def prestart(self) -> None:
+        """Nothing to begin: each Ray task starts its own worker."""
+
     def close(self) -> None:
         ray.shutdown()
 
