@@ -26,7 +26,8 @@ WORKER = textwrap.dedent(
     request = json.loads(open(sys.argv[1]).read())
     print(json.dumps({"phase": "started", "pid": os.getpid(), "pgid": os.getpgid(0),
                       "cwd": os.getcwd(), "marker": os.environ.get("QB_TEST_MARKER"),
-                      "name": __name__, "preloaded": "email.mime.text" in sys.modules}),
+                      "name": __name__, "preloaded": "email.mime.text" in sys.modules,
+                      "comm": open("/proc/self/comm").read().strip()}),
           flush=True)
     print("to stderr", file=sys.stderr, flush=True)
     if request["action"] == "sleep":
@@ -69,6 +70,7 @@ def test_a_forked_worker_is_what_python_m_would_start(
         assert code == 0, log
         (event,) = events
         assert event["name"] == "__main__" and event["preloaded"] is True
+        assert event["comm"] == "qb-qb_fake_work"  # named after its module, 15 bytes at most
         assert event["pid"] == event["pgid"] != os.getpgid(0)  # a session of its own
         assert event["cwd"] == str(tmp_path) and event["marker"] == "first"
         assert "to stderr" in log and "fork server unavailable" not in log

@@ -83,9 +83,9 @@ def run_python_worker(
             threading.Thread(target=_pump, args=(child.stdout, log, on_stdout, lock), daemon=True),
             threading.Thread(target=_pump, args=(child.stderr, log, on_stderr, lock), daemon=True),
         ]
-        for reader in readers:
-            reader.start()
         try:
+            for reader in readers:
+                reader.start()
             returncode = child.wait()
         except BaseException:
             child.kill()
