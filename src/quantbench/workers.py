@@ -90,6 +90,9 @@ def run_python_worker(
         except BaseException:
             child.kill()
             child.wait()
+            for reader in readers:  # their pipes closed with the child: let them end
+                if reader.is_alive():  # before the log they write to is closed
+                    reader.join(timeout=5)
             raise
         for reader in readers:
             reader.join(timeout=5)
