@@ -184,7 +184,6 @@ class ForkServer:
         return self._control
 
     def _fail(self, reason: str) -> ForkServerUnavailable:
-        self._broken = reason
         self._stop()
         self._broken = reason
         return ForkServerUnavailable(reason)

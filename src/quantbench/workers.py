@@ -90,14 +90,13 @@ def run_python_worker(
         except BaseException:
             child.kill()
             child.wait()
-            for reader in readers:  # their pipes closed with the child: let them end
-                if reader.is_alive():  # before the log they write to is closed
-                    reader.join(timeout=5)
             raise
-        for reader in readers:
-            reader.join(timeout=5)
-        child.stdout.close()
-        child.stderr.close()
+        finally:  # the child's pipes are closed: the readers end before the log closes
+            for reader in readers:
+                if reader.is_alive():
+                    reader.join(timeout=5)
+            child.stdout.close()
+            child.stderr.close()
     return returncode
 
 
