@@ -95,6 +95,7 @@ def tiny_study_yaml(
     out: Path,
     schemes: list[object],
     evaluation: dict[str, object] | None = None,
+    calibration: dict[str, object] | None = None,
 ) -> Path:
     """A study file for the tiny model with a small calibration budget (no evaluation unless
     `evaluation` is given: the spine's tests stay fast)."""
@@ -103,7 +104,7 @@ def tiny_study_yaml(
     study = {
         "model": str(model),
         "schemes": schemes,
-        "calibration": {"num_samples": 8, "seq_len": 64},
+        "calibration": {"num_samples": 8, "seq_len": 64, **(calibration or {})},
         "evaluation": evaluation or {"metrics": []},
         "out": str(out),
     }

@@ -49,6 +49,10 @@ def test_every_artifact_has_a_model_card_with_measured_numbers(evaluated: Path) 
         perplexity = variant.metrics.perplexity
         assert perplexity and f"{perplexity.perplexity.estimate:.3f}" in card
         assert "vllm serve" in card
+        if variant.needs_calibration:
+            assert variant.quantization and variant.quantization.compute_dtype
+            assert f"computed in {variant.quantization.compute_dtype}" in card
+    assert any(v.needs_calibration for v in results.variants)
     fp8_card = (Path(results.variant("fp8-dynamic").artifact_path or "") / "README.md").read_text()
     assert "emulated" in fp8_card and "compute capability ≥ 8.9" in fp8_card
 

@@ -71,3 +71,28 @@ def test_builtin_without_its_package_says_how_to_install(monkeypatch: pytest.Mon
 
 def test_builtin_registry_points_at_a_gguf() -> None:
     assert BUILTIN_MODELS["smollm2-135m-instruct"].gguf_file.endswith(".gguf")
+
+
+def test_gguf_parsing_is_memoized_only_while_converting(tmp_path: Path) -> None:
+    import gguf
+    import numpy as np
+
+    from quantbench.models import _gguf_parsed_once
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(2)
+    writer.add_tensor("token_embd.weight", np.ones((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    with _gguf_parsed_once():
+        first = gguf.GGUFReader(str(path))
+        assert gguf.GGUFReader(str(path)) is first
+        assert first.tensors[0].name == "token_embd.weight"
+        arch = gguf.MODEL_ARCH.LLAMA
+        assert gguf.get_tensor_name_map(arch, 2) is gguf.get_tensor_name_map(arch, 2)
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (reader, name_map)
+    assert gguf.GGUFReader(str(path)) is not gguf.GGUFReader(str(path))

@@ -37,7 +37,14 @@ def quiet() -> Console:
 @pytest.fixture(scope="module")
 def finished_study(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("study")
-    config = tiny_study_yaml(root / "study.yaml", tiny_model, root / "out", SCHEMES)
+    # float32 on every CPU class, so the artifacts' narrowing to bfloat16 is always tested.
+    config = tiny_study_yaml(
+        root / "study.yaml",
+        tiny_model,
+        root / "out",
+        SCHEMES,
+        calibration={"compute_dtype": "float32"},
+    )
     result = run_cli("run", "--config", str(config))
     assert result.returncode == 0, result.stderr
     assert "w4a16-gptq-g64" in result.stdout  # the table printed at the end
@@ -100,6 +107,39 @@ def test_artifacts_are_compressed_tensors_that_transformers_loads(finished_study
     assert formats["w4a16-gptq-g64"] == "pack-quantized"
     assert formats["w8a8-int8"] == "int-quantized"
     assert formats["fp8-dynamic"] == "float-quantized"
+
+
+def test_calibrated_in_float32_the_artifacts_store_bfloat16(finished_study: Path) -> None:
+    """Calibrated schemes computed in float32 (as configured), and their artifacts hold the
+    same dtypes as a bfloat16 run's: exact integer weights, bfloat16 scales and layers."""
+    from safetensors import safe_open
+
+    for variant in load_results(finished_study / "out").variants:
+        assert variant.quantization
+        calibrated = variant.needs_calibration
+        assert variant.quantization.compute_dtype == ("float32" if calibrated else "bfloat16")
+        assert any("calibrated in float32" in n for n in variant.notes) == calibrated
+        artifact = Path(variant.artifact_path or "")
+        assert json.loads((artifact / "config.json").read_text())["dtype"] == "bfloat16"
+        with safe_open(str(artifact / "model.safetensors"), "pt") as handle:
+            dtypes = {handle.get_slice(name).get_dtype() for name in handle.keys()}  # noqa: SIM118
+        assert "F32" not in dtypes and "BF16" in dtypes, (variant.name, dtypes)
+
+
+def test_compute_dtype_is_part_of_the_calibrated_schemes_keys_only(tiny_model: Path) -> None:
+    from quantbench.models import resolve_model
+    from quantbench.plan import build_plan
+
+    model = resolve_model(str(tiny_model))
+
+    def keys(compute_dtype: str) -> dict[str, str]:
+        config = load_study_config(
+            None, {"schemes": SCHEMES, "calibration": {"compute_dtype": compute_dtype}}
+        )
+        return {v.name: v.quantize.key for v in build_plan(config, model).variants}
+
+    auto, float32 = keys("auto"), keys("float32")
+    assert [n for n in auto if auto[n] != float32[n]] == ["w4a16-gptq-g64", "w8a8-int8"]
 
 
 def test_rerun_does_no_model_work(finished_study: Path, monkeypatch: pytest.MonkeyPatch) -> None:

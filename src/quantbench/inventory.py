@@ -56,6 +56,7 @@ def _plan_one(config: StudyConfig, on_status: Callable[[str], None]) -> list[Pla
     from quantbench.output import OutputFolder
     from quantbench.plan import build_plan
     from quantbench.preflight import available_memory_bytes, preflight_variants
+    from quantbench.quantize import calibration_dtype_here
     from quantbench.study import with_baseline
 
     store = OutputFolder.open(config.out).stages()
@@ -70,7 +71,11 @@ def _plan_one(config: StudyConfig, on_status: Callable[[str], None]) -> list[Pla
     memory = {
         name: outcome.memory_bytes
         for name, outcome in preflight_variants(
-            list(plan.variants), info, config.calibration.default, available_memory_bytes()
+            list(plan.variants),
+            info,
+            config.calibration.default,
+            available_memory_bytes(),
+            calibration_dtype_here(config.calibration.compute_dtype),
         ).items()
     }
     gpu = gpus_visible()

@@ -153,6 +153,8 @@ def build_plan(config: StudyConfig, model: ResolvedModel) -> StudyPlan:
                 "calibration": ref.key if ref else None,
                 "versions": versions,
             }
+            if ref:
+                payload["compute_dtype"] = config.calibration.compute_dtype
             variants.append(
                 VariantPlan(
                     variant,

@@ -26,23 +26,28 @@ class MemoryEstimate:
 
 
 def estimate_memory(
-    info: ModelInfo, needs_calibration: bool, calibration: CalibrationConfig
+    info: ModelInfo,
+    needs_calibration: bool,
+    calibration: CalibrationConfig,
+    calibration_dtype: str = "bfloat16",
 ) -> MemoryEstimate:
     """Peak resident bytes to quantize one variant on the CPU (a deliberate over-estimate).
 
-    The model is held in BF16 plus a compressed copy while saving (≈ 2 × weights). With
-    calibration, GPTQ keeps one float32 Hessian (in_features²) per Linear of the current
-    decoder layer, and the sequential pipeline caches each sample's hidden states (BF16)
-    at a layer's input and output.
+    The model is held in BF16 (float32 when it calibrates in float32) plus a compressed copy
+    while saving (≈ 2 × weights). With calibration, GPTQ keeps one float32 Hessian
+    (in_features²) per Linear of the current decoder layer, and the sequential pipeline
+    caches each sample's hidden states at a layer's input and output.
     """
     weights = info.bf16_bytes
     calibration_bytes = 0
     if needs_calibration:
+        value_bytes = 4 if calibration_dtype == "float32" else 2
+        weights = weights * value_bytes // 2
         widest = max((layer.in_features for layer in info.linear_layers), default=0)
         per_layer_linears = 7
         hessians = per_layer_linears * widest * widest * 4
         hidden = info.hidden_size or widest
-        activations = 2 * calibration.num_samples * calibration.seq_len * hidden * 2
+        activations = 2 * calibration.num_samples * calibration.seq_len * hidden * value_bytes
         calibration_bytes = hessians + activations
     total = 2 * weights + calibration_bytes + RUNTIME_OVERHEAD_BYTES
     return MemoryEstimate(weights, calibration_bytes, total)
@@ -59,17 +64,19 @@ def preflight_variants(
     info: ModelInfo,
     calibration: CalibrationConfig,
     available_bytes: int,
+    calibration_dtype: str = "bfloat16",
 ) -> dict[str, Preflight]:
     """Run every scheme's checks plus the memory check; problems are collected, not raised.
 
     `calibration` is the default setting; a variant made with its own (a calibration axis of
-    a study matrix) is checked with that one.
+    a study matrix) is checked with that one. `calibration_dtype` is what the model computes
+    in while calibrating (the study's `compute_dtype` as resolved on this machine).
     """
     outcomes: dict[str, Preflight] = {}
     for variant in variants:
         outcome = variant.scheme.preflight(info, variant.requested)
         own = variant.calibration_config or calibration
-        estimate = estimate_memory(info, variant.needs_calibration, own)
+        estimate = estimate_memory(info, variant.needs_calibration, own, calibration_dtype)
         if estimate.total_bytes > available_bytes:
             outcome.problems.append(
                 f"{variant.name}: needs about {estimate.total_bytes / GIB:.1f} GiB to quantize "

@@ -27,6 +27,13 @@ class QuantizationRecord(_Record):
     phases: dict[str, float] = Field(default_factory=dict, description="seconds per phase")
     peak_rss_bytes: int = Field(description="peak resident memory of the worker process, bytes")
     torch_threads: int | None = None
+    compute_dtype: str | None = Field(
+        default=None, description="what the model computed in while it was quantized"
+    )
+    notes: list[str] = Field(
+        default_factory=list,
+        description="how the worker carried the request out, e.g. why it calibrated in float32",
+    )
 
 
 class Spread(_Record):

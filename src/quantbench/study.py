@@ -33,7 +33,7 @@ from quantbench.models import inspect_model, resolve_model
 from quantbench.output import LOGS_DIR, OutputFolder
 from quantbench.plan import StudyPlan, VariantPlan, build_plan
 from quantbench.preflight import available_memory_bytes, preflight_variants
-from quantbench.quantize import ARTIFACT_DIR, run_worker
+from quantbench.quantize import ARTIFACT_DIR, calibration_dtype_here, run_worker
 from quantbench.quantize import Progress as WorkerProgress
 from quantbench.results import (
     CalibrationRecord,
@@ -272,7 +272,11 @@ def _preflight(
         return {}
     info = inspect_model(plan.model.path)
     outcomes = preflight_variants(
-        pending, info, plan.config.calibration.default, available_memory_bytes()
+        pending,
+        info,
+        plan.config.calibration.default,
+        available_memory_bytes(),
+        calibration_dtype_here(plan.config.calibration.compute_dtype),
     )
     problems = [p for outcome in outcomes.values() for p in outcome.problems]
     for name, outcome in outcomes.items():
@@ -377,6 +381,7 @@ def _quantize_variant(
         "options": preflight.resolved_options,
         "seq_len": (variant.calibration_config or plan.config.calibration.default).seq_len,
         "calibration": [calibration.stage, calibration.key] if calibration else None,
+        "compute_dtype": plan.config.calibration.compute_dtype,
         "manifest": {
             "scheme": variant.scheme.name,
             "options_requested": variant.requested,
@@ -429,6 +434,7 @@ def _stage_keys(plan: StudyPlan, variant: VariantPlan) -> dict[str, str]:
 
 def _variant_result(variant: VariantPlan, store: StageStore) -> VariantResult:
     manifest = store.manifest(variant.quantize)
+    quantization = QuantizationRecord.model_validate(manifest["quantization"])
     keys = {"quantize": variant.quantize.key}
     if manifest.get("calibration_key"):
         keys["calibration"] = manifest["calibration_key"]
@@ -440,10 +446,10 @@ def _variant_result(variant: VariantPlan, store: StageStore) -> VariantResult:
         options_requested=manifest["options_requested"],
         options=manifest["options"],
         decisions=manifest["decisions"],
-        notes=manifest["notes"],
+        notes=[*manifest["notes"], *quantization.notes],
         needs_calibration=manifest["needs_calibration"],
         axes=variant.axes,
-        quantization=QuantizationRecord.model_validate(manifest["quantization"]),
+        quantization=quantization,
         disk_bytes=manifest["disk_bytes"],
         artifact_bytes=manifest["artifact_bytes"],
         stage_keys=keys,

@@ -92,6 +92,11 @@ def render_card(results: StudyResults, variant: VariantResult) -> str:
             f"- calibration: {calibration.num_samples} samples of up to {calibration.seq_len} "
             f"tokens from `{calibration.source}` (seed {calibration.seed}, "
             f"{calibration.total_tokens:,} tokens)"
+            + (
+                f", computed in {variant.quantization.compute_dtype}"
+                if variant.quantization and variant.quantization.compute_dtype
+                else ""
+            )
         )
     if scheme is None or scheme.quantizes:
         made.append("- recipe: `recipe.yaml` in this folder (llm-compressor `oneshot`)")
