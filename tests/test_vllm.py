@@ -218,6 +218,16 @@ def test_thread_binding_follows_the_cores_this_process_may_use() -> None:
     assert cpu_list([0, 2]) == "0,2"
 
 
+def test_cpu_engines_skip_the_aot_compile_cache_unless_told(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("VLLM_USE_AOT_COMPILE", raising=False)
+    assert VLLMBackend(device="cpu")._environment(cpu=True)["VLLM_USE_AOT_COMPILE"] == "0"
+    assert "VLLM_USE_AOT_COMPILE" not in VLLMBackend()._environment(cpu=False)
+    monkeypatch.setenv("VLLM_USE_AOT_COMPILE", "1")
+    assert VLLMBackend(device="cpu")._environment(cpu=True)["VLLM_USE_AOT_COMPILE"] == "1"
+
+
 def test_backend_settings_are_checked_and_only_speed_moves_with_speed_backend() -> None:
     with pytest.raises(UserError, match=r"unknown backend 'vlm'.*vllm"):
         load_study_config(None, {"evaluation": {"speed_backend": "vlm"}})
