@@ -20,8 +20,8 @@ E2E_EVALUATION = {
 E2E_CALIBRATION = {"num_samples": 8, "seq_len": 128}
 """The default study with less calibration data and a lighter evaluation, to keep CI under
 20 minutes on either CPU class these machines come in (GPTQ's layer-by-layer calibration is
-the slow part on an AVX2-only CPU, which has no bf16 matmuls); the full default is measured
-by benchmarks/default_study.py."""
+the slow part, most of all on an AVX2-only CPU); the full default is measured by
+benchmarks/default_study.py."""
 E2E_TOKENS = 2048
 
 
