@@ -96,3 +96,17 @@ def test_gguf_parsing_is_memoized_only_while_converting(tmp_path: Path) -> None:
         assert gguf.get_tensor_name_map(arch, 2) is gguf.get_tensor_name_map(arch, 2)
     assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (reader, name_map)
     assert gguf.GGUFReader(str(path)) is not gguf.GGUFReader(str(path))
+
+
+def test_a_converted_tokenizer_config_does_not_record_how_it_was_loaded(tmp_path: Path) -> None:
+    """transformers writes `local_files_only` (true under HF_HUB_OFFLINE) into a saved
+    tokenizer_config.json; kept, the same GGUF would give different model fingerprints."""
+    import json
+
+    from quantbench.models import _drop_load_time_settings
+
+    config = tmp_path / "tokenizer_config.json"
+    config.write_text(json.dumps({"local_files_only": True, "model_max_length": 8192}))
+    _drop_load_time_settings(config)
+    assert json.loads(config.read_text()) == {"model_max_length": 8192}
+    _drop_load_time_settings(tmp_path / "absent.json")

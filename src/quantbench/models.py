@@ -174,6 +174,22 @@ def convert_gguf(gguf_path: Path, dest: Path, dtype: str = "bfloat16") -> None:
     plain.generation_config = loaded.generation_config
     plain.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
+    _drop_load_time_settings(dest / "tokenizer_config.json")
+
+
+LOAD_TIME_TOKENIZER_KEYS = ("local_files_only",)
+"""What transformers writes into a saved tokenizer_config.json from how it was loaded (with
+HF_HUB_OFFLINE set or not): it says nothing about the tokenizer, but it is part of the
+folder's fingerprint, so it made the same GGUF give two models and two sets of stage keys."""
+
+
+def _drop_load_time_settings(tokenizer_config: Path) -> None:
+    if not tokenizer_config.is_file():
+        return
+    settings = json.loads(tokenizer_config.read_text())
+    kept = {k: v for k, v in settings.items() if k not in LOAD_TIME_TOKENIZER_KEYS}
+    if kept != settings:
+        tokenizer_config.write_text(json.dumps(kept, indent=2, ensure_ascii=False) + "\n")
 
 
 def _converted_from_gguf(
@@ -181,7 +197,7 @@ def _converted_from_gguf(
 ) -> tuple[Path, str]:
     gguf_hash = file_sha256(gguf_path)
     store = StageStore(cache_dir() / "models")
-    ref = StageRef("gguf", content_key({"gguf_sha256": gguf_hash, "dtype": "bfloat16", "v": 1}))
+    ref = StageRef("gguf", content_key({"gguf_sha256": gguf_hash, "dtype": "bfloat16", "v": 2}))
     if not store.is_done(ref):
         with exclusive(
             store.root / f"{ref.key}.lock", what=f"the model cache ({label})", wait_s=3600
