@@ -1,4 +1,5 @@
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,71 @@ def test_a_converted_tokenizer_config_does_not_record_how_it_was_loaded(tmp_path
     _drop_load_time_settings(config)
     assert json.loads(config.read_text()) == {"model_max_length": 8192}
     _drop_load_time_settings(tmp_path / "absent.json")
+
+
+def _write_tiny_llama_gguf(path: Path) -> None:
+    """A one-block llama GGUF with a byte-level BPE vocabulary, laid out as SmolLM2's file
+    is (special ids: unk 0, bos 1, eos 2, pad 2; tied embeddings, no output.weight)."""
+    import gguf
+    import numpy as np
+
+    tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "a", "b", "ab", "Ġ", "Ġa"]
+    hidden, ffn, vocab = 8, 16, len(tokens)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(64)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(1)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(2)
+    writer.add_head_count_kv(2)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3, 3, 3, 1, 1, 1, 1, 1])
+    writer.add_token_merges(["a b", "Ġ a"])
+    writer.add_unk_token_id(0)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_pad_token_id(2)
+    rng = np.random.default_rng(0)
+    shapes = {
+        "token_embd.weight": (vocab, hidden),
+        "blk.0.attn_norm.weight": (hidden,),
+        "blk.0.attn_q.weight": (hidden, hidden),
+        "blk.0.attn_k.weight": (hidden, hidden),
+        "blk.0.attn_v.weight": (hidden, hidden),
+        "blk.0.attn_output.weight": (hidden, hidden),
+        "blk.0.ffn_norm.weight": (hidden,),
+        "blk.0.ffn_gate.weight": (ffn, hidden),
+        "blk.0.ffn_up.weight": (ffn, hidden),
+        "blk.0.ffn_down.weight": (hidden, ffn),
+        "output_norm.weight": (hidden,),
+    }
+    for name, shape in shapes.items():
+        writer.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_converted_gguf_keeps_the_files_special_tokens(tmp_path: Path) -> None:
+    """transformers' converter takes eos from the bos id; the folder must say what the file
+    says (eos `<|im_end|>`, id 2), or stop strings and served chat templates end wrongly."""
+    from quantbench.models import convert_gguf, gguf_special_token_ids
+
+    path = tmp_path / "tiny.gguf"
+    _write_tiny_llama_gguf(path)
+    assert gguf_special_token_ids(path) == {
+        "bos_token": 1,
+        "eos_token": 2,
+        "unk_token": 0,
+        "pad_token": 2,
+    }
+    convert_gguf(path, tmp_path / "model")
+    saved = json.loads((tmp_path / "model" / "tokenizer_config.json").read_text())
+    assert (saved["bos_token"], saved["eos_token"]) == ("<|im_start|>", "<|im_end|>")
+    assert (saved["unk_token"], saved["pad_token"]) == ("<|endoftext|>", "<|im_end|>")
+    generation = json.loads((tmp_path / "model" / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == 2

@@ -162,6 +162,7 @@ def convert_gguf(gguf_path: Path, dest: Path, dtype: str = "bfloat16") -> None:
         with _gguf_parsed_once():
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
             loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch_dtype)
+            _set_special_tokens(tokenizer, gguf_special_token_ids(gguf_path))
     except (ValueError, OSError, KeyError) as exc:
         raise UserError(f"cannot read GGUF {gguf_path}: {exc}") from None
     config = loaded.config
@@ -175,6 +176,40 @@ def convert_gguf(gguf_path: Path, dest: Path, dtype: str = "bfloat16") -> None:
     plain.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
     _drop_load_time_settings(dest / "tokenizer_config.json")
+
+
+GGUF_SPECIAL_TOKEN_KEYS = {
+    "bos_token": "tokenizer.ggml.bos_token_id",
+    "eos_token": "tokenizer.ggml.eos_token_id",
+    "unk_token": "tokenizer.ggml.unknown_token_id",
+    "pad_token": "tokenizer.ggml.padding_token_id",
+}
+
+
+def gguf_special_token_ids(gguf_path: Path) -> dict[str, int]:
+    """The special tokens a GGUF file names, as token ids (bos, eos, unk, pad; those present).
+
+    transformers' GGUF tokenizer converter (5.x, `GGUFLlamaConverter`, used for llama-family
+    files with a BPE vocabulary such as SmolLM2's) takes the end-of-sequence token from the
+    *beginning*-of-sequence id, so the built-in model's tokenizer said `<|im_start|>` where the
+    file says `<|im_end|>` (id 2). These ids are what the file means; `convert_gguf` sets them."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(gguf_path))
+    found: dict[str, int] = {}
+    for role, key in GGUF_SPECIAL_TOKEN_KEYS.items():
+        field = reader.fields.get(key)
+        if field is not None and field.data:
+            found[role] = int(field.parts[field.data[0]][0])
+    return found
+
+
+def _set_special_tokens(tokenizer: Any, token_ids: dict[str, int]) -> None:
+    for role, token_id in token_ids.items():
+        token = tokenizer.convert_ids_to_tokens(token_id)
+        if token is None:
+            raise ValueError(f"{role} id {token_id} is outside the vocabulary")
+        setattr(tokenizer, role, token)
 
 
 LOAD_TIME_TOKENIZER_KEYS = ("local_files_only",)
@@ -197,7 +232,7 @@ def _converted_from_gguf(
 ) -> tuple[Path, str]:
     gguf_hash = file_sha256(gguf_path)
     store = StageStore(cache_dir() / "models")
-    ref = StageRef("gguf", content_key({"gguf_sha256": gguf_hash, "dtype": "bfloat16", "v": 2}))
+    ref = StageRef("gguf", content_key({"gguf_sha256": gguf_hash, "dtype": "bfloat16", "v": 3}))
     if not store.is_done(ref):
         with exclusive(
             store.root / f"{ref.key}.lock", what=f"the model cache ({label})", wait_s=3600
