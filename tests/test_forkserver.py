@@ -94,6 +94,9 @@ def test_an_interrupted_driver_kills_the_forked_worker(worker_module: str, tmp_p
         started.append(int(event["pid"]))  # type: ignore[call-overload]
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the worker runs
 
+    # A runner started as a background shell job inherits SIGINT ignored; then Ctrl-C never
+    # reaches Python and this test would wait out the worker's 600-s sleep.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt):
             run_python_worker(
@@ -106,6 +109,7 @@ def test_an_interrupted_driver_kills_the_forked_worker(worker_module: str, tmp_p
             )
         assert started and process_gone(started[0], 10)
     finally:
+        signal.signal(signal.SIGINT, previous)
         server.close()
 
 
