@@ -105,7 +105,11 @@ def test_rerun_evaluates_nothing(evaluated: Path, monkeypatch: pytest.MonkeyPatc
     def no_worker(*args: Any, **kwargs: Any) -> int:
         raise AssertionError("a finished evaluation must not start a worker")
 
+    def no_server(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a finished evaluation must not start the fork server")
+
     monkeypatch.setattr(local_executor, "run_python_worker", no_worker)
+    monkeypatch.setattr(local_executor.forkserver.ForkServer, "start", no_server)
     config = load_study_config(evaluated / "study.yaml")
     results = run_study(config, Console(file=io.StringIO()))
     assert results.variant("fp8-dynamic").metrics.divergence is not None

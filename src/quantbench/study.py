@@ -85,6 +85,14 @@ def _run_models(config: StudyConfig, output: OutputFolder, console: Console) -> 
     return merged
 
 
+
+def _evaluation_pending(eval_plan: EvalPlan, store: StageStore) -> bool:
+    """Whether any metric stage is still to run: a finished study's rerun then starts no
+    fork server (its preload imports torch, transformers and llm-compressor)."""
+    return any(
+        not store.is_done(ref) for stages in eval_plan.stages.values() for ref in stages.values()
+    )
+
 def _executor(config: StudyConfig) -> Executor:
     execution = config.execution
     options = {"address": execution.ray_address} if execution.executor == "ray" else {}
@@ -114,7 +122,7 @@ def _run(config: StudyConfig, output: OutputFolder, console: Console) -> StudyRe
         _runtime_preflight(plan, eval_plan, console)
     runner = _executor(config)
     try:
-        if pending or eval_plan:
+        if pending or (eval_plan and _evaluation_pending(eval_plan, store)):
             runner.prestart()
         calibrations = _calibration(plan, pending, store, console)
         if eval_plan and eval_plan.corpus and not store.is_done(eval_plan.corpus):
