@@ -85,13 +85,13 @@ def _run_models(config: StudyConfig, output: OutputFolder, console: Console) -> 
     return merged
 
 
-
 def _evaluation_pending(eval_plan: EvalPlan, store: StageStore) -> bool:
     """Whether any metric stage is still to run: a finished study's rerun then starts no
     fork server (its preload imports torch, transformers and llm-compressor)."""
     return any(
         not store.is_done(ref) for stages in eval_plan.stages.values() for ref in stages.values()
     )
+
 
 def _executor(config: StudyConfig) -> Executor:
     execution = config.execution
