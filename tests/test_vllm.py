@@ -9,10 +9,12 @@ import os
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from conftest import USER_CACHE, process_gone
+from quantbench.backends.base import cut_at_end_of_sequence, end_of_sequence_ids
 from quantbench.backends.vllm import (
     BackendCallFailed,
     UnsupportedOnHardware,
@@ -186,6 +188,29 @@ def test_scores_travel_through_files_with_the_ids_asked_for(
     assert [s.full_logprobs is not None for s in scores] == [True] * 9 + [False] * 2
     assert all(s.gathered_logprobs is not None for s in scores)
     assert scores[10].gathered_logprobs[:, 0].tolist() == [-2, -3, -4]
+
+
+def test_greedy_text_is_cut_at_every_end_of_sequence_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vLLM also stops at the generation config's eos ids and keeps the one it stopped at;
+    the backend cuts there, as the hf backend does (the fake worker answers [5, 6])."""
+    backend = _fake_backend(tmp_path, "ok", monkeypatch)
+    artifact = _artifact(tmp_path, None)
+    (artifact / "generation_config.json").write_text(json.dumps({"eos_token_id": [9, 6]}))
+    backend.load(artifact)
+    backend._tokenizer = SimpleNamespace(eos_token_id=2)
+    (output,) = backend.generate([[1, 2, 3]], 4)
+    backend.close()
+    assert output.token_ids == [5] and output.text == "ok"
+
+
+def test_end_of_sequence_ids_come_from_the_tokenizer_and_the_generation_config() -> None:
+    assert end_of_sequence_ids(2, None) == {2}
+    assert end_of_sequence_ids(None, 7) == {7}
+    assert end_of_sequence_ids(2, [2, 128009]) == {2, 128009}
+    assert cut_at_end_of_sequence([4, 5, 128009, 2], frozenset({2, 128009})) == [4, 5]
+    assert cut_at_end_of_sequence([4, 5], frozenset({2})) == [4, 5]
 
 
 def test_a_call_past_its_timeout_kills_the_whole_worker_group(

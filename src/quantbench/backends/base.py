@@ -59,6 +59,26 @@ class WindowScores:
     """float32 (n_targets, g): log-probs at the ids asked for in `gather_ids`, else None."""
 
 
+def end_of_sequence_ids(
+    tokenizer_eos: int | None, configured: int | Sequence[int] | None
+) -> frozenset[int]:
+    """The ids that end a generated sequence: the tokenizer's eos and the generation config's
+    (an int or a list: chat models often add their end-of-turn token there). Both backends
+    cut greedy output at the first of them, so their texts compare token for token."""
+    ids = {int(tokenizer_eos)} if tokenizer_eos is not None else set()
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured is not None:
+        ids.update(int(i) for i in configured)
+    return frozenset(ids)
+
+
+def cut_at_end_of_sequence(ids: Sequence[int], end_ids: frozenset[int]) -> list[int]:
+    """`ids` up to, not including, the first end-of-sequence id."""
+    cut = next((i for i, token in enumerate(ids) if token in end_ids), len(ids))
+    return [int(t) for t in ids[:cut]]
+
+
 @dataclass(frozen=True)
 class GenerationOutput:
     """One greedy continuation."""

@@ -26,6 +26,8 @@ from quantbench.backends.base import (
     GenerationTiming,
     LoadInfo,
     WindowScores,
+    cut_at_end_of_sequence,
+    end_of_sequence_ids,
 )
 from quantbench.config import ComputeDtype
 from quantbench.errors import UserError
@@ -204,17 +206,10 @@ class HFBackend:
 
     @staticmethod
     def _collect_eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
-        """End-of-sequence ids from the tokenizer and the generation config (int or list)."""
-        ids: set[int] = set()
-        if tokenizer.eos_token_id is not None:
-            ids.add(int(tokenizer.eos_token_id))
         generation_config = getattr(model, "generation_config", None)
-        configured = getattr(generation_config, "eos_token_id", None)
-        if isinstance(configured, int):
-            ids.add(configured)
-        elif configured is not None:
-            ids.update(int(i) for i in configured)
-        return frozenset(ids)
+        return end_of_sequence_ids(
+            tokenizer.eos_token_id, getattr(generation_config, "eos_token_id", None)
+        )
 
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
@@ -349,16 +344,10 @@ class HFBackend:
                     pad_token_id=self._pad_id,
                 )
             for row in generated[:, width:].tolist():
-                ids = self._cut_at_eos(row)
+                ids = cut_at_end_of_sequence(row, self._eos_ids)
                 text = self._tokenizer.decode(ids, skip_special_tokens=True)
                 outputs.append(GenerationOutput(token_ids=ids, text=text))
         return outputs
-
-    def _cut_at_eos(self, ids: list[int]) -> list[int]:
-        for position, token in enumerate(ids):
-            if token in self._eos_ids:
-                return ids[:position]
-        return ids
 
     def timed_generate(
         self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int

@@ -29,7 +29,14 @@ from typing import IO, Any
 
 import numpy as np
 
-from quantbench.backends.base import GenerationOutput, GenerationTiming, LoadInfo, WindowScores
+from quantbench.backends.base import (
+    GenerationOutput,
+    GenerationTiming,
+    LoadInfo,
+    WindowScores,
+    cut_at_end_of_sequence,
+    end_of_sequence_ids,
+)
 from quantbench.backends.vllm_support import Support, hardware_here, support_for_artifact
 from quantbench.config import VLLMSettings
 
@@ -307,14 +314,24 @@ class VLLMBackend:
     def generate(
         self, prompts: Sequence[Sequence[int]], max_new_tokens: int, batch_size: int = 8
     ) -> list[GenerationOutput]:
-        eos = self.tokenizer().eos_token_id
-        outputs = []
-        for item in self._greedy(prompts, max_new_tokens):
-            ids = [int(t) for t in item["token_ids"]]
-            if eos is not None and eos in ids:
-                ids = ids[: ids.index(eos)]
-            outputs.append(GenerationOutput(ids, str(item["text"])))
-        return outputs
+        """Greedy continuations, cut at the first end-of-sequence id as the hf backend cuts
+        them (vLLM stops at the generation config's eos ids too, and keeps the one it
+        stopped at)."""
+        end_ids = self._end_of_sequence_ids()
+        return [
+            GenerationOutput(cut_at_end_of_sequence(item["token_ids"], end_ids), str(item["text"]))
+            for item in self._greedy(prompts, max_new_tokens)
+        ]
+
+    def _end_of_sequence_ids(self) -> frozenset[int]:
+        assert self._artifact is not None, "load an artifact first"
+        generation_config = self._artifact / "generation_config.json"
+        configured = (
+            json.loads(generation_config.read_text()).get("eos_token_id")
+            if generation_config.is_file()
+            else None
+        )
+        return end_of_sequence_ids(self.tokenizer().eos_token_id, configured)
 
     def timed_generate(
         self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int
