@@ -13,8 +13,8 @@ each, for every variant of the study, back to back:
    prompts of the same lengths (`--max-num-seqs 32`, so the first wave's warm-up weighs a
    fifth), under the same engine settings (bf16, no prefix caching, max_model_len 2048,
    KV cache 1 GiB, threads bound to every core).
-Every second round runs 2 before 1, so a drift in the machine's speed over the minutes of a round
-weighs on both sides alike. Both sample as `vllm bench` does (temperature 1.0,
+Every second round runs 2 before 1, so a drift in the machine's speed over the minutes
+of a round weighs on both sides alike. Both sample as `vllm bench` does (temperature 1.0,
 end-of-sequence ignored) and start their engine processes by spawn (the `vllm` CLI sets
 it; so does quantbench). Every figure is the mean over launches, with the launches'
 range; the ratio is of the two means, and each round's own ratio is listed beside it.

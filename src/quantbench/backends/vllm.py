@@ -80,6 +80,7 @@ class VLLMBackend:
         self._channel: IO[bytes] | None = None
         self._next_id = 0
         self._tokenizer: Any = None
+        self._end_ids: frozenset[int] | None = None
         self._artifact: Path | None = None
         self.support: Support | None = None
         self.kernels: list[str] = []
@@ -324,14 +325,17 @@ class VLLMBackend:
         ]
 
     def _end_of_sequence_ids(self) -> frozenset[int]:
-        assert self._artifact is not None, "load an artifact first"
-        generation_config = self._artifact / "generation_config.json"
-        configured = (
-            json.loads(generation_config.read_text()).get("eos_token_id")
-            if generation_config.is_file()
-            else None
-        )
-        return end_of_sequence_ids(self.tokenizer().eos_token_id, configured)
+        """Read once per loaded artifact, as the tokenizer is (`generate` runs per chunk)."""
+        if self._end_ids is None:
+            assert self._artifact is not None, "load an artifact first"
+            generation_config = self._artifact / "generation_config.json"
+            configured = (
+                json.loads(generation_config.read_text()).get("eos_token_id")
+                if generation_config.is_file()
+                else None
+            )
+            self._end_ids = end_of_sequence_ids(self.tokenizer().eos_token_id, configured)
+        return self._end_ids
 
     def timed_generate(
         self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int
