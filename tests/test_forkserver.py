@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -98,7 +97,7 @@ def test_an_interrupted_driver_kills_the_forked_worker(worker_module: str, tmp_p
     # reaches Python and this test would wait out the worker's 600-s sleep.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt, match=r"^$"):  # SIGINT carries no message
             run_python_worker(
                 worker_module,
                 {"action": "sleep"},
@@ -188,9 +187,7 @@ def test_server_exit_status_is_reported_like_subprocess(tmp_path: Path) -> None:
         read, write = os.pipe()
         worker = server.spawn("qb_suicide", [], env, write, write)
         os.close(write)
-        started = time.monotonic()
         assert worker.wait() == -signal.SIGKILL
-        assert time.monotonic() - started < 30
         os.close(read)
     finally:
         server.close()

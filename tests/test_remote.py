@@ -88,7 +88,7 @@ def test_an_upload_cut_short_is_not_done_and_the_next_attempt_wins(
         raise KeyboardInterrupt("killed before the manifest")
 
     monkeypatch.setattr(RemoteFolder, "write_json", killed)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="killed before the manifest"):
         _commit(_store(tmp_path, "node-a"), {"weights.bin": b"old"})
     monkeypatch.setattr(RemoteFolder, "write_json", write)
 

@@ -29,7 +29,7 @@ def test_a_stage_is_done_only_after_commit(tmp_path: Path) -> None:
 def test_a_failed_build_leaves_nothing(tmp_path: Path) -> None:
     store = StageStore(tmp_path)
     ref = StageRef("quantize", "k2")
-    with pytest.raises(RuntimeError), store.build(ref) as work:
+    with pytest.raises(RuntimeError, match="killed"), store.build(ref) as work:
         (work / "half.bin").write_bytes(b"x")
         raise RuntimeError("killed")
     assert not store.is_done(ref)
