@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import select
 import shutil
 import signal
@@ -23,6 +24,9 @@ from quantbench.sandbox import SandboxLimits, describe_sandbox, run_untrusted, s
 
 _REASON = sandbox_available()
 if _REASON is not None:
+    if os.environ.get("QUANTBENCH_REQUIRE_SANDBOX") == "1":
+        # CI sets this (.ci/run): there a sandbox that cannot start is a failure, not a skip.
+        pytest.fail(f"QUANTBENCH_REQUIRE_SANDBOX=1 but {_REASON}", pytrace=False)
     pytest.skip(f"sandbox unavailable: {_REASON}", allow_module_level=True)
 
 _SHORT = SandboxLimits(timeout_s=2.0)
@@ -158,35 +162,80 @@ def test_environment_is_cleared(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_infinite_loop_times_out() -> None:
+    """Killed by the parent's timeout (SIGKILL), not by anything else."""
     result = run_untrusted("while True:\n    pass\n", _SHORT)
     assert result.status == "timeout"
+    assert result.returncode == -signal.SIGKILL
     assert not result.passed
-    assert result.wall_s < _SHORT.timeout_s + _KILL_SLACK_S
 
 
 def test_printing_forever_is_bounded() -> None:
-    limits = SandboxLimits(timeout_s=3.0, max_output_bytes=1000)
-    start = time.monotonic()
+    """Without RLIMIT_FSIZE the output file would grow until the 30-s timeout; with it the
+    write fails (EFBIG: CPython ignores SIGXFSZ) and the program ends, failed, long before
+    it. Only the tail is kept. Failing first: with RLIMIT_FSIZE left out of
+    `_limit_resources` in a scratch copy, the status is "timeout"."""
+    limits = SandboxLimits(timeout_s=30.0, max_output_bytes=1000)
     result = run_untrusted(
         "import sys\nwhile True:\n    print('x' * 999, file=sys.stderr)\n", limits
     )
-    assert not result.passed
+    assert result.status == "failed", result
     assert len(result.stderr_tail) <= limits.max_output_bytes
-    assert time.monotonic() - start < limits.timeout_s + _KILL_SLACK_S
 
 
-def test_memory_bomb_fails_quickly() -> None:
+def test_memory_bomb_fails_with_memory_error() -> None:
+    """RLIMIT_AS refuses the allocation itself: a failure with MemoryError, not a timeout."""
     result = run_untrusted("x = bytearray(4 * 1024**3)\n")
-    assert not result.passed
+    assert result.status == "failed"
     assert "MemoryError" in result.stderr_tail
-    assert result.wall_s < 5.0
 
 
-def test_fork_bomb_is_contained_and_leaves_nothing() -> None:
-    token = uuid.uuid4().hex
-    result = run_untrusted(f"import os\n# {token}\nwhile True:\n    os.fork()\n", _SHORT)
-    assert not result.passed
-    assert _processes_mentioning("quantbench-sandbox-") == []
+def _allow_fork(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Relax the audit hook for os.fork only, so that the OS layers meet a real fork bomb."""
+    relaxed = sandbox._BOOTSTRAP.replace('"os.fork", ', "")
+    assert relaxed != sandbox._BOOTSTRAP
+    monkeypatch.setattr(sandbox, "_BOOTSTRAP", relaxed)
+
+
+_FORK_BOMB = """
+import errno, os, sys, time
+sys.stderr.write("workdir " + os.getcwd() + "\\n")
+sys.stderr.flush()
+forks = 0
+while True:
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        sys.stderr.write(f"fork refused after {forks}: {errno.errorcode[exc.errno]}\\n")
+        sys.stderr.flush()
+        time.sleep(300)
+    if pid:
+        forks += 1
+"""
+
+
+def test_fork_bomb_really_forks_and_is_contained(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the audit hook's os.fork denial lifted, the bomb forks until the process limit
+    (as nobody) refuses it, and the timeout's kill of the pid namespace leaves nothing.
+
+    The earlier version never forked (the hook refused the first os.fork), never checked the
+    token it built, and scanned /proc for any sandbox, so a neighbour's run could fail it.
+    Failing first: run with the hook as it is (not relaxed), the program ends "failed" at
+    its first os.fork (PermissionError from the hook), which fails the status check.
+    """
+    _allow_fork(monkeypatch)
+    result = run_untrusted(_FORK_BOMB, _SHORT)
+    assert result.status == "timeout", result
+    workdir = result.stderr_tail.splitlines()[0].removeprefix("workdir ")
+    assert workdir.startswith(tempfile.gettempdir() + "/quantbench-sandbox-"), workdir
+    if sandbox._drop_to_nobody():
+        refused = re.findall(r"fork refused after (\d+): (\w+)", result.stderr_tail)
+        assert refused, result.stderr_tail
+        assert {reason for _, reason in refused} == {"EAGAIN"}
+        assert max(int(n) for n, _ in refused) > 0
+    deadline = time.monotonic() + _KILL_SLACK_S
+    while _processes_mentioning(workdir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _processes_mentioning(workdir) == []
 
 
 @pytest.mark.parametrize(
@@ -216,6 +265,33 @@ def test_timeout_kills_every_descendant() -> None:
     while _processes_mentioning(token) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _processes_mentioning(token) == []
+
+
+def test_the_root_is_read_only() -> None:
+    """A folder that this user can write outside the sandbox (the tests' own) is read-only
+    inside it, through the hook and, with the hook bypassed, through the mount itself.
+
+    Every other "write outside" target lies in /tmp, which the sandbox hides behind a tmpfs,
+    so before this test nothing showed the read-only bind of /. Failing first: with
+    `--ro-bind / /` changed to `--bind / /` in a scratch copy, the bypassed write succeeds.
+    """
+    target = Path(__file__).resolve().parent / f".quantbench-escape-{uuid.uuid4().hex}"
+    target.write_text("probe")  # writable from outside, so only the sandbox can stop it
+    target.unlink()
+    try:
+        result = run_untrusted(f"open({str(target)!r}, 'w').write('x')\n")
+        assert result.status == "failed"
+        assert "writing outside the temp dir" in result.stderr_tail
+        code = (
+            "import errno, sys\n"
+            f"try:\n    open({str(target)!r}, 'w').write('x')\n"
+            "except OSError as exc:\n    sys.exit(errno.errorcode[exc.errno])\n"
+        )
+        returncode, output = _run_without_audit_hook(code)
+        assert returncode == 1 and output.strip() == "EROFS", (returncode, output)
+        assert not target.exists()
+    finally:
+        target.unlink(missing_ok=True)
 
 
 @pytest.mark.parametrize("how", ["open", "os.open"])

@@ -216,13 +216,29 @@ def test_end_of_sequence_ids_come_from_the_tokenizer_and_the_generation_config()
 def test_a_call_past_its_timeout_kills_the_whole_worker_group(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The message names the 2-s limit that fired and the kill (the '< 10 s' wall-clock bound
+    that was here is gone: the hanging fake would sleep 600 s, so only the timeout ends it)."""
     backend = _fake_backend(tmp_path, "hang", monkeypatch)
     backend.settings = backend.settings.model_copy(update={"start_timeout_s": 2})
-    started = time.monotonic()
     with pytest.raises(BackendCallFailed, match="longer than 2 s; the vLLM worker was killed"):
         backend.load(_artifact(tmp_path, None))
-    assert time.monotonic() - started < 10
+    assert not backend.alive
     assert _child_gone(tmp_path)  # the engine's children die with it
+
+
+def test_a_fallback_kernel_is_labelled_native_and_says_which_fallback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a CPU without AVX-512 BF16, vLLM runs a bf16 artifact through PyTorch's bf16
+    matmuls: real kernels in the artifact's own precision, so "native" (nothing is emulated),
+    and the detail names the fallback and why, for the report's reader."""
+    backend = _fake_backend(tmp_path, "ok", monkeypatch)
+    monkeypatch.setattr("quantbench.backends.vllm.hardware_here", lambda device: AVX2_ONLY)
+    info = backend.load(_artifact(tmp_path, None))
+    backend.close()
+    assert backend.support is not None and backend.support.kind == "fallback"
+    assert info.execution_mode == "native"
+    assert info.detail.startswith("fallback: bf16 matmuls in PyTorch (vLLM's oneDNN bf16 GEMM")
 
 
 def test_a_worker_that_dies_or_speaks_another_protocol_is_an_error(
