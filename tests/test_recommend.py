@@ -311,7 +311,9 @@ def test_pareto_falls_back_to_perplexity_without_divergence() -> None:
     )
     rec = recommend(study, Constraints())
     assert rec.quality_metric == "perplexity"
-    assert rec.pareto_size_quality == ["bf16", "b"]
+    # a is larger than b and worse on perplexity, but within the intervals: a tie, not dominated
+    assert rec.pareto_size_quality == ["bf16", "a", "b"]
+    assert rec.pareto_size_ties == {"bf16": ["a", "b"], "a": ["b"]}
 
 
 def test_no_acceptable_variant_says_why() -> None:

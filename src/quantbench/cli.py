@@ -32,6 +32,14 @@ MaxPplIncrease = Annotated[
 MaxAccuracyDrop = Annotated[
     float | None, typer.Option(help="acceptable task accuracy drop, points")
 ]
+NoDefaultConstraints = Annotated[
+    bool,
+    typer.Option(
+        "--no-default-constraints",
+        help="with no limit set, call every ok variant acceptable instead of applying the "
+        "default quality budget (docs/recommendation.md)",
+    ),
+]
 
 
 @app.callback()
@@ -130,6 +138,7 @@ def run(
     max_kl: MaxKL = None,
     max_ppl_increase: MaxPplIncrease = None,
     max_accuracy_drop: MaxAccuracyDrop = None,
+    no_default_constraints: NoDefaultConstraints = False,
     executor: Annotated[
         str | None, typer.Option(help="where variants run: local (default) or ray")
     ] = None,
@@ -153,7 +162,7 @@ def run(
             "seq_len": calibration_seq_len,
             "seed": seed,
         },
-        "decision": _decision(max_kl, max_ppl_increase, max_accuracy_drop),
+        "decision": _decision(max_kl, max_ppl_increase, max_accuracy_drop, no_default_constraints),
         "execution": {"executor": executor, "ray_address": ray_address},
         "evaluation": {
             "metrics": metrics,
@@ -276,8 +285,11 @@ def list_schemes() -> None:
 
 
 def _decision(
-    max_kl: float | None, max_ppl_increase: str | None, max_accuracy_drop: float | None
-) -> dict[str, float | None]:
+    max_kl: float | None,
+    max_ppl_increase: str | None,
+    max_accuracy_drop: float | None,
+    no_default_constraints: bool = False,
+) -> dict[str, float | bool | None]:
     increase = None
     if max_ppl_increase is not None:
         try:
@@ -290,6 +302,7 @@ def _decision(
         "max_kl": max_kl,
         "max_ppl_increase_pct": increase,
         "max_accuracy_drop": max_accuracy_drop,
+        **({"default_budget": False} if no_default_constraints else {}),
     }
 
 
@@ -299,6 +312,7 @@ def report(
     max_kl: MaxKL = None,
     max_ppl_increase: MaxPplIncrease = None,
     max_accuracy_drop: MaxAccuracyDrop = None,
+    no_default_constraints: NoDefaultConstraints = False,
 ) -> None:
     """Rebuild results.csv, report.md, report.html and model cards from saved results only.
 
@@ -310,8 +324,9 @@ def report(
 
     results = load_results(out)
     saved = dict(results.config.get("decision") or {})
-    flags = _decision(max_kl, max_ppl_increase, max_accuracy_drop)
-    constraints = Constraints(**{**saved, **{k: v for k, v in flags.items() if v is not None}})
+    flags = _decision(max_kl, max_ppl_increase, max_accuracy_drop, no_default_constraints)
+    given = {k: v for k, v in flags.items() if v is not None}
+    constraints = Constraints.model_validate({"default_budget": True, **saved, **given})
     results = results.model_copy(update={"recommendation": recommend(results, constraints)})
     from quantbench.output import OutputFolder
 
@@ -330,6 +345,7 @@ def compare(
     ),
     max_kl: MaxKL = None,
     max_ppl_increase: MaxPplIncrease = None,
+    no_default_constraints: NoDefaultConstraints = False,
 ) -> None:
     """Put the variants of several studies in one report (comparable metrics only)."""
     from quantbench.compare import compare_studies
@@ -339,7 +355,8 @@ def compare(
     from quantbench.store import ensure_writable_dir
 
     merged = compare_studies(studies)
-    constraints = Constraints(**_decision(max_kl, max_ppl_increase, None))
+    decision = _decision(max_kl, max_ppl_increase, None, no_default_constraints)
+    constraints = Constraints.model_validate({"default_budget": True, **decision})
     merged = merged.model_copy(update={"recommendation": recommend(merged, constraints)})
     ensure_writable_dir(out)
     save_results(out, merged, model_cards=False)

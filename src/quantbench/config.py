@@ -386,6 +386,18 @@ class DecisionConfig(_Strict):
     max_kl: float | None = Field(default=None, ge=0, description="nats/token")
     max_ppl_increase_pct: float | None = Field(default=None, ge=0, description="percent")
     max_accuracy_drop: float | None = Field(default=None, ge=0, description="points")
+    non_inferiority_margin: float | None = Field(
+        default=None,
+        ge=0,
+        description="points: reject a variant when a task's paired 95% interval lies wholly "
+        "below minus this margin; also the margin of the per-task non-inferiority verdicts",
+    )
+    default_budget: bool = Field(
+        default=True,
+        description="with no limit set, apply the default quality budget (max KL 0.05 "
+        "nats/token, max perplexity increase 5%, no task shown more than 1 point worse); "
+        "false (--no-default-constraints): every ok variant is acceptable",
+    )
 
 
 class StageResources(_Strict):

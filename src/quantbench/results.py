@@ -274,6 +274,16 @@ class Constraints(_Record):
     max_accuracy_drop: float | None = Field(
         default=None, description="task accuracy drop vs the baseline, percentage points"
     )
+    non_inferiority_margin: float | None = Field(
+        default=None,
+        description="percentage points: a variant is rejected when a task's paired 95% "
+        "interval lies wholly below minus this margin (shown inferior)",
+    )
+    default_budget: bool = Field(
+        default=False,
+        description="when no limit above is set, apply quantbench's default quality budget "
+        "(docs/recommendation.md); studies set it unless --no-default-constraints",
+    )
 
 
 class VariantVerdict(_Record):
@@ -298,13 +308,54 @@ class ObjectiveChoice(_Record):
     reason: str = Field(description="one sentence a person can read")
 
 
+class TaskVerdict(_Record):
+    """One variant against its baseline on one task: recovery, the multiplicity-adjusted
+    p-value and the non-inferiority verdict (see docs/recommendation.md)."""
+
+    task: str
+    variant: str
+    n_items: int
+    baseline_accuracy: float = Field(description="fraction 0–1")
+    variant_accuracy: float = Field(description="fraction 0–1")
+    difference_points: Interval = Field(
+        description="variant minus baseline, percentage points; Bonett–Price interval for "
+        "right/wrong scores, the record's paired bootstrap for graded ones"
+    )
+    recovery_pct: Interval | None = Field(
+        default=None, description="variant ÷ baseline accuracy, percent; None: baseline 0"
+    )
+    recovery_method: Literal["delta", "from_difference"] | None = None
+    p_value: float | None = Field(default=None, description="exact McNemar, two-sided")
+    p_holm: float | None = Field(
+        default=None, description="Holm-adjusted over the study's tasks × variants"
+    )
+    margin_points: float
+    verdict: Literal["non-inferior", "inferior", "inconclusive: raise --limit"]
+
+
 class Recommendation(_Record):
     constraints: Constraints
+    budget: Literal["set", "default", "none"] | None = Field(
+        default=None,
+        description="where the limits came from: set by the user, quantbench's default "
+        "quality budget, or none (every ok variant acceptable)",
+    )
     quality_metric: str = Field(description="the quality axis of the Pareto fronts")
     verdicts: list[VariantVerdict]
     choices: list[ObjectiveChoice]
     pareto_size_quality: list[str] = Field(description="variants on the (size, quality) front")
     pareto_speed_quality: list[str] = Field(description="variants on the (speed, quality) front")
+    pareto_size_ties: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="front variant → the no-larger variants whose quality intervals overlap "
+        "its own: on the front only because the difference is within the intervals",
+    )
+    pareto_speed_ties: dict[str, list[str]] = Field(
+        default_factory=dict, description="as pareto_size_ties, for the speed front"
+    )
+    tasks: list[TaskVerdict] = Field(
+        default_factory=list, description="per task and variant, against the baseline"
+    )
     speed_judged: bool = Field(description="False when speed figures are emulated")
     summary: str
 

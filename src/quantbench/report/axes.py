@@ -3,7 +3,8 @@
 For every axis of the study (e.g. `group_size`, `calibration.num_samples`), one table: a row
 per scheme and combination of the other axes, a column per value of this axis, and in each
 cell the variant's mean KL from the baseline (nats/token, with its interval) and its
-perplexity change. Shared by report.md and report.html.
+perplexity change in points and in percent of the baseline's perplexity. Shared by report.md
+and report.html.
 """
 
 from __future__ import annotations
@@ -32,8 +33,12 @@ def cell_text(variant: VariantResult) -> str:
     if metrics.divergence is not None:
         kl = metrics.divergence.kl_mean
         parts.append(f"KL {kl.estimate:.4f} [{kl.low:.4f}, {kl.high:.4f}]")
-    if metrics.perplexity is not None and metrics.perplexity.delta_vs_baseline is not None:
-        parts.append(f"Δppl {metrics.perplexity.delta_vs_baseline.estimate:+.2f}")
+    ppl = metrics.perplexity
+    if ppl is not None and ppl.delta_vs_baseline is not None:
+        text = f"Δppl {ppl.delta_vs_baseline.estimate:+.2f}"
+        if ppl.ratio_vs_baseline is not None:
+            text += f" ({100 * (ppl.ratio_vs_baseline - 1):+.1f}%)"
+        parts.append(text)
     if variant.status != "ok":
         parts.append("failed")
     return " · ".join(parts) or variant.name

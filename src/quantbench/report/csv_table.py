@@ -3,7 +3,9 @@
 Meant for spreadsheets and scripts, so values are never pre-formatted: sizes in bytes, times in
 seconds, rates as fractions (0–1), KL in nats per token, and each confidence bound in its own
 column. A missing figure is an empty field. Column names come from `HEADLINE_COLUMNS`, so the
-CSV and the human-readable tables cannot drift apart.
+CSV and the human-readable tables cannot drift apart. The decision columns say whether each
+variant is `acceptable` (1/0), what it is `recommended` for, the `broken_constraints` and
+`unchecked_constraints` (each joined with "; "), and its place on the size–quality front.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def _csv_row(row: HeadlineRow) -> dict[str, CsvValue]:
 
 def render_csv(results: StudyResults) -> str:
     """The CSV text (header plus one line per variant, `\\n` line endings); task accuracy
-    adds ten columns per task (`<task>_accuracy`, `<task>_delta_points`, ...)."""
+    adds fifteen columns per task (`<task>_accuracy`, `<task>_delta_points`, ...,
+    `<task>_recovery_pct`, `<task>_non_inferiority`)."""
     buffer = io.StringIO()
     fields = csv_header() + csv_task_fields(results)
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")

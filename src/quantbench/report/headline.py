@@ -6,6 +6,11 @@ figure in base units (bytes, seconds, nats per token, fractions); each column's 
 it into display units (MiB, ms, %), and its `csv` fields name the base-unit values a
 machine-readable table keeps. A figure whose record is missing is an empty cell, never an error:
 results of a partly failed study must still render.
+
+The last columns carry the decision next to the figures: whether the variant is acceptable
+under the recommendation's constraints, what it was recommended for, which constraints it
+breaks (or could not be checked against), and where it stands on the size–quality front.
+They read `results.recommendation` (empty cells when there is none).
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ from typing import Literal
 
 from quantbench.results import (
     Interval,
+    Recommendation,
     SpeedPoint,
     SpeedRecord,
     StudyResults,
     VariantResult,
+    VariantVerdict,
 )
 
 MIB = float(1 << 20)
@@ -52,6 +59,7 @@ class Cell:
 
 
 Extractor = Callable[[VariantResult, VariantResult | None], Cell]
+DecisionExtractor = Callable[[VariantResult, Recommendation | None], Cell]
 Formatter = Callable[[Cell], str]
 
 
@@ -70,6 +78,8 @@ class HeadlineColumn:
     csv: tuple[tuple[str, CellAttribute], ...]
     align: Literal["left", "right"] = "right"
     speed: bool = False
+    decision: DecisionExtractor | None = None
+    """Set for the decision columns: reads the recommendation instead of `extract`."""
 
     def text(self, row: HeadlineRow) -> str:
         """The display text of this figure for `row`; empty when the figure is missing."""
@@ -204,6 +214,34 @@ def _ppl_delta(variant: VariantResult, _: VariantResult | None) -> Cell:
     return _interval_cell(ppl.delta_vs_baseline if ppl is not None else None)
 
 
+def _ppl_increase(variant: VariantResult, baseline: VariantResult | None) -> Cell:
+    """Perplexity increase over the baseline in percent, 100 · (ppl / baseline ppl − 1); its
+    interval is the paired Δppl interval divided by the baseline's perplexity (the baseline's
+    own figure held fixed). 0 for the baseline itself."""
+    ppl = variant.metrics.perplexity
+    base = baseline.metrics.perplexity if baseline is not None else None
+    if ppl is None or base is None:
+        return Cell()
+    base_ppl = base.perplexity.estimate
+    if variant is baseline:
+        return Cell(0.0)
+    if not (base_ppl > 0 and math.isfinite(base_ppl)):
+        return Cell()
+    if ppl.ratio_vs_baseline is not None:
+        estimate = 100.0 * (ppl.ratio_vs_baseline - 1.0)
+    else:
+        estimate = 100.0 * (ppl.perplexity.estimate / base_ppl - 1.0)
+    delta = ppl.delta_vs_baseline
+    if delta is None:
+        return Cell(estimate)
+    shift = estimate - 100.0 * delta.estimate / base_ppl  # 0 up to rounding
+    return Cell(
+        estimate,
+        low=100.0 * delta.low / base_ppl + shift,
+        high=100.0 * delta.high / base_ppl + shift,
+    )
+
+
 def _kl_mean(variant: VariantResult, _: VariantResult | None) -> Cell:
     div = variant.metrics.divergence
     return _interval_cell(div.kl_mean if div is not None else None)
@@ -266,6 +304,61 @@ def _rouge(variant: VariantResult, _: VariantResult | None) -> Cell:
 def _quant_wall(variant: VariantResult, _: VariantResult | None) -> Cell:
     quant = variant.quantization
     return Cell(quant.wall_s if quant is not None else None)
+
+
+def _no_figure(_: VariantResult, __: VariantResult | None) -> Cell:
+    return Cell()
+
+
+def _verdict(rec: Recommendation | None, variant: VariantResult) -> VariantVerdict | None:
+    if rec is None:
+        return None
+    return next((v for v in rec.verdicts if v.variant == variant.name), None)
+
+
+def _acceptable(variant: VariantResult, rec: Recommendation | None) -> Cell:
+    judged = _verdict(rec, variant)
+    return Cell() if judged is None else Cell(int(judged.acceptable))
+
+
+def _recommended(variant: VariantResult, rec: Recommendation | None) -> Cell:
+    if rec is None:
+        return Cell()
+    picked = [c.objective for c in rec.choices if c.judged and c.variant == variant.name]
+    return Cell("; ".join(picked))
+
+
+def _broken(variant: VariantResult, rec: Recommendation | None) -> Cell:
+    judged = _verdict(rec, variant)
+    if judged is None:
+        return Cell()
+    return Cell("; ".join(judged.broken), detail="; ".join(judged.unknown))
+
+
+def _size_front(variant: VariantResult, rec: Recommendation | None) -> Cell:
+    if rec is None or variant.status != "ok":
+        return Cell()
+    ties = rec.pareto_size_ties.get(variant.name)
+    if ties:
+        return Cell("tie", detail=", ".join(ties))
+    return Cell("front" if variant.name in rec.pareto_size_quality else "dominated")
+
+
+def _yes_no(cell: Cell) -> str:
+    return "yes" if cell.value else "no"
+
+
+def _broken_text(cell: Cell) -> str:
+    parts = [str(cell.value)] if cell.value else []
+    if cell.detail:
+        parts.append(f"cannot be checked: {cell.detail}")
+    return "; ".join(parts) or "none"
+
+
+def _front_text(cell: Cell) -> str:
+    if cell.value == "tie":
+        return f"tie with {cell.detail} (quality within the intervals)"
+    return str(cell.value)
 
 
 def _num(cell: Cell) -> float:
@@ -345,6 +438,17 @@ HEADLINE_COLUMNS: tuple[HeadlineColumn, ...] = (
         _ppl_delta,
         lambda c: format_interval(c, significant=2, minimum=2, sign=True),
         (("ppl_delta", "value"), ("ppl_delta_ci_low", "low"), ("ppl_delta_ci_high", "high")),
+    ),
+    HeadlineColumn(
+        "ppl_increase",
+        "Δppl vs baseline (%) [95% CI]",
+        _ppl_increase,
+        lambda c: format_interval(c, significant=2, minimum=1, sign=True),
+        (
+            ("ppl_increase_pct", "value"),
+            ("ppl_increase_pct_ci_low", "low"),
+            ("ppl_increase_pct_ci_high", "high"),
+        ),
     ),
     HeadlineColumn(
         "kl_mean",
@@ -432,6 +536,42 @@ HEADLINE_COLUMNS: tuple[HeadlineColumn, ...] = (
         lambda c: f"{_num(c):,.1f}",
         (("quantize_wall_s", "value"),),
     ),
+    HeadlineColumn(
+        "acceptable",
+        "acceptable",
+        _no_figure,
+        _yes_no,
+        (("acceptable", "value"),),
+        align="left",
+        decision=_acceptable,
+    ),
+    HeadlineColumn(
+        "recommended",
+        "recommended for",
+        _no_figure,
+        _plain,
+        (("recommended", "value"),),
+        align="left",
+        decision=_recommended,
+    ),
+    HeadlineColumn(
+        "broken",
+        "constraints broken",
+        _no_figure,
+        _broken_text,
+        (("broken_constraints", "value"), ("unchecked_constraints", "detail")),
+        align="left",
+        decision=_broken,
+    ),
+    HeadlineColumn(
+        "size_front",
+        "size–quality front",
+        _no_figure,
+        _front_text,
+        (("pareto_size_quality", "value"), ("pareto_size_ties", "detail")),
+        align="left",
+        decision=_size_front,
+    ),
 )
 
 _BY_KEY: dict[str, HeadlineColumn] = {c.key: c for c in HEADLINE_COLUMNS}
@@ -448,6 +588,7 @@ def headline_rows(results: StudyResults) -> list[HeadlineRow]:
     Pure: reads only the saved records, so any report can be rebuilt from `results.json`.
     """
     rows = []
+    rec = results.recommendation
     for variant in results.variants:
         baseline = find_baseline(results, variant)
         rows.append(
@@ -456,7 +597,10 @@ def headline_rows(results: StudyResults) -> list[HeadlineRow]:
                 scheme=variant.scheme,
                 status=variant.status,
                 is_baseline=variant is baseline,
-                cells={c.key: c.extract(variant, baseline) for c in HEADLINE_COLUMNS},
+                cells={
+                    c.key: c.decision(variant, rec) if c.decision else c.extract(variant, baseline)
+                    for c in HEADLINE_COLUMNS
+                },
             )
         )
     return rows

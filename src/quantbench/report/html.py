@@ -16,10 +16,11 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from quantbench.recommend import describe_constraints, format_value
+from quantbench.recommend import describe_budget, describe_front, format_value
 from quantbench.report import plots
 from quantbench.report.headline import HEADLINE_COLUMNS, find_baseline, headline_rows
 from quantbench.report.markdown import EMPTY
+from quantbench.report.recovery_table import recovery_html
 from quantbench.results import (
     GenerationItem,
     GenerationsRecord,
@@ -311,7 +312,7 @@ def _limit(value: float | None, unit: str) -> str:
 
 
 def _recommendation_body(rec: Recommendation) -> list[str]:
-    constraints = describe_constraints(rec.constraints) or "none set"
+    constraints = describe_budget(rec)
     c = rec.constraints
     body = [
         f'<p class="summary">{_e(rec.summary)}</p>',
@@ -321,6 +322,7 @@ def _recommendation_body(rec: Recommendation) -> list[str]:
         f"<dt>max KL</dt><dd>{_e(_limit(c.max_kl, 'nats/token'))}</dd>",
         f"<dt>max perplexity increase</dt><dd>{_e(_limit(c.max_ppl_increase_pct, '%'))}</dd>",
         f"<dt>max accuracy drop</dt><dd>{_e(_limit(c.max_accuracy_drop, 'points'))}</dd>",
+        f"<dt>task margin</dt><dd>{_e(_limit(c.non_inferiority_margin, 'points'))}</dd>",
         "</dl>",
         "<h3>Best acceptable variant per objective</h3>",
     ]
@@ -358,7 +360,8 @@ def _recommendation_body(rec: Recommendation) -> list[str]:
     )
     quality = _QUALITY.get(rec.quality_metric, rec.quality_metric)
     speed_front = (
-        ", ".join(rec.pareto_speed_quality) or "no variant has both figures"
+        describe_front(rec.pareto_speed_quality, rec.pareto_speed_ties)
+        or "no variant has both figures"
         if rec.speed_judged
         else "not drawn: the speed figures are emulated"
     )
@@ -368,7 +371,7 @@ def _recommendation_body(rec: Recommendation) -> list[str]:
         "both figures.</p>",
         '<dl class="kv">',
         "<dt>weights on disk vs quality</dt>"
-        f"<dd>{_e(', '.join(rec.pareto_size_quality) or 'no variant has both figures')}</dd>",
+        f"<dd>{_e(describe_front(rec.pareto_size_quality, rec.pareto_size_ties) or EMPTY)}</dd>",
         f"<dt>decode time per token at batch 1 vs quality</dt><dd>{_e(speed_front)}</dd>",
         "</dl>",
     ]
@@ -653,6 +656,7 @@ def _tasks_section(results: StudyResults) -> str:
             ([_e(c) for c in task_cells(row)] for row in rows),
             numeric=(False, False, True, True, True, True, True),
         ),
+        *recovery_html(results),
     ]
     return _section("tasks", "Task accuracy", body)
 

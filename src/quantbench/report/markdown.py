@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from quantbench.recommend import describe_constraints, format_value
+from quantbench.recommend import describe_budget, describe_front, format_value
 from quantbench.report.headline import (
     HEADLINE_COLUMNS,
     MIB,
@@ -23,6 +23,7 @@ from quantbench.report.headline import (
     format_number,
     headline_rows,
 )
+from quantbench.report.recovery_table import recovery_markdown
 from quantbench.results import (
     DivergenceRecord,
     GenerationItem,
@@ -213,7 +214,7 @@ _QUALITY_NAMES = {
 def render_recommendation(rec: Recommendation) -> str:
     """The "## Recommendation" section: constraints, the pick per objective, every variant's
     verdict and the Pareto fronts, all read from the saved `Recommendation`."""
-    constraints = describe_constraints(rec.constraints) or "none set"
+    constraints = describe_budget(rec)
     lines = [
         "## Recommendation",
         "",
@@ -256,18 +257,19 @@ def render_recommendation(rec: Recommendation) -> str:
         f"Pareto fronts (lower is better on both axes; quality = {escape_cell(quality)}), "
         "over ok variants that have both figures:",
         "",
-        "- weights on disk vs quality: " + _front_text(rec.pareto_size_quality),
+        "- weights on disk vs quality: "
+        + _front_text(rec.pareto_size_quality, rec.pareto_size_ties),
     ]
     if rec.speed_judged:
-        speed_front = _front_text(rec.pareto_speed_quality)
+        speed_front = _front_text(rec.pareto_speed_quality, rec.pareto_speed_ties)
     else:
         speed_front = "not drawn: the speed figures are emulated"
     lines += [f"- decode time per token at batch 1 vs quality: {speed_front}", ""]
     return "\n".join(lines)
 
 
-def _front_text(names: Sequence[str]) -> str:
-    return ", ".join(escape_cell(n) for n in names) or "no variant has both figures"
+def _front_text(names: Sequence[str], ties: dict[str, list[str]]) -> str:
+    return escape_cell(describe_front(names, ties)) or "no variant has both figures"
 
 
 def _problems(results: StudyResults) -> list[str]:
@@ -546,6 +548,7 @@ def render_markdown(results: StudyResults) -> str:
         "",
     ]
     lines += _tasks_section(results)
+    lines += recovery_markdown(results)
     lines += _axes_section(results)
     if results.recommendation is not None:
         lines += [render_recommendation(results.recommendation), ""]

@@ -13,6 +13,7 @@ import yaml
 
 from quantbench.models import BUILTIN_MODELS
 from quantbench.report.headline import find_baseline
+from quantbench.report.recovery_table import recovery_card
 from quantbench.results import StudyResults, VariantResult
 from quantbench.schemes import REGISTRY, get_scheme
 from quantbench.store import write_text_atomic
@@ -132,6 +133,7 @@ def render_card(results: StudyResults, variant: VariantResult) -> str:
             ]
     else:
         parts += ["Not evaluated in this study.", ""]
+    parts += recovery_card(results, variant.name)
     parts += [
         "## How to serve it",
         "",

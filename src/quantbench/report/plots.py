@@ -9,6 +9,10 @@ plot is never drawn with empty axes.
 The quality axis is the one the recommendation used (mean KL(baseline ‖ variant) when every ok
 variant has it, the baseline's being 0, else perplexity), and the Pareto fronts are the
 recommendation's when one was computed, so the plots agree with the recommendation section.
+Perplexity's error bars are the paired interval of its difference from the baseline (the one
+the front is judged with), and a variant on the front only because its quality difference is
+within the intervals (a tie, see `quantbench.stats_pareto`) is ringed with a dotted line and
+labelled with the variants it ties with.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from quantbench.recommend import perplexity_figure
 from quantbench.report.headline import MIB, find_baseline, weights_bytes
 from quantbench.results import StudyResults, VariantResult
-from quantbench.stats import pareto_front
+from quantbench.stats_pareto import UncertainPoint, uncertain_pareto_front
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -38,7 +43,7 @@ EMULATED_SUBTITLE = "Warning: hollow points are emulated speed, not real low-pre
 EMULATED_BAR_SUBTITLE = "Warning: hatched bars are emulated speed, not real low-precision kernels"
 QUALITY_LABELS: dict[str, str] = {
     "kl_mean": "mean KL(baseline ‖ variant), nats/token",
-    "perplexity": "perplexity",
+    "perplexity": "perplexity (bars: paired 95% interval vs the baseline)",
 }
 
 # Colour-blind friendly (Okabe–Ito), one per variant in study order, the same in every plot.
@@ -110,11 +115,8 @@ def _kl(variant: VariantResult, baseline: VariantResult | None) -> Figures | Non
     return (0.0, None, None) if variant is baseline else None
 
 
-def _ppl(variant: VariantResult) -> Figures | None:
-    ppl = variant.metrics.perplexity
-    if ppl is None:
-        return None
-    return ppl.perplexity.estimate, ppl.perplexity.low, ppl.perplexity.high
+def _ppl(variant: VariantResult, baseline: VariantResult | None) -> Figures | None:
+    return perplexity_figure(variant, baseline)
 
 
 def _ok(results: StudyResults) -> list[VariantResult]:
@@ -136,7 +138,7 @@ def quality_metric(results: StudyResults) -> QualityMetric:
 def _quality_getter(results: StudyResults) -> Callable[[VariantResult], Figures | None]:
     if quality_metric(results) == "kl_mean":
         return lambda v: _kl(v, find_baseline(results, v))
-    return _ppl
+    return lambda v: _ppl(v, find_baseline(results, v))
 
 
 def _decode_b1(variant: VariantResult) -> tuple[float, float, bool] | None:
@@ -262,8 +264,15 @@ def _scatter(ax: Axes, points: Sequence[_Point], plot: str) -> None:
     ax.margins(x=0.18, y=0.15)
 
 
-def _front(ax: Axes, points: Sequence[_Point], names: Sequence[str], plot: str) -> bool:
-    """Draw the Pareto front through the named points (a step line, rings); False if none."""
+def _front(
+    ax: Axes,
+    points: Sequence[_Point],
+    names: Sequence[str],
+    plot: str,
+    ties: dict[str, list[str]],
+) -> bool:
+    """Draw the Pareto front through the named points (a step line, rings; tied points with a
+    dotted ring and a "tie with …" label); False if none."""
     on_front = sorted((p for p in points if p.name in set(names)), key=lambda p: (p.x, p.y))
     if not on_front:
         return False
@@ -273,15 +282,64 @@ def _front(ax: Axes, points: Sequence[_Point], names: Sequence[str], plot: str) 
         xs, ys, where="post", color=FRONT_COLOR, linestyle="--", linewidth=1.2, zorder=2
     )
     step.set_gid(f"qb-{plot}-front")
-    ax.scatter(xs, ys, s=260, facecolors="none", edgecolors=FRONT_COLOR, linewidths=1.3, zorder=3)
+    solid = [p for p in on_front if p.name not in ties]
+    tied = [p for p in on_front if p.name in ties]
+    ax.scatter(
+        [p.x for p in solid],
+        [p.y for p in solid],
+        s=260,
+        facecolors="none",
+        edgecolors=FRONT_COLOR,
+        linewidths=1.3,
+        zorder=3,
+    )
+    if tied:
+        rings = ax.scatter(
+            [p.x for p in tied],
+            [p.y for p in tied],
+            s=260,
+            facecolors="none",
+            edgecolors=FRONT_COLOR,
+            linewidths=1.3,
+            linestyles=":",
+            zorder=3,
+        )
+        rings.set_gid(f"qb-{plot}-ties")
+        for p in tied:
+            ax.annotate(
+                f"tie with {', '.join(ties[p.name])}",
+                (p.x, p.y),
+                xytext=(7, -11),
+                textcoords="offset points",
+                fontsize=7.5,
+                color="#555555",
+                zorder=5,
+            )
     return True
 
 
-def _computed_front(points: Sequence[_Point]) -> list[str]:
-    return [points[i].name for i in pareto_front([(p.x, p.y) for p in points])]
+def _computed_front(points: Sequence[_Point]) -> tuple[list[str], dict[str, list[str]]]:
+    """The uncertainty-aware front of `points` (no recommendation saved): names and ties."""
+    uncertain = [
+        UncertainPoint(
+            p.x,
+            p.y,
+            min(p.y, p.y_low if p.y_low is not None else p.y),
+            max(p.y, p.y_high if p.y_high is not None else p.y),
+        )
+        for p in points
+    ]
+    statuses = uncertain_pareto_front(uncertain)
+    names = [points[i].name for i, st in enumerate(statuses) if st.on_front]
+    ties = {
+        points[i].name: [points[j].name for j in st.tied_with]
+        for i, st in enumerate(statuses)
+        if st.status == "tie"
+    }
+    return names, ties
 
 
-def _legend(ax: Axes, front: bool, native: bool, emulated: bool) -> None:
+def _legend(ax: Axes, front: bool, native: bool, emulated: bool, tie: bool = False) -> None:
     from matplotlib.lines import Line2D
 
     handles = []
@@ -296,6 +354,20 @@ def _legend(ax: Axes, front: bool, native: bool, emulated: bool) -> None:
                 markersize=12,
                 markerfacecolor="none",
                 label="Pareto front (lower-left is better)",
+            )
+        )
+    if tie:
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color=FRONT_COLOR,
+                linestyle="none",
+                marker="o",
+                markersize=12,
+                markerfacecolor="none",
+                markeredgewidth=1.0,
+                label="tie: on the front only within the quality intervals",
             )
         )
     if native and emulated:
@@ -343,12 +415,15 @@ def size_vs_quality(results: StudyResults) -> str | None:
     if not points:
         return None
     rec = results.recommendation
-    names = rec.pareto_size_quality if rec is not None else _computed_front(points)
+    if rec is not None:
+        names, ties = list(rec.pareto_size_quality), rec.pareto_size_ties
+    else:
+        names, ties = _computed_front(points)
     metric = quality_metric(results)
     fig, ax = _figure()
-    front = _front(ax, points, names, "size-quality")
+    front = _front(ax, points, names, "size-quality", ties)
     _scatter(ax, points, "size-quality")
-    _legend(ax, front, native=False, emulated=False)
+    _legend(ax, front, native=False, emulated=False, tie=front and bool(ties))
     ax.set_title("Weights on disk vs quality", loc="left", fontsize=11, fontweight="bold")
     ax.set_xlabel("weights on disk (MiB)")
     ax.set_ylabel(f"{QUALITY_LABELS[metric]}\n(lower is better)")
@@ -387,15 +462,24 @@ def speed_vs_quality(results: StudyResults) -> str | None:
         return None
     any_emulated = any(p.emulated for p in points)
     rec = results.recommendation
+    names: Sequence[str] = []
+    ties: dict[str, list[str]] = {}
     if rec is not None:
-        names: Sequence[str] = rec.pareto_speed_quality if rec.speed_judged else []
-    else:
-        names = [] if any_emulated else _computed_front(points)
+        if rec.speed_judged:
+            names, ties = rec.pareto_speed_quality, rec.pareto_speed_ties
+    elif not any_emulated:
+        names, ties = _computed_front(points)
     metric = quality_metric(results)
     fig, ax = _figure()
-    front = _front(ax, points, names, "speed-quality")
+    front = _front(ax, points, names, "speed-quality", ties)
     _scatter(ax, points, "speed-quality")
-    _legend(ax, front, native=any(not p.emulated for p in points), emulated=any_emulated)
+    _legend(
+        ax,
+        front,
+        native=any(not p.emulated for p in points),
+        emulated=any_emulated,
+        tie=front and bool(ties),
+    )
     title = "Decode speed vs quality"
     if any_emulated:
         fig.suptitle(title, x=0.02, ha="left", fontsize=11, fontweight="bold")

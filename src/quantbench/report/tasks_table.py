@@ -2,7 +2,9 @@
 
 One row per (task, variant): accuracy with its interval, and against the baseline the paired
 difference in points with its interval, the items that flipped each way and the exact
-McNemar p-value. Every output formats these same values, so they cannot disagree.
+McNemar p-value. Every output formats these same values, so they cannot disagree. results.csv
+also carries the recommendation's per-task figures (Holm-adjusted p, recovery with its
+interval, the non-inferiority verdict; see `report.recovery_table`).
 """
 
 from __future__ import annotations
@@ -133,6 +135,11 @@ def csv_task_fields(results: StudyResults) -> list[str]:
             f"{task}_right_to_wrong",
             f"{task}_wrong_to_right",
             f"{task}_mcnemar_p",
+            f"{task}_holm_p",
+            f"{task}_recovery_pct",
+            f"{task}_recovery_pct_low",
+            f"{task}_recovery_pct_high",
+            f"{task}_non_inferiority",
         ]
     return names
 
@@ -156,4 +163,15 @@ def csv_task_values(results: StudyResults, variant: str) -> dict[str, float | in
             values[f"{row.task}_wrong_to_right"] = paired.wrong_to_right
             if paired.mcnemar_p is not None:
                 values[f"{row.task}_mcnemar_p"] = paired.mcnemar_p
+    rec = results.recommendation
+    for judged in rec.tasks if rec is not None else []:
+        if judged.variant != variant:
+            continue
+        if judged.p_holm is not None:
+            values[f"{judged.task}_holm_p"] = judged.p_holm
+        if judged.recovery_pct is not None:
+            values[f"{judged.task}_recovery_pct"] = judged.recovery_pct.estimate
+            values[f"{judged.task}_recovery_pct_low"] = judged.recovery_pct.low
+            values[f"{judged.task}_recovery_pct_high"] = judged.recovery_pct.high
+        values[f"{judged.task}_non_inferiority"] = judged.verdict
     return values

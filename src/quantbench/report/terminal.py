@@ -2,7 +2,9 @@
 
 It reads the same cells as results.csv and report.md (`report.headline`), so the figures
 agree; intervals and details are left to report.md to keep the table within a terminal.
-Emulated speed figures carry a `*` and the warning below the table.
+Emulated speed figures carry a `*` and the warning below the table. When the study has a
+recommendation, each row also says whether the variant is acceptable (and, if not, which
+constraints it breaks) and what it is recommended for.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ COMPACT: tuple[tuple[str, str, Callable[[Cell], str]], ...] = (
     ("size_ratio", "× base", _num(".2f")),
     ("ppl", "ppl", _num(".2f")),
     ("ppl_delta", "Δppl", _num("+.2f")),
+    ("ppl_increase", "Δppl %", _num("+.1f")),
     ("kl_mean", "KL nats/tok", _num(".4f")),
     ("top1", "top-1 %", _num(".1f", 100)),
     ("decode_b1", "ms/tok b1", lambda c: _speed(c, 1000)),
@@ -46,7 +49,9 @@ COMPACT: tuple[tuple[str, str, Callable[[Cell], str]], ...] = (
 )
 
 
-def _row(row: HeadlineRow, keys: list[tuple[str, str, Callable[[Cell], str]]]) -> list[str]:
+def _row(
+    row: HeadlineRow, keys: list[tuple[str, str, Callable[[Cell], str]]], decided: bool
+) -> list[str]:
     name = f"{row.name} (base)" if row.is_baseline else row.name
     cells = [name]
     for key, _, render in keys:
@@ -55,7 +60,19 @@ def _row(row: HeadlineRow, keys: list[tuple[str, str, Callable[[Cell], str]]]) -
     failed = row.cell("status").detail
     status = row.status if not failed else f"{row.status}; failed: {failed}"
     cells.append(status)
+    if decided:
+        cells += [_acceptable_text(row), row.text("recommended") or "–"]
     return cells
+
+
+def _acceptable_text(row: HeadlineRow) -> str:
+    """ "yes", or "no: " and the constraints the variant breaks or could not be checked on."""
+    cell = row.cell("acceptable")
+    if cell.missing:
+        return "–"
+    if cell.value:
+        return "yes"
+    return f"no: {row.text('broken')}"
 
 
 def _task_table(results: StudyResults) -> Table | None:
@@ -80,8 +97,12 @@ def results_table(results: StudyResults) -> RenderableType:
     for _, title, _ in keys:
         table.add_column(title, justify="right")
     table.add_column("status")
+    decided = results.recommendation is not None
+    if decided:
+        table.add_column("acceptable")
+        table.add_column("recommended for")
     for row in rows:
-        table.add_row(*_row(row, keys))
+        table.add_row(*_row(row, keys, decided))
     parts: list[RenderableType] = [table]
     task_table = _task_table(results)
     if task_table is not None:
