@@ -529,7 +529,9 @@ def _relevant_errors(error: ValidationError) -> list[tuple[tuple[int | str, ...]
     fallback: dict[str, tuple[tuple[int | str, ...], Any]] = {}
     for item in error.errors():
         branch, loc = _union_branch(tuple(item["loc"]))
-        field = ".".join(str(p) for p in loc if not isinstance(p, int) or p is not loc[-1])
+        # The field, without a trailing element index (by position: `p is not loc[-1]` also
+        # dropped an equal small int earlier on, e.g. the 0 of schemes.0.group_size.0).
+        field = ".".join(str(p) for p in (loc[:-1] if loc and isinstance(loc[-1], int) else loc))
         if branch is not None:
             if field not in fallback or (
                 str(fallback[field][1]["type"]).endswith("_type")
