@@ -266,19 +266,25 @@ def plan_command(
 @app.command("schemes")
 def list_schemes() -> None:
     """List the quantization schemes, their options and the hardware that runs them natively."""
+    from quantbench.backends.vllm_support import hardware_here, here_summary, kernel_summary
     from quantbench.schemes import all_schemes
 
+    hardware = hardware_here("cpu")
     table = Table(title="quantbench schemes", show_lines=True, title_justify="left")
-    for column in ("scheme", "description", "calibration", "native kernels", "options"):
+    columns = ("scheme", "description", "calibration", "native kernels", "on this machine")
+    for column in (*columns, "options"):
         table.add_column(column)
     for scheme in all_schemes():
-        options = "\n".join(f"{k}: {v}" for k, v in scheme.defaults.items()) or "–"
+        options = "\n".join(f"{k}: {v}" for k, v in scheme.listed_options().items()) or "–"
+        kernels = kernel_summary(scheme.name, scheme.quantizes)
+        here = here_summary(scheme.name, scheme.quantizes, hardware)
         table.add_row(
             scheme.name,
             f"{scheme.description}\nweights: {scheme.weight_format}; "
             f"activations: {scheme.activation_format}",
             "yes" if scheme.needs_calibration else "no",
-            scheme.native_hardware,
+            "\n".join(f"{k}: {v}" for k, v in kernels.items()),
+            f"{hardware.describe()}\n" + "\n".join(f"{k}: {v}" for k, v in here.items()),
             options,
         )
     Console().print(table)

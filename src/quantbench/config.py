@@ -88,10 +88,41 @@ class SchemeEntry(_Strict):
         "largest group size that does (shrink) or leave those layers unquantized",
     )
 
+    scheme_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="options the scheme itself declares (e.g. actorder, kv_cache): written "
+        "beside the others, gathered here, and checked against the scheme's own options",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_scheme_options(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        own = {k: v for k, v in value.items() if k not in cls.model_fields}
+        if not own:
+            return value
+        kept = {k: v for k, v in value.items() if k in cls.model_fields}
+        return {**kept, "scheme_options": {**kept.get("scheme_options", {}), **own}}
+
+    @model_validator(mode="after")
+    def _known_to_the_scheme(self) -> SchemeEntry:
+        """A registered scheme refuses an option it does not declare here, with its hint
+        (unknown scheme names are the planner's to report)."""
+        from quantbench.schemes import REGISTRY, get_scheme
+
+        if self.scheme_options and self.scheme in REGISTRY:
+            scheme = get_scheme(self.scheme)
+            for key in self.scheme_options:
+                if key not in scheme.option_names:
+                    scheme.resolve_options({key: None})
+        return self
+
     def options(self) -> dict[str, Any]:
         """The options the user set explicitly (None means 'use the scheme default')."""
-        skip = {"scheme", "name"}
-        return {k: v for k, v in self.model_dump().items() if k not in skip and v is not None}
+        skip = {"scheme", "name", "scheme_options"}
+        dumped = {k: v for k, v in self.model_dump().items() if k not in skip and v is not None}
+        return {**dumped, **self.scheme_options}
 
     def expand(self) -> list[tuple[SchemeEntry, dict[str, Any]]]:
         """One entry per combination of list-valued options, with that combination."""
@@ -103,7 +134,10 @@ class SchemeEntry(_Strict):
                 name += "-" + "-".join(
                     f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in axes.items()
                 )
-            out.append((self.model_copy(update={**values, "name": name}), axes))
+            own = {k: v for k, v in values.items() if k in self.scheme_options}
+            fields = {k: v for k, v in values.items() if k not in own}
+            update = {**fields, "name": name, "scheme_options": own}
+            out.append((self.model_copy(update=update), axes))
         return out
 
 
@@ -471,6 +505,10 @@ class StudyConfig(_Strict):
     @field_validator("schemes", mode="before")
     @classmethod
     def _accept_plain_names(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip() == "all":
+            from quantbench.schemes import REGISTRY
+
+            value = list(REGISTRY)
         if isinstance(value, str):
             value = [s.strip() for s in value.split(",") if s.strip()]
         if isinstance(value, list | tuple):

@@ -60,6 +60,8 @@ def variant_name(entry: SchemeEntry, defaults: dict[str, Any] | None = None) -> 
             parts.append(str(value))
         elif option == "ignore":
             parts.append("ign" + content_key({"ignore": list(value)})[:4])
+        else:  # a scheme's own option, e.g. actorder-none, kvcache-fp8
+            parts.append(f"{option.replace('_', '')}-{str(value).lower()}")
     return "-".join(parts)
 
 
@@ -93,7 +95,7 @@ class VariantPlan:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.scheme.needs_calibration
+        return self.scheme.calibrates(self.options)
 
 
 @dataclass(frozen=True)
@@ -135,11 +137,12 @@ def build_plan(config: StudyConfig, model: ResolvedModel) -> StudyPlan:
     versions = library_versions()
     variants = []
     for name, scheme, requested, options, axes in resolved:
-        choices = settings if scheme.needs_calibration else [(settings[0][0], {})]
+        calibrates = scheme.calibrates(options)
+        choices = settings if calibrates else [(settings[0][0], {})]
         for calibration_config, calibration_axes in choices:
             ref = None
             variant = name
-            if scheme.needs_calibration:
+            if calibrates:
                 ref = calibration_ref(calibration_config, model)
                 calibrations.setdefault(ref.key, (ref, calibration_config))
                 if len(settings) > 1:

@@ -125,7 +125,8 @@ def _quantize(request: dict[str, Any], store: StageStore, artifact: Path) -> dic
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     compute_dtype = scheme.dtype if isinstance(scheme, Baseline) else STORED_FLOAT_DTYPE
     notes: list[str] = []
-    if scheme.needs_calibration:
+    calibrates = scheme.calibrates(request["options"])
+    if calibrates:
         compute_dtype, note = resolve_calibration_dtype(
             request.get("compute_dtype", "auto"), hardware_here()
         )
@@ -141,9 +142,9 @@ def _quantize(request: dict[str, Any], store: StageStore, artifact: Path) -> dic
     else:
         from llmcompressor.entrypoints.oneshot import oneshot
 
-        recipe = scheme.build_recipe(request["options"])
+        recipe = scheme.recipe(request["options"])
         kwargs: dict[str, Any] = {}
-        if scheme.needs_calibration:
+        if calibrates:
             from datasets import Dataset
 
             from quantbench.calibration import SAMPLES_FILE, read_samples

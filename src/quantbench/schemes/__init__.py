@@ -18,6 +18,13 @@ REGISTRY: dict[str, str] = {
     "w4a16-gptq": "quantbench.schemes.gptq:W4A16_GPTQ",
     "w8a16-gptq": "quantbench.schemes.gptq:W8A16_GPTQ",
     "w8a8-int8": "quantbench.schemes.w8a8_int8:W8A8_INT8",
+    "w4a16-awq": "quantbench.schemes.awq:W4A16_AWQ",
+    "nvfp4a16": "quantbench.schemes.fp4:NVFP4A16",
+    "nvfp4": "quantbench.schemes.fp4:NVFP4",
+    "mxfp4a16": "quantbench.schemes.fp4:MXFP4A16",
+    "fp8-block": "quantbench.schemes.fp8_block:FP8_BLOCK",
+    "w4a8-int": "quantbench.schemes.w4a8:W4A8_INT",
+    "w4afp8": "quantbench.schemes.w4a8:W4AFP8",
 }
 
 

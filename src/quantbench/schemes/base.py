@@ -15,6 +15,12 @@ from typing import Any
 from quantbench.models import LinearLayer, ModelInfo
 
 DEFAULT_IGNORE: tuple[str, ...] = ("lm_head",)
+KV_CACHE_OPTION = "kv_cache"
+KV_CACHE_CHOICES: tuple[str, ...] = ("none", "fp8")
+"""`kv_cache` is an option of every quantizing scheme, left out of its options unless set
+(so variants made before it existed keep their stage keys): fp8 stores the attention keys and
+values in FP8 E4M3 with one static scale per tensor per layer, fitted on calibration data,
+following llm-compressor's KV-cache example."""
 
 
 @dataclass(frozen=True)
@@ -52,21 +58,49 @@ class Scheme:
     activation_format: str
     defaults: dict[str, Any]
     quantizes: bool = True
+    choices: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    """Allowed values of the options that take one of a few (e.g. `actorder`)."""
+    refused: dict[tuple[str, Any], str] = field(default_factory=dict)
+    """(option, value) pairs refused with a reason: values a library no longer offers."""
 
     @property
     def option_names(self) -> tuple[str, ...]:
+        if self.quantizes and KV_CACHE_OPTION not in self.defaults:
+            return (*self.defaults, KV_CACHE_OPTION)
         return tuple(self.defaults)
+
+    def listed_options(self) -> dict[str, Any]:
+        """The options with their defaults, as `quantbench schemes` shows them."""
+        listed = dict(self.defaults)
+        if self.quantizes:
+            listed.setdefault(KV_CACHE_OPTION, "none")
+        return listed
+
+    def allowed_values(self, option: str) -> tuple[Any, ...] | None:
+        if option == KV_CACHE_OPTION and self.quantizes:
+            return KV_CACHE_CHOICES
+        return self.choices.get(option)
 
     def resolve_options(self, requested: dict[str, Any]) -> dict[str, Any]:
         """Defaults overlaid with the user's options; unknown options are a user error."""
         from quantbench.errors import UserError, did_you_mean
 
         for key in requested:
-            if key not in self.defaults:
-                allowed = ", ".join(self.option_names) or "none"
+            if key not in self.option_names:
+                known = ", ".join(self.option_names) or "none"
                 raise UserError(
                     f"scheme '{self.name}' has no option '{key}'"
-                    f"{did_you_mean(key, self.option_names)}; its options: {allowed}"
+                    f"{did_you_mean(key, self.option_names)}; its options: {known}"
+                )
+        for key, value in requested.items():
+            reason = self.refused.get((key, value))
+            if reason:
+                raise UserError(f"scheme '{self.name}' option {key}={value!r}: {reason}")
+            allowed = self.allowed_values(key)
+            if allowed is not None and value not in allowed:
+                raise UserError(
+                    f"scheme '{self.name}' option '{key}' must be one of "
+                    f"{', '.join(map(str, allowed))}, not {value!r}"
                 )
         options = {**self.defaults, **requested}
         if "ignore" in options:
@@ -97,9 +131,22 @@ class Scheme:
             )
         return result
 
+    def calibrates(self, options: dict[str, Any]) -> bool:
+        """Whether a variant made with `options` needs calibration data: the scheme's own
+        need, or an option that does (static FP8 KV-cache scales are fitted on samples)."""
+        return self.needs_calibration or options.get("kv_cache", "none") != "none"
+
     def build_recipe(self, options: dict[str, Any]) -> list[Any]:
         """llm-compressor modifiers for `oneshot`; runs inside the worker process only."""
         raise NotImplementedError(f"{self.name} does not quantize")
+
+    def recipe(self, options: dict[str, Any]) -> list[Any]:
+        """The scheme's recipe plus what every scheme offers (an FP8 KV cache), as the
+        quantization worker runs it; llm-compressor saves it as the artifact's recipe.yaml."""
+        modifiers = self.build_recipe(options)
+        if options.get(KV_CACHE_OPTION, "none") == "fp8":
+            attach_fp8_kv_cache(modifiers)
+        return modifiers
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -111,3 +158,24 @@ class Scheme:
             "activations": self.activation_format,
             "options": self.defaults,
         }
+
+
+def attach_fp8_kv_cache(modifiers: list[Any]) -> None:
+    """Give the last quantizing modifier of a recipe llm-compressor's FP8 KV-cache scheme
+    (examples/quantization_kv_cache: 8-bit float, per tensor, static, symmetric)."""
+    from compressed_tensors.quantization import QuantizationArgs
+    from llmcompressor.modifiers.quantization.quantization.mixin import QuantizationMixin
+
+    positions = [i for i, m in enumerate(modifiers) if isinstance(m, QuantizationMixin)]
+    if not positions:
+        raise ValueError("kv_cache: fp8 needs a quantizing modifier in the recipe")
+    last = modifiers[positions[-1]]
+    # Built anew with the same explicit arguments: the modifier resolves its quantization
+    # config while it is validated, so setting the field afterwards would be ignored.
+    given = {name: getattr(last, name) for name in last.model_fields_set}
+    modifiers[positions[-1]] = type(last)(
+        **given,
+        kv_cache_scheme=QuantizationArgs(
+            num_bits=8, type="float", strategy="tensor", dynamic=False, symmetric=True
+        ),
+    )

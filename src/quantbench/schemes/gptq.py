@@ -1,7 +1,11 @@
 """GPTQ weight-only schemes (W4A16 grouped, W8A16 per channel).
 
 GPTQ quantizes one layer at a time and corrects the rounding error of each column with the
-inverse Hessian of that layer's calibration inputs, so it needs calibration data.
+inverse Hessian of that layer's calibration inputs, so it needs calibration data. Options
+beyond the seed's: `actorder` (the order in which columns are quantized: `static`, alias
+`weight`, sorts them by Hessian diagonal before quantizing, llm-compressor's default; `none`
+keeps the natural order), `symmetric` (false: an asymmetric grid with a zero point per
+group), and for W4A16 an optional rotation ahead of it (`transform`, see rotations.py).
 """
 
 from __future__ import annotations
@@ -9,47 +13,32 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from quantbench.models import ModelInfo
-from quantbench.schemes.base import DEFAULT_IGNORE, Preflight, Scheme
-from quantbench.schemes.grouping import indivisible, largest_valid_group_size
+from quantbench.schemes.base import DEFAULT_IGNORE
+from quantbench.schemes.grouped import GroupedScheme
+from quantbench.schemes.rotations import TRANSFORM_CHOICES, TRANSFORM_DEFAULTS, rotation_modifiers
+
+ACTORDER_CHOICES: tuple[str, ...] = ("static", "weight", "none", "group")
+ACTORDER_REFUSED = (
+    "activation ordering 'group' was removed in compressed-tensors 0.19 (its "
+    "QuantizationArgs refuses it); use static / weight (the same ordering) or none"
+)
+GPTQ_CHOICES: dict[str, tuple[Any, ...]] = {
+    "actorder": ACTORDER_CHOICES,
+    "symmetric": (True, False),
+    "on_indivisible": ("shrink", "skip-layers"),
+    "transform": TRANSFORM_CHOICES,
+}
+GPTQ_REFUSED: dict[tuple[str, Any], str] = {("actorder", "group"): ACTORDER_REFUSED}
+
+
+def gptq_actorder(value: str) -> str | None:
+    """The `actorder` argument of llm-compressor's GPTQModifier for an option value."""
+    return None if value == "none" else value
 
 
 @dataclass(frozen=True)
-class GPTQWeightOnly(Scheme):
+class GPTQWeightOnly(GroupedScheme):
     num_bits: int = 4
-    grouped: bool = True
-
-    def preflight(self, model: ModelInfo, requested: dict[str, Any]) -> Preflight:
-        result = super().preflight(model, requested)
-        if not self.grouped:
-            return result
-        options = result.resolved_options
-        requested_size = int(options["group_size"])
-        widths = {layer.name: layer.in_features for layer in self.targeted_layers(model, options)}
-        bad = indivisible(widths, requested_size)
-        if not bad:
-            return result
-        bad_widths = sorted({widths[name] for name in bad})
-        if options["on_indivisible"] == "skip-layers":
-            options["ignore"] = [*options["ignore"], *bad]
-            result.decisions.append(
-                f"group size {requested_size} does not divide input width(s) {bad_widths}: "
-                f"{len(bad)} layer(s) left unquantized"
-            )
-            return result
-        chosen = largest_valid_group_size(requested_size, list(widths.values()))
-        if chosen is None:
-            result.problems.append(
-                f"{self.name}: no group size ≤ {requested_size} divides input widths "
-                f"{sorted(set(widths.values()))}; set on_indivisible: skip-layers"
-            )
-            return result
-        options["group_size"] = chosen
-        result.decisions.append(
-            f"group size {requested_size} does not divide input width(s) {bad_widths}; "
-            f"using {chosen}, the largest valid size not above it"
-        )
-        return result
 
     def build_recipe(self, options: dict[str, Any]) -> list[Any]:
         from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
@@ -58,17 +47,19 @@ class GPTQWeightOnly(Scheme):
         weights = QuantizationArgs(
             num_bits=self.num_bits,
             type="int",
-            symmetric=True,
+            symmetric=bool(options.get("symmetric", True)),
             strategy="group" if self.grouped else "channel",
             group_size=int(options["group_size"]) if self.grouped else None,
         )
         return [
+            *rotation_modifiers(options),
             GPTQModifier(
                 config_groups={"group_0": QuantizationScheme(targets=["Linear"], weights=weights)},
                 ignore=list(options["ignore"]),
                 dampening_frac=float(options["dampening_frac"]),
                 block_size=int(options["block_size"]),
-            )
+                actorder=gptq_actorder(str(options.get("actorder", "static"))),
+            ),
         ]
 
 
@@ -86,8 +77,13 @@ W4A16_GPTQ = GPTQWeightOnly(
         "on_indivisible": "shrink",
         "dampening_frac": 0.01,
         "block_size": 128,
+        "actorder": "static",
+        "symmetric": True,
+        **TRANSFORM_DEFAULTS,
         "ignore": list(DEFAULT_IGNORE),
     },
+    choices=GPTQ_CHOICES,
+    refused=GPTQ_REFUSED,
     num_bits=4,
     grouped=True,
 )
@@ -100,7 +96,15 @@ W8A16_GPTQ = GPTQWeightOnly(
     native_hardware="NVIDIA GPUs sm80+ (Marlin kernels in vLLM)",
     weight_format="int8, per channel",
     activation_format="bf16",
-    defaults={"dampening_frac": 0.01, "block_size": 128, "ignore": list(DEFAULT_IGNORE)},
+    defaults={
+        "dampening_frac": 0.01,
+        "block_size": 128,
+        "actorder": "static",
+        "symmetric": True,
+        "ignore": list(DEFAULT_IGNORE),
+    },
+    choices=GPTQ_CHOICES,
+    refused=GPTQ_REFUSED,
     num_bits=8,
     grouped=False,
 )
