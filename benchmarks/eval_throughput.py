@@ -81,6 +81,7 @@ def main() -> None:
                 windows=windows,
                 progress=lambda *_: None,
                 backend_factory=lambda: (backend, load),
+                divergence_method="topk_tail",  # one forward per variant: the top-k method
             )
 
         ScoresStage().compute(context(reference_dir, True))  # builds the reference (and warms up)

@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from quantbench.config import EvaluationConfig
 from quantbench.corpus import corpus_ref, read_windows
@@ -33,6 +33,25 @@ FINISHED = "finished"
 EVALUATE_STAGE_VERSION = 1
 
 
+DivergenceMethod = Literal["exact", "topk_tail"]
+DIVERGENCE_METRICS = ("scores", "divergence")
+"""The stages whose figures depend on the divergence method (it is part of their keys)."""
+SCORING_OVERHEAD_BYTES = 1 << 30
+"""Python, torch and the backend themselves, next to the two models and their logits."""
+SCORE_BATCH_WINDOWS = 4
+"""Windows per scoring forward (the hf backend's default `score_batch_size`)."""
+
+
+@dataclass(frozen=True)
+class DivergencePlan:
+    """How every variant's divergence is computed in this study, and why."""
+
+    method: DivergenceMethod
+    detail: str
+    estimate_bytes: int = 0
+    """Estimated peak memory of the exact method in one evaluation worker."""
+
+
 @dataclass(frozen=True)
 class EvalPlan:
     config: EvaluationConfig
@@ -40,6 +59,9 @@ class EvalPlan:
     baseline: str | None
     stages: dict[str, dict[str, StageRef]]
     """variant name → stage name → ref, in execution order."""
+    divergence: DivergencePlan = DivergencePlan("exact", "")
+    baseline_artifact: StageRef | None = None
+    """The baseline's quantize stage: variants load its artifact for the exact method."""
 
     def order(self, variants: tuple[VariantPlan, ...]) -> list[VariantPlan]:
         """The baseline first: the others read its stages."""
@@ -48,6 +70,82 @@ class EvalPlan:
 
 def baseline_name(variants: tuple[VariantPlan, ...]) -> str | None:
     return next((v.name for v in variants if v.scheme.name in BASELINE_SCHEMES), None)
+
+
+def exact_divergence_bytes(
+    model_bytes_on_disk: int, vocab_size: int, window: int, batch_windows: int
+) -> int:
+    """Peak bytes of the exact divergence method in one worker (a deliberate over-estimate).
+
+    Two models (the variant decompressed to the baseline's size, both counted in float32:
+    twice their bf16 files) and, per model, one batch of logits and its float32 log-softmax
+    copy for `batch_windows` windows of `window` tokens (three float32 values per logit),
+    plus the runtime itself.
+    """
+    weights = 2 * (2 * model_bytes_on_disk)
+    logits = 2 * 3 * 4 * batch_windows * window * vocab_size
+    return weights + logits + SCORING_OVERHEAD_BYTES
+
+
+def plan_divergence(backend: str, required_bytes: int, available_bytes: int) -> DivergencePlan:
+    """Exact divergence when the scores backend can hold the baseline next to the variant
+    and both fit in the memory available now; otherwise the stored top-k + tail, saying why.
+
+    The vllm backend runs one engine per worker (two engines would contend for the same
+    device memory pool), so it always takes the top-k + tail method.
+    """
+    gib = float(1 << 30)
+    if backend != "hf":
+        return DivergencePlan(
+            "topk_tail",
+            f"the {backend} backend holds one model per worker, so KL comes from the "
+            "baseline's stored top-k + tail (a lower bound of the exact KL)",
+            required_bytes,
+        )
+    if required_bytes > available_bytes:
+        return DivergencePlan(
+            "topk_tail",
+            f"the baseline next to the variant needs about {required_bytes / gib:.1f} GiB "
+            f"but {available_bytes / gib:.1f} GiB is available, so KL comes from the "
+            "baseline's stored top-k + tail (a lower bound of the exact KL)",
+            required_bytes,
+        )
+    return DivergencePlan(
+        "exact",
+        "the baseline's full distribution, recomputed next to the variant in the same worker "
+        f"(about {required_bytes / gib:.1f} GiB of {available_bytes / gib:.1f} GiB available)",
+        required_bytes,
+    )
+
+
+def _divergence_plan(plan: StudyPlan, config: EvaluationConfig) -> DivergencePlan:
+    """`plan_divergence` for this study's model, corpus, backend and device."""
+    path = Path(plan.model.path)
+    model_bytes = sum(f.stat().st_size for f in path.glob("*.safetensors"))
+    model_bytes += sum(f.stat().st_size for f in path.glob("*.bin"))
+    config_file = path / "config.json"
+    vocab = 0
+    if config_file.exists():
+        model_config = json.loads(config_file.read_text())
+        vocab = int(
+            model_config.get("vocab_size")
+            or model_config.get("text_config", {}).get("vocab_size", 0)
+        )
+    required = exact_divergence_bytes(model_bytes, vocab, config.corpus.window, SCORE_BATCH_WINDOWS)
+    return plan_divergence(config.backend_for("scores"), required, _available_bytes(config))
+
+
+def _available_bytes(config: EvaluationConfig) -> int:
+    """Free memory where the models will run: the GPU's when the device is one, else RAM."""
+    if config.device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            free, _ = torch.cuda.mem_get_info()
+            return int(free)
+    from quantbench.preflight import available_memory_bytes
+
+    return available_memory_bytes()
 
 
 def with_absolute_paths(config: EvaluationConfig) -> EvaluationConfig:
@@ -79,6 +177,11 @@ def plan_evaluation(plan: StudyPlan, config: EvaluationConfig) -> EvalPlan:
         runtimes["vllm"] = f"{version}, worker protocol {PROTOCOL}"
     stages: dict[str, dict[str, StageRef]] = {}
     ordered = sorted(plan.variants, key=lambda v: v.name != baseline)
+    divergence = (
+        _divergence_plan(plan, config)
+        if baseline is not None and any(m.name in DIVERGENCE_METRICS for m in metrics)
+        else DivergencePlan("exact", "")
+    )
     params_of = {m.name: _params(m, config) for m in metrics}
     configs = {
         (m.name, p): m.key_config(config, p) if p else m.key_config(config)  # type: ignore[call-arg]
@@ -99,10 +202,13 @@ def plan_evaluation(plan: StudyPlan, config: EvaluationConfig) -> EvalPlan:
                         n: stages[baseline][_input_stage(n, metric.name, param)].key
                         for n in metric.baseline_inputs
                     }
+                stage_config = configs[(metric.name, param)]
+                if metric.name in DIVERGENCE_METRICS:
+                    stage_config = {**stage_config, "divergence_method": divergence.method}
                 payload = {
                     "stage": metric.name,
                     "v": [EVALUATE_STAGE_VERSION, metric.version],
-                    "config": configs[(metric.name, param)],
+                    "config": stage_config,
                     "variant": variant.quantize.key,
                     "backend": _with_runtime(config.backend_key(metric.name), runtimes),
                     "corpus": corpus.key if metric.uses_corpus and corpus else None,
@@ -112,7 +218,15 @@ def plan_evaluation(plan: StudyPlan, config: EvaluationConfig) -> EvalPlan:
                 }
                 own[name] = StageRef(name, content_key(payload))
         stages[variant.name] = own
-    return EvalPlan(config, corpus, baseline, stages)
+    baseline_plan = next((v for v in plan.variants if v.name == baseline), None)
+    return EvalPlan(
+        config,
+        corpus,
+        baseline,
+        stages,
+        divergence,
+        baseline_plan.quantize if baseline_plan is not None else None,
+    )
 
 
 def _params(metric: Any, config: EvaluationConfig) -> tuple[str | None, ...]:
@@ -161,6 +275,15 @@ def evaluate_variant(
             "own_keys": {name: ref.key for name, ref in refs.items()},
             "baseline_keys": {name: ref.key for name, ref in baseline_refs.items()},
             "corpus_key": eval_plan.corpus.key if eval_plan.corpus else None,
+            "divergence": {
+                "method": eval_plan.divergence.method,
+                "detail": eval_plan.divergence.detail,
+            },
+            "baseline_artifact": (
+                [eval_plan.baseline_artifact.stage, eval_plan.baseline_artifact.key]
+                if eval_plan.baseline_artifact is not None
+                else None
+            ),
         }
         finished: list[dict[str, str]] = []
 
@@ -262,6 +385,25 @@ def _worker_main(request_path: Path) -> None:
                 state["rss_loaded_bytes"] = psutil.Process().memory_info().rss
         return loaded["backend"], loaded["info"]
 
+    divergence = request.get("divergence") or {"method": "exact", "detail": ""}
+    baseline_artifact_ref = request.get("baseline_artifact")
+
+    def baseline_loader() -> Backend:
+        """The baseline's artifact in the scores backend, loaded next to the variant."""
+        assert baseline_artifact_ref is not None
+        path = store.path(StageRef(*baseline_artifact_ref)) / ARTIFACT_DIR
+        name = config.backend_for("scores")
+        emit(f"loading baseline ({name})")
+        backend = get_backend(
+            name, device=config.device, threads=config.threads, dtype=config.dtype
+        )
+        try:
+            backend.load(path)
+        except BaseException:
+            backend.close()
+            raise
+        return backend
+
     def own_path(name: str) -> Path:
         return store.path(StageRef(name, request["own_keys"][name]))
 
@@ -316,6 +458,13 @@ def _worker_main(request_path: Path) -> None:
                 backend_name=config.backend_for(metric_name),
                 param=param,
                 state=state,
+                divergence_method=str(divergence["method"]),
+                divergence_detail=str(divergence["detail"]),
+                baseline_loader=(
+                    baseline_loader
+                    if baseline_artifact_ref is not None and not is_baseline
+                    else None
+                ),
             )
             try:
                 record = metric.compute(context)

@@ -94,16 +94,46 @@ class PerplexityRecord(_Record):
 
 
 class DivergenceRecord(_Record):
+    """llama.cpp's `--kl-divergence` statistics; intervals resample windows."""
+
     n_tokens: int
     top_k: int = Field(description="baseline distribution stored as its top-k plus the tail mass")
+    method: Literal["exact", "topk_tail"] = Field(
+        default="topk_tail",
+        description="exact: from the baseline's full distribution, recomputed next to the "
+        "variant; topk_tail: from the stored top-k plus tail mass (a lower bound of KL)",
+    )
+    method_detail: str = Field(default="", description="why this method, in one sentence")
     kl_mean: Interval = Field(description="KL(baseline ‖ variant), nats per token")
     kl_median: float
     kl_p99: float
     kl_max: float
+    kl_percentiles: dict[str, float] = Field(
+        default_factory=dict,
+        description="KL percentiles p99.9 p99 p95 p90 p50 p10 p5 p1 p0.1, min and max, nats",
+    )
     top1_agreement: Interval = Field(description="fraction of tokens with the same argmax")
     ref_prob_delta: dict[str, float] = Field(
         description="variant minus baseline probability of the reference token: mean and "
-        "percentiles p1 p5 p50 p95 p99, probability units"
+        "percentiles (p99.9 ... p0.1), min and max, probability units"
+    )
+    ref_prob_delta_mean: Interval | None = Field(
+        default=None, description="mean Δp with its interval, probability units"
+    )
+    ref_prob_delta_rms: Interval | None = Field(
+        default=None, description="root mean square of Δp with its interval, probability units"
+    )
+    ln_ppl_ratio: Interval | None = Field(
+        default=None, description="mean ln(PPL(variant)/PPL(baseline)), nats per token"
+    )
+    ppl_ratio: Interval | None = Field(default=None, description="PPL(variant) / PPL(baseline)")
+    ln_ppl_correlation_tokens: float | None = Field(
+        default=None,
+        description="Pearson correlation of per-token NLLs, llama.cpp's Cor(ln(PPL(Q)), "
+        "ln(PPL(base))); None when undefined",
+    )
+    ln_ppl_correlation_windows: float | None = Field(
+        default=None, description="Pearson correlation of the windows' ln PPL; None when undefined"
     )
     approximation: dict[str, float] = Field(
         default_factory=dict,

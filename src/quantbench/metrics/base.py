@@ -43,9 +43,23 @@ class EvalContext:
     """For a metric with one stage per parameter (the tasks metric: per task), this stage's."""
     state: dict[str, Any] = field(default_factory=dict)
     """Measurements shared between metrics of one worker (e.g. memory after load)."""
+    divergence_method: str = "exact"
+    """How a variant is compared with the baseline: "exact" (the baseline's full
+    distribution, recomputed in this worker) or "topk_tail" (its stored top-k + tail)."""
+    divergence_detail: str = ""
+    """Why that method, one sentence for the record and the report."""
+    baseline_loader: Callable[[], Backend] | None = None
+    """Loads the baseline's artifact in this metric's backend, next to the variant (the
+    caller closes it); None for the baseline itself."""
 
     def backend(self) -> tuple[Backend, LoadInfo]:
         return self.backend_factory(self.backend_name)
+
+    def open_baseline(self) -> Backend:
+        """The baseline loaded alongside the variant, for the exact divergence method."""
+        if self.baseline_loader is None:
+            raise RuntimeError("the baseline's artifact was not passed to this worker")
+        return self.baseline_loader()
 
 
 class Metric(Protocol):

@@ -18,6 +18,7 @@ from typing import Any
 
 from quantbench.recommend import describe_budget, describe_front, format_value
 from quantbench.report import plots
+from quantbench.report.divergence_table import divergence_html
 from quantbench.report.headline import HEADLINE_COLUMNS, find_baseline, headline_rows
 from quantbench.report.markdown import EMPTY
 from quantbench.report.recovery_table import recovery_html
@@ -678,6 +679,9 @@ def render_html(results: StudyResults) -> str:
         sections.insert(2, ("tasks", "Task accuracy"))
     if any(v.axes for v in results.variants):
         sections.insert(2, ("axes", "Study axes"))
+    divergence = divergence_html(results)
+    if divergence:
+        sections.insert(2, ("divergence", "Divergence"))
     nav = "".join(f'<a href="#{sid}">{_e(title)}</a>' for sid, title in sections)
     parts = [
         "<!DOCTYPE html>",
@@ -698,6 +702,7 @@ def render_html(results: StudyResults) -> str:
         "</header>",
         _warning_section(results),
         _headline_section(results),
+        divergence,
         _tasks_section(results),
         _axes_section(results),
         _recommendation_section(results),

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from quantbench.recommend import describe_budget, describe_front, format_value
+from quantbench.report.divergence_table import divergence_markdown
 from quantbench.report.headline import (
     HEADLINE_COLUMNS,
     MIB,
@@ -135,8 +136,13 @@ def _measured(results: StudyResults, baseline: VariantResult | None) -> list[str
     if div is not None:
         parts.append(
             f"KL divergence is KL(baseline ‖ variant) in nats per token over {div.n_tokens:,} "
-            f"tokens, from the baseline's top-{div.top_k} log-probabilities plus the tail mass; "
-            "top-1 agreement is the share of tokens where both pick the same next token."
+            + (
+                "tokens, from the baseline's full distribution; "
+                if div.method == "exact"
+                else f"tokens, from the baseline's top-{div.top_k} log-probabilities plus the "
+                "tail mass (a lower bound of the exact KL); "
+            )
+            + "top-1 agreement is the share of tokens where both pick the same next token."
         )
     size = _first_record(results, baseline, lambda v: v.metrics.size)
     speed = _first_record(results, baseline, lambda v: v.metrics.speed)
@@ -547,6 +553,7 @@ def render_markdown(results: StudyResults) -> str:
         render_headline_table(results),
         "",
     ]
+    lines += divergence_markdown(results)
     lines += _tasks_section(results)
     lines += recovery_markdown(results)
     lines += _axes_section(results)
