@@ -50,6 +50,16 @@ def safetensors_bytes_by_dtype(folder: Path) -> dict[str, int]:
     return totals
 
 
+def artifact_bytes(folder: Path) -> int:
+    """Bytes of the artifact as quantization saved it: the model card the report writes into
+    the folder later is not counted, so the figure does not depend on whether a report was
+    written before this stage ran (a rerun after a kill, a metric added to a finished study)."""
+    from quantbench.report.model_card import CARD_FILE
+
+    card = folder / CARD_FILE
+    return dir_bytes(folder) - (card.stat().st_size if card.is_file() else 0)
+
+
 def peak_rss_bytes() -> int:
     """Peak resident memory of this process so far (ru_maxrss is KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -57,7 +67,8 @@ def peak_rss_bytes() -> int:
 
 class SizeMetric:
     name = "size"
-    version = 1
+    version = 2
+    """2: the model card is not part of `artifact_bytes`."""
     needs_model = True
     uses_corpus = False
     own_inputs: tuple[str, ...] = ()
@@ -76,7 +87,7 @@ class SizeMetric:
             gpu_peak = int(torch.cuda.max_memory_allocated())
         return SizeRecord(
             weights_bytes=dir_bytes(ctx.artifact, (".safetensors", ".bin")),
-            artifact_bytes=dir_bytes(ctx.artifact),
+            artifact_bytes=artifact_bytes(ctx.artifact),
             param_bytes_by_dtype=safetensors_bytes_by_dtype(ctx.artifact),
             load_s=load.load_s,
             rss_loaded_bytes=int(ctx.state["rss_loaded_bytes"]),
