@@ -11,6 +11,13 @@ the URL is the store of record: a committed stage is uploaded (`remote.py`: file
 attempt first, the manifest last), a stage done remotely counts as done everywhere, and it is
 downloaded into the mirror only when its files are read (`path`). Workers on other nodes
 open the same URL with a mirror of their own, so no folder has to be shared.
+
+A manifest lists every file of its stage with its size and SHA-256, taken at commit, so a
+stage folder damaged later (a file deleted, truncated or edited by hand, a manifest cut
+short) is found by `verify` and recomputed instead of trusted. Sizes are checked on every
+look; contents are hashed when asked, or when a file's size or modification time is not the
+one last verified (`.verified.json` beside the manifest remembers them, so a study copied
+without its timestamps is hashed once, not on every run).
 """
 
 from __future__ import annotations
@@ -32,7 +39,14 @@ from quantbench.errors import UserError
 from quantbench.remote import RemoteFolder
 
 MANIFEST = "manifest.json"
+VERIFIED = ".verified.json"
+"""Per stage folder: (size, mtime_ns) of each file when its hash last matched the manifest."""
+FILES_KEY = "files"
+"""The manifest's list of the stage's files: relative path → {size (bytes), sha256}."""
 _TMP_PREFIX = ".tmp-"
+_PROBE_PREFIX = f"{_TMP_PREFIX}probe-"
+"""A second run's writability probe: taken before its lock, so never swept."""
+_HASH_CHUNK = 1 << 22
 
 
 def canonical_json(value: Any) -> str:
@@ -77,6 +91,47 @@ class StageRef:
     key: str
 
 
+@dataclass(frozen=True)
+class Damage:
+    """A done stage whose folder no longer matches its manifest."""
+
+    ref: StageRef
+    file: str
+    """The damaged file, from the stage store's folder on (`stages/quantize/<key>/x`)."""
+    problem: str
+
+    def describe(self) -> str:
+        return f"{self.file} {self.problem}"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def list_files(folder: Path) -> dict[str, dict[str, Any]]:
+    """Size (bytes) and SHA-256 of every file under `folder` but the manifest and the
+    verification memo, by relative POSIX path."""
+    skip = {MANIFEST, VERIFIED}
+    files: dict[str, dict[str, Any]] = {}
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder).as_posix()
+        if path.is_file() and relative not in skip:
+            files[relative] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
+    return files
+
+
+def _stamps(folder: Path, names: list[str]) -> dict[str, list[int]]:
+    stamps = {}
+    for name in names:
+        stat = (folder / name).stat()
+        stamps[name] = [stat.st_size, stat.st_mtime_ns]
+    return stamps
+
+
 class StageStore:
     """The stage folders of one output directory, optionally backed by a URL."""
 
@@ -103,8 +158,13 @@ class StageStore:
     def manifest(self, ref: StageRef) -> dict[str, Any]:
         local = self._local(ref) / MANIFEST
         if local.is_file() or self.remote is None:
-            with open(local) as handle:
-                data: dict[str, Any] = json.load(handle)
+            try:
+                with open(local) as handle:
+                    data: dict[str, Any] = json.load(handle)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise UserError(
+                    f"{local} is damaged ({exc}); `quantbench run` recomputes that stage"
+                ) from None
             return data
         remote: dict[str, Any] | None = self.remote.read_json(ref.stage, ref.key, MANIFEST)
         if remote is None:
@@ -134,8 +194,12 @@ class StageStore:
 
     def commit(self, ref: StageRef, work: Path, manifest: Mapping[str, Any]) -> Path:
         """Write the manifest last, then move the folder into place in one rename (and, with
-        a URL, upload it: the attempt's files first, the manifest naming them last)."""
-        record = {"stage": ref.stage, "key": ref.key, **manifest}
+        a URL, upload it: the attempt's files first, the manifest naming them last).
+
+        The manifest lists every file's size and SHA-256, for `verify`. Files added after
+        commit (the model card a report writes into an artifact) are not listed."""
+        files = list_files(work)
+        record = {"stage": ref.stage, "key": ref.key, **manifest, FILES_KEY: files}
         if self.remote is not None:
             attempt = self._upload(ref, work, record)
             if attempt is None:  # another worker committed this stage first: use theirs
@@ -143,6 +207,7 @@ class StageStore:
                 return self.path(ref)
             record["attempt"] = attempt
         write_json_atomic(work / MANIFEST, record)
+        write_json_atomic(work / VERIFIED, _stamps(work, list(files)))
         final = self._local(ref)
         with self._mirror_lock(ref):
             if (final / MANIFEST).is_file():
@@ -200,6 +265,68 @@ class StageStore:
                 if work.exists():
                     shutil.rmtree(work, ignore_errors=True)
 
+    def verify(self, ref: StageRef, deep: bool = False) -> Damage | None:
+        """The first file of a done stage's local folder that does not match its manifest
+        (None: it matches, or nothing of it is here, or it predates file lists).
+
+        Sizes are always compared; contents are hashed with `deep`, or when a file's size
+        or modification time differs from the last verification's (a copied study, a file
+        edited in place). A matching hash is remembered, so the next look is cheap."""
+        folder = self._local(ref)
+        manifest_path = folder / MANIFEST
+        where = f"{self.root.name}/{ref.stage}/{ref.key}"
+        if not manifest_path.is_file():
+            return None
+        try:
+            manifest = json.loads(manifest_path.read_bytes())
+            files = manifest.get(FILES_KEY) if isinstance(manifest, dict) else None
+        except (ValueError, UnicodeDecodeError):
+            return Damage(ref, f"{where}/{MANIFEST}", "is not valid JSON (cut short or edited)")
+        if not isinstance(manifest, dict) or manifest.get("key", ref.key) != ref.key:
+            return Damage(ref, f"{where}/{MANIFEST}", "is not this stage's manifest")
+        if files is None:
+            return None  # committed before manifests listed files: nothing to compare
+        verified = self._verified(folder)
+        hashed: list[str] = []
+        for name, expected in files.items():
+            path = folder / name
+            if not path.is_file():
+                return Damage(ref, f"{where}/{name}", "is missing")
+            stat = path.stat()
+            if stat.st_size != expected["size"]:
+                return Damage(
+                    ref,
+                    f"{where}/{name}",
+                    f"has {stat.st_size:,} bytes where its manifest recorded {expected['size']:,}",
+                )
+            if deep or verified.get(name) != [stat.st_size, stat.st_mtime_ns]:
+                if file_sha256(path) != expected["sha256"]:
+                    return Damage(ref, f"{where}/{name}", "was modified (its SHA-256 differs)")
+                hashed.append(name)
+        if hashed:
+            with contextlib.suppress(OSError):  # a read-only study only costs speed
+                write_json_atomic(folder / VERIFIED, {**verified, **_stamps(folder, hashed)})
+        return None
+
+    @staticmethod
+    def _verified(folder: Path) -> dict[str, list[int]]:
+        try:
+            data = json.loads((folder / VERIFIED).read_bytes())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def discard(self, ref: StageRef) -> None:
+        """Remove a damaged stage's local folder so it counts as not done. It is renamed to
+        a temporary name first: a kill halfway through leaves a folder no run trusts. With a
+        URL only the mirror's copy goes; the store of record is fetched again."""
+        folder = self._local(ref)
+        if not folder.exists():
+            return
+        doomed = folder.with_name(f"{_TMP_PREFIX}damaged-{ref.key}-{uuid.uuid4().hex[:8]}")
+        os.rename(folder, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+
     def sweep_stale(self) -> list[Path]:
         """Delete temporary folders left by killed runs; call only while holding the lock."""
         removed: list[Path] = []
@@ -216,6 +343,27 @@ class StageStore:
                     shutil.rmtree(entry, ignore_errors=True)
                     removed.append(entry)
         return removed
+
+
+def sweep_temporary_files(folder: Path, subfolders: tuple[str, ...] = ()) -> list[Path]:
+    """Delete the temporary files of atomic writes that a killed run left in the study folder
+    (`.tmp-<name>.<hex>` beside results.json and the reports) and in each `subfolders` entry
+    and its children (model cards, artifact links); call only while holding the lock."""
+    parents = [folder]
+    for name in subfolders:
+        parents += [folder / name, *(p for p in (folder / name).glob("*") if p.is_dir())]
+    removed: list[Path] = []
+    for parent in parents:
+        if not parent.is_dir():
+            continue
+        for entry in parent.iterdir():
+            if entry.name.startswith(_TMP_PREFIX) and not entry.name.startswith(_PROBE_PREFIX):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                removed.append(entry)
+    return removed
 
 
 @contextlib.contextmanager
@@ -239,7 +387,7 @@ def ensure_writable_dir(path: Path) -> None:
     """Create `path` or fail with a user-facing message before any work is done."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f"{_TMP_PREFIX}probe-{uuid.uuid4().hex}"
+        probe = path / f"{_PROBE_PREFIX}{uuid.uuid4().hex}"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
