@@ -251,7 +251,7 @@ def prepare_calibration(
     from transformers import AutoTokenizer
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    tokenizer = AutoTokenizer.from_pretrained(model.path)
+    tokenizer = AutoTokenizer.from_pretrained(model.tokenizer_folder)
     rows = load_source(config)
     samples = select_samples(rows, tokenizer, config.num_samples, config.seq_len, config.seed)
     if not samples:

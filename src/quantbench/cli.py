@@ -1,250 +1,372 @@
-"""The `quantbench` command line: `run`, `schemes`, `report`.
+"""The `quantbench` command line: `run`, `plan`, `schemes`, `report`, `compare`, `env`.
 
-Bad input is a `UserError`: one line on stderr, exit status 2, no traceback unless `--debug`.
+Exit statuses: 0 when every variant and metric finished, 1 when some failed (each recorded
+in results.json), 2 for bad input (a `UserError` or a usage error: one line on stderr, no
+traceback unless `--debug`), 130 when interrupted (finished stages are kept).
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from quantbench import __version__
 from quantbench.errors import UserError
+
+CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 120}
 
 app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     no_args_is_help=True,
+    # Plain click help: rich markup read "[default: …]" as a tag and dropped every default.
+    rich_markup_mode=None,
+    context_settings=CONTEXT_SETTINGS,
     help="Quantize an LLM with several schemes and measure what each costs against BF16.",
 )
 
-
-MaxKL = Annotated[float | None, typer.Option(help="acceptable mean KL vs the baseline, nats/token")]
+NO_LIMIT = "no limit"
+MaxKL = Annotated[
+    Optional[float],  # noqa: UP045 (typer reads the annotation at run time)
+    typer.Option(help="acceptable mean KL vs the baseline, nats/token", show_default=NO_LIMIT),
+]
 MaxPplIncrease = Annotated[
-    str | None, typer.Option(help="acceptable perplexity increase, percent (e.g. 2%)")
+    Optional[str],  # noqa: UP045
+    typer.Option(help="acceptable perplexity increase, percent (e.g. 2%)", show_default=NO_LIMIT),
 ]
 MaxAccuracyDrop = Annotated[
-    float | None, typer.Option(help="acceptable task accuracy drop, points")
+    Optional[float],  # noqa: UP045
+    typer.Option(help="acceptable task accuracy drop, points", show_default=NO_LIMIT),
 ]
-NoDefaultConstraints = Annotated[
-    bool,
-    typer.Option(
-        "--no-default-constraints",
-        help="with no limit set, call every ok variant acceptable instead of applying the "
-        "default quality budget (docs/recommendation.md)",
-    ),
-]
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"quantbench {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
 def _root(
-    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks for errors")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="show tracebacks for errors (anywhere on the line)")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            help="print the version and exit",
+            callback=_show_version,
+            is_eager=True,
+        ),
+    ] = False,
 ) -> None:
-    """Global options (handled in `main`)."""
+    """Global options (`--debug` is read by `main`, wherever it stands)."""
 
 
-@app.command()
-def run(
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="study YAML; flags override it")
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(help="built-in name, local HF folder, .gguf file or hub id"),
-    ] = None,
-    schemes: Annotated[
-        str | None, typer.Option(help="comma-separated scheme names (see `quantbench schemes`)")
-    ] = None,
-    out: Annotated[
-        str | None,
-        typer.Option(help="output folder or fsspec URL (s3://...) [default: quantbench-out]"),
-    ] = None,
-    calibration: Annotated[
-        str | None,
-        typer.Option(
-            help="'builtin', a local .jsonl/.json/.parquet/.txt file, or a hub dataset id"
-        ),
-    ] = None,
-    calibration_samples: Annotated[int | None, typer.Option(help="number of samples")] = None,
-    calibration_seq_len: Annotated[int | None, typer.Option(help="tokens per sample")] = None,
-    seed: Annotated[int | None, typer.Option(help="calibration sampling seed")] = None,
-    metrics: Annotated[
-        str | None,
-        typer.Option(help="comma-separated metrics, or 'none' [default: all]"),
-    ] = None,
-    corpus: Annotated[
-        str | None,
-        typer.Option(help="perplexity corpus: 'builtin', 'wikitext2', or a .txt/.jsonl file"),
-    ] = None,
-    max_tokens: Annotated[
-        int | None, typer.Option(help="scored-token budget for perplexity and divergence")
-    ] = None,
-    prompts: Annotated[
-        str | None, typer.Option(help="generation prompts: 'builtin' or a .jsonl file")
-    ] = None,
-    device: Annotated[str | None, typer.Option(help="evaluation device: auto, cpu, cuda")] = None,
-    dtype: Annotated[
-        str | None,
-        typer.Option(
-            help="hf compute dtype: auto (float32 on CPUs without bf16 in hardware), "
-            "bfloat16, float16, float32"
-        ),
-    ] = None,
-    backend: Annotated[
-        str | None, typer.Option(help="backend for every metric: hf (default) or vllm")
-    ] = None,
-    speed_backend: Annotated[
-        str | None, typer.Option(help="backend for speed only, e.g. vllm [default: --backend]")
-    ] = None,
-    vllm_python: Annotated[
-        str | None,
-        typer.Option(help="interpreter of an env with vLLM [default: `quantbench env create`'s]"),
-    ] = None,
-    tasks: Annotated[
-        str | None,
-        typer.Option(help="lm-eval tasks, comma-separated (e.g. mmlu_pro,gsm8k,ifeval)"),
-    ] = None,
-    limit: Annotated[
-        int | None, typer.Option(help="items per task (spread over a group's subtasks)")
-    ] = None,
-    task_data: Annotated[
-        Path | None,
-        typer.Option(help="folder of local task data (layout of shared/data/): no hub needed"),
-    ] = None,
-    allow_code_execution: Annotated[
-        bool | None,
-        typer.Option(
-            "--allow-code-execution",
-            help="run model-written code (HumanEval+) inside quantbench's sandbox",
-        ),
-    ] = None,
-    num_fewshot: Annotated[
-        int | None, typer.Option(help="few-shot examples per task [default: each task's own]")
-    ] = None,
-    apply_chat_template: Annotated[
-        bool | None,
-        typer.Option("--apply-chat-template", help="render task prompts with the chat template"),
-    ] = None,
-    max_gen_tokens: Annotated[
-        int | None,
-        typer.Option(help="cap on generated tokens per task item; 0: each task's own [256]"),
-    ] = None,
-    max_kl: MaxKL = None,
-    max_ppl_increase: MaxPplIncrease = None,
-    max_accuracy_drop: MaxAccuracyDrop = None,
-    no_default_constraints: NoDefaultConstraints = False,
-    executor: Annotated[
-        str | None, typer.Option(help="where variants run: local (default) or ray")
-    ] = None,
-    ray_address: Annotated[
-        str | None,
-        typer.Option(help="Ray cluster to join (auto, ray://host:10001); default: start one"),
-    ] = None,
-) -> None:
-    """Quantize the model with every scheme of the study and write OUT/results.json."""
-    from quantbench.config import load_study_config
+def _percent(value: str) -> float:
+    try:
+        return float(value.strip().rstrip("%"))
+    except ValueError:
+        raise UserError(
+            f"--max-ppl-increase takes a percentage like 2 or 2%, not '{value}'"
+        ) from None
+
+
+@dataclass(frozen=True)
+class StudyFlag:
+    """One command-line flag of `run` and `plan`: where its value goes in the study config.
+
+    The default shown in `--help` is the study config's own (`StudyConfig()`); a flag
+    overrides the --config file only when it is given on the command line."""
+
+    name: str
+    kind: type
+    help: str
+    path: tuple[str, ...]
+    unset: str = "none"
+    """What an unset value means, for a config field whose default is None or empty."""
+    convert: Callable[[Any], Any] | None = None
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def parameter(self, defaults: dict[str, Any]) -> inspect.Parameter:
+        default: Any = defaults
+        for part in self.path:
+            default = default[part]
+        if self.kind is bool:
+            declaration = f"{self.option}/--no-{self.option[2:]}"
+            info = typer.Option(declaration, help=self.help)
+            return _keyword(self.name, Annotated[bool, info], bool(default))
+        if isinstance(default, list):  # schemes (entries) and metrics
+            default = ",".join(d["scheme"] if isinstance(d, dict) else str(d) for d in default)
+        if default in (None, ""):
+            info = typer.Option(self.option, help=self.help, show_default=self.unset)
+            return _keyword(self.name, Annotated[Optional[self.kind], info], None)  # noqa: UP045
+        info = typer.Option(self.option, help=self.help, show_default=True)
+        return _keyword(self.name, Annotated[self.kind, info], self.kind(default))
+
+
+def _keyword(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+    )
+
+
+STUDY_FLAGS: tuple[StudyFlag, ...] = (
+    StudyFlag("model", str, "built-in name, local HF folder, .gguf file or hub id", ("model",)),
+    StudyFlag(
+        "tokenizer",
+        str,
+        "folder to take the tokenizer from, for a model folder without one",
+        ("tokenizer",),
+        unset="the model's own",
+    ),
+    StudyFlag(
+        "allow_pickle",
+        bool,
+        "accept pickle checkpoints (.bin/.pt), read with torch.load(weights_only=True)",
+        ("allow_pickle",),
+    ),
+    StudyFlag(
+        "schemes", str, "comma-separated scheme names (see `quantbench schemes`)", ("schemes",)
+    ),
+    StudyFlag("out", str, "output folder or fsspec URL (s3://...)", ("out",)),
+    StudyFlag(
+        "calibration",
+        str,
+        "'builtin', a local .jsonl/.json/.parquet/.txt file, or a hub dataset id",
+        ("calibration", "source"),
+    ),
+    StudyFlag(
+        "calibration_samples", int, "number of calibration samples", ("calibration", "num_samples")
+    ),
+    StudyFlag(
+        "calibration_seq_len",
+        int,
+        "tokens per calibration sample, at most",
+        ("calibration", "seq_len"),
+    ),
+    StudyFlag("seed", int, "calibration sampling seed", ("calibration", "seed")),
+    StudyFlag("metrics", str, "comma-separated metrics, or 'none'", ("evaluation", "metrics")),
+    StudyFlag(
+        "corpus",
+        str,
+        "perplexity corpus: 'builtin', 'wikitext2', or a .txt/.jsonl file",
+        ("evaluation", "corpus", "source"),
+    ),
+    StudyFlag(
+        "max_tokens",
+        int,
+        "scored-token budget for perplexity and divergence",
+        ("evaluation", "corpus", "max_tokens"),
+    ),
+    StudyFlag(
+        "prompts",
+        str,
+        "generation prompts: 'builtin' or a .jsonl file",
+        ("evaluation", "generations", "prompts"),
+    ),
+    StudyFlag("device", str, "evaluation device: auto, cpu, cuda", ("evaluation", "device")),
+    StudyFlag(
+        "dtype",
+        str,
+        "hf compute dtype: auto (float32 on CPUs without bf16 in hardware), bfloat16, "
+        "float16, float32",
+        ("evaluation", "dtype"),
+    ),
+    StudyFlag("backend", str, "backend for every metric: hf or vllm", ("evaluation", "backend")),
+    StudyFlag(
+        "speed_backend",
+        str,
+        "backend for speed only, e.g. vllm",
+        ("evaluation", "speed_backend"),
+        unset="--backend",
+    ),
+    StudyFlag(
+        "vllm_python",
+        str,
+        "interpreter of an env with vLLM",
+        ("evaluation", "vllm", "python"),
+        unset="`quantbench env create vllm`'s",
+    ),
+    StudyFlag(
+        "tasks",
+        str,
+        "lm-eval tasks, comma-separated (e.g. mmlu_pro,gsm8k,ifeval)",
+        ("evaluation", "tasks", "names"),
+    ),
+    StudyFlag(
+        "limit",
+        int,
+        "items per task (spread over a group's subtasks)",
+        ("evaluation", "tasks", "limit"),
+        unset="every item",
+    ),
+    StudyFlag(
+        "task_data",
+        Path,
+        "folder of local task data (layout of shared/data/): no hub needed",
+        ("evaluation", "tasks", "data_dir"),
+        unset="none: the tasks' hub datasets",
+        convert=str,
+    ),
+    StudyFlag(
+        "allow_code_execution",
+        bool,
+        "run model-written code (HumanEval+) inside quantbench's sandbox",
+        ("evaluation", "tasks", "allow_code_execution"),
+    ),
+    StudyFlag(
+        "num_fewshot",
+        int,
+        "few-shot examples per task",
+        ("evaluation", "tasks", "num_fewshot"),
+        unset="each task's own",
+    ),
+    StudyFlag(
+        "apply_chat_template",
+        bool,
+        "render task prompts with the chat template",
+        ("evaluation", "tasks", "apply_chat_template"),
+    ),
+    StudyFlag(
+        "max_gen_tokens",
+        int,
+        "cap on generated tokens per task item; 0: each task's own",
+        ("evaluation", "tasks", "max_gen_tokens"),
+        unset="each task's own",
+    ),
+    StudyFlag(
+        "max_kl",
+        float,
+        "acceptable mean KL vs the baseline, nats/token",
+        ("decision", "max_kl"),
+        unset=NO_LIMIT,
+    ),
+    StudyFlag(
+        "max_ppl_increase",
+        str,
+        "acceptable perplexity increase, percent (e.g. 2%)",
+        ("decision", "max_ppl_increase_pct"),
+        unset=NO_LIMIT,
+        convert=_percent,
+    ),
+    StudyFlag(
+        "max_accuracy_drop",
+        float,
+        "acceptable task accuracy drop, points",
+        ("decision", "max_accuracy_drop"),
+        unset=NO_LIMIT,
+    ),
+    StudyFlag(
+        "default_constraints",
+        bool,
+        "with no limit set, apply the default quality budget (--no-default-constraints: "
+        "every ok variant is acceptable)",
+        ("decision", "default_budget"),
+    ),
+    StudyFlag("executor", str, "where variants run: local or ray", ("execution", "executor")),
+    StudyFlag(
+        "ray_address",
+        str,
+        "Ray cluster to join (auto, ray://host:10001)",
+        ("execution", "ray_address"),
+        unset="start a local one",
+    ),
+)
+"""The flags `run` and `plan` share: `plan` prints the stages `run` would run with the same
+flags, so both read one table."""
+
+
+def study_overrides(given: dict[str, Any]) -> dict[str, Any]:
+    """The nested config overrides for the flags in `given` (name → value as parsed)."""
+    overrides: dict[str, Any] = {}
+    for flag in STUDY_FLAGS:
+        if flag.name not in given:
+            continue
+        value = given[flag.name]
+        if flag.convert is not None and value is not None:
+            value = flag.convert(value)
+        node = overrides
+        for part in flag.path[:-1]:
+            node = node.setdefault(part, {})
+        node[flag.path[-1]] = value
+    return overrides
+
+
+def _given_on_command_line(ctx: typer.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+def _study_command(body: Callable[[Any], None]) -> Callable[..., None]:
+    """A command taking `--config` plus every `STUDY_FLAGS` flag, calling `body` with the
+    validated study config (the file, then the flags given on the command line)."""
+    from quantbench.config import StudyConfig
+
+    def command(ctx: typer.Context, config: Path | None = None, **values: Any) -> None:
+        from quantbench.config import load_study_config
+
+        given = {k: v for k, v in values.items() if _given_on_command_line(ctx, k)}
+        body(load_study_config(config, study_overrides(given)))
+
+    defaults = StudyConfig().model_dump(mode="json")
+    config_option = typer.Option(
+        "--config", "-c", help="study YAML; flags override it", show_default="none"
+    )
+    parameters = [
+        inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
+        _keyword("config", Annotated[Optional[Path], config_option], None),  # noqa: UP045
+        *(flag.parameter(defaults) for flag in STUDY_FLAGS),
+    ]
+    command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in parameters}
+    command.__name__ = body.__name__
+    command.__doc__ = body.__doc__
+    return command
+
+
+def run_study_command(study: Any) -> None:
+    """Quantize the model with every scheme of the study and write OUT/results.json.
+
+    Exit status 0 when every variant and metric finished, 1 when some failed (the table
+    and results.json say which and why), 2 for bad input, 130 when interrupted."""
+    from quantbench.output import OutputFolder
     from quantbench.report.terminal import results_table
     from quantbench.study import run_study
 
-    overrides = {
-        "model": model,
-        "schemes": schemes,
-        "out": str(out) if out else None,
-        "calibration": {
-            "source": calibration,
-            "num_samples": calibration_samples,
-            "seq_len": calibration_seq_len,
-            "seed": seed,
-        },
-        "decision": _decision(max_kl, max_ppl_increase, max_accuracy_drop, no_default_constraints),
-        "execution": {"executor": executor, "ray_address": ray_address},
-        "evaluation": {
-            "metrics": metrics,
-            "device": device,
-            "dtype": dtype,
-            "backend": backend,
-            "speed_backend": speed_backend,
-            "vllm": {"python": vllm_python},
-            "corpus": {"source": corpus, "max_tokens": max_tokens},
-            "generations": {"prompts": prompts},
-            "tasks": {
-                "names": tasks,
-                "limit": limit,
-                "data_dir": str(task_data) if task_data else None,
-                "allow_code_execution": allow_code_execution,
-                "num_fewshot": num_fewshot,
-                "apply_chat_template": apply_chat_template,
-                "max_gen_tokens": max_gen_tokens,
-            },
-        },
-    }
-    study = load_study_config(config, overrides)
     err = Console(stderr=True)
     results = run_study(study, err)
     _stdout().print(results_table(results))
-    from quantbench.output import OutputFolder
-
     output = OutputFolder.open(study.out)
     err.print(f"results: {output.child('results.json')}, {output.child('report.md')}")
-    if any(v.status != "ok" for v in results.variants):
+    if any(v.status != "ok" or v.metrics.errors for v in results.variants):
         raise typer.Exit(1)
 
 
-@app.command("plan")
-def plan_command(
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="study YAML; flags override it")
-    ] = None,
-    model: Annotated[str | None, typer.Option(help="model (as for `run`)")] = None,
-    schemes: Annotated[str | None, typer.Option(help="comma-separated scheme names")] = None,
-    out: Annotated[str | None, typer.Option(help="output folder (or URL) to check")] = None,
-    calibration_samples: Annotated[int | None, typer.Option(help="number of samples")] = None,
-    metrics: Annotated[str | None, typer.Option(help="comma-separated metrics, or 'none'")] = None,
-    max_tokens: Annotated[int | None, typer.Option(help="scored-token budget")] = None,
-    backend: Annotated[str | None, typer.Option(help="backend for every metric")] = None,
-    speed_backend: Annotated[str | None, typer.Option(help="backend for speed only")] = None,
-    tasks: Annotated[str | None, typer.Option(help="lm-eval tasks, comma-separated")] = None,
-    limit: Annotated[int | None, typer.Option(help="items per task")] = None,
-    task_data: Annotated[Path | None, typer.Option(help="folder of local task data")] = None,
-    allow_code_execution: Annotated[
-        bool | None, typer.Option("--allow-code-execution", help="as for `run`")
-    ] = None,
-    executor: Annotated[str | None, typer.Option(help="local or ray")] = None,
-) -> None:
+def plan_study_command(study: Any) -> None:
     """Print every stage the study needs (matrix expanded), its key, whether it is done and
-    the resources it will request, without running anything. Give it the same study options
-    as `run` (the keys depend on them); the rest belong in the --config file."""
-    from quantbench.config import load_study_config
+    the resources it will request, without running anything. It takes every flag `run`
+    takes, and prints the keys `run` would use with them."""
     from quantbench.inventory import plan_stages
 
-    overrides = {
-        "model": model,
-        "schemes": schemes,
-        "out": str(out) if out else None,
-        "calibration": {"num_samples": calibration_samples},
-        "execution": {"executor": executor},
-        "evaluation": {
-            "metrics": metrics,
-            "backend": backend,
-            "speed_backend": speed_backend,
-            "corpus": {"max_tokens": max_tokens},
-            "tasks": {
-                "names": tasks,
-                "limit": limit,
-                "data_dir": str(task_data) if task_data else None,
-                "allow_code_execution": allow_code_execution,
-            },
-        },
-    }
-    study = load_study_config(config, overrides)
     err = Console(stderr=True)
-    stages = plan_stages(study, on_status=lambda s: err.print(f"[dim]{s}"))
+    stages = plan_stages(study, on_status=lambda s: err.print(f"[dim]{escape(s)}"))
     table = Table(title=f"quantbench plan · {study.out}", title_justify="left")
     for column in ("stage", "variant", "key", "state", "runs on", "resources"):
         table.add_column(column, no_wrap=column in ("stage", "key"))
@@ -263,31 +385,43 @@ def plan_command(
     )
 
 
+app.command("run")(_study_command(run_study_command))
+app.command("plan")(_study_command(plan_study_command))
+
+
 @app.command("schemes")
 def list_schemes() -> None:
     """List the quantization schemes, their options and the hardware that runs them natively."""
-    from quantbench.backends.vllm_support import hardware_here, here_summary, kernel_summary
     from quantbench.schemes import all_schemes
 
-    hardware = hardware_here("cpu")
-    table = Table(title="quantbench schemes", show_lines=True, title_justify="left")
-    columns = ("scheme", "description", "calibration", "native kernels", "on this machine")
-    for column in (*columns, "options"):
-        table.add_column(column)
+    console = Console()
+    console.print(Text("quantbench schemes", style="bold"))
     for scheme in all_schemes():
-        options = "\n".join(f"{k}: {v}" for k, v in scheme.listed_options().items()) or "–"
-        kernels = kernel_summary(scheme.name, scheme.quantizes)
-        here = here_summary(scheme.name, scheme.quantizes, hardware)
-        table.add_row(
-            scheme.name,
-            f"{scheme.description}\nweights: {scheme.weight_format}; "
-            f"activations: {scheme.activation_format}",
-            "yes" if scheme.needs_calibration else "no",
-            "\n".join(f"{k}: {v}" for k, v in kernels.items()),
-            f"{hardware.describe()}\n" + "\n".join(f"{k}: {v}" for k, v in here.items()),
-            options,
-        )
-    Console().print(table)
+        calibrates = "calibrates" if scheme.needs_calibration else "no calibration"
+        console.print()
+        console.print(Text.assemble((scheme.name, "bold cyan"), f"  ({calibrates})"))
+        lines = [
+            scheme.description,
+            f"weights: {scheme.weight_format}; activations: {scheme.activation_format}",
+            f"native kernels: {scheme.native_hardware}",
+            "options:",
+        ]
+        for line in lines:
+            console.print(Text(line), style=None, highlight=False)
+        for option, value in scheme.defaults.items():
+            # One option a line, never cut: these are the names a study file uses.
+            console.print(
+                Text(f"  {option}: {value}", no_wrap=True, overflow="ignore"), highlight=False
+            )
+
+
+NoDefaultConstraints = Annotated[
+    bool,
+    typer.Option(
+        "--no-default-constraints",
+        help="with no limit set, call every ok variant acceptable (no default quality budget)",
+    ),
+]
 
 
 def _decision(
@@ -295,21 +429,16 @@ def _decision(
     max_ppl_increase: str | None,
     max_accuracy_drop: float | None,
     no_default_constraints: bool = False,
-) -> dict[str, float | bool | None]:
-    increase = None
-    if max_ppl_increase is not None:
-        try:
-            increase = float(max_ppl_increase.strip().rstrip("%"))
-        except ValueError:
-            raise UserError(
-                f"--max-ppl-increase takes a percentage like 2 or 2%, not '{max_ppl_increase}'"
-            ) from None
-    return {
+) -> dict[str, Any]:
+    """Constraint flags as `decision` settings; `default_budget` only when it is turned off."""
+    decision: dict[str, Any] = {
         "max_kl": max_kl,
-        "max_ppl_increase_pct": increase,
+        "max_ppl_increase_pct": None if max_ppl_increase is None else _percent(max_ppl_increase),
         "max_accuracy_drop": max_accuracy_drop,
-        **({"default_budget": False} if no_default_constraints else {}),
     }
+    if no_default_constraints:
+        decision["default_budget"] = False
+    return decision
 
 
 @app.command()
@@ -328,9 +457,9 @@ def report(
     from quantbench.report.terminal import results_table
     from quantbench.results import Constraints, load_results
 
+    flags = _decision(max_kl, max_ppl_increase, max_accuracy_drop, no_default_constraints)
     results = load_results(out)
     saved = dict(results.config.get("decision") or {})
-    flags = _decision(max_kl, max_ppl_increase, max_accuracy_drop, no_default_constraints)
     given = {k: v for k, v in flags.items() if v is not None}
     constraints = Constraints.model_validate({"default_budget": True, **saved, **given})
     results = results.model_copy(update={"recommendation": recommend(results, constraints)})
@@ -378,6 +507,8 @@ def _stdout() -> Console:
 
 env_app = typer.Typer(
     no_args_is_help=True,
+    rich_markup_mode=None,
+    context_settings=CONTEXT_SETTINGS,
     help="Managed Python environments for runtimes kept apart from quantbench's (vLLM).",
 )
 app.add_typer(env_app, name="env")
@@ -447,27 +578,52 @@ def _classes(name: str) -> tuple[type[BaseException], ...]:
 _EXIT = _classes("Exit")
 _CLICK_ERROR = _classes("ClickException")
 _USAGE = _classes("UsageError")
+_NO_ARGS = _classes("NoArgsIsHelpError")
 _INTERRUPTED: tuple[type[BaseException], ...] = (KeyboardInterrupt, *_classes("Abort"))
 
 
 def main() -> None:
-    debug = "--debug" in sys.argv
+    """The `quantbench` script and `python -m quantbench`: exit with `exit_status`'s value."""
+    sys.exit(exit_status(sys.argv[1:]))
+
+
+def exit_status(argv: Sequence[str]) -> int:
+    """Run the command line `argv` and return its exit status (0, 1, 2 or 130, see the
+    module docstring). `--debug` may stand anywhere: it is taken out before parsing."""
+    debug = "--debug" in argv
+    args = [a for a in argv if a != "--debug"]
     err = Console(stderr=True)
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns a `typer.Exit`'s code instead of raising it.
+        returned = app(args=args, prog_name="quantbench", standalone_mode=False)
     except UserError as exc:
         if debug:
             raise
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _one_line_error(err, str(exc))
+        return 2
     except _EXIT as exc:
-        sys.exit(getattr(exc, "exit_code", 0))
+        return int(getattr(exc, "exit_code", 0) or 0)
+    except _NO_ARGS as exc:
+        exc.show()  # type: ignore[attr-defined]  # bare `quantbench`: the help text
+        return 2
     except _CLICK_ERROR as exc:
-        exc.show()  # type: ignore[attr-defined]
-        sys.exit(2 if isinstance(exc, _USAGE) else getattr(exc, "exit_code", 1))
+        if debug:
+            raise
+        message = exc.format_message()  # type: ignore[attr-defined]
+        context = getattr(exc, "ctx", None)
+        where = f" (see `{context.command_path} -h`)" if context is not None else ""
+        _one_line_error(err, message + where)
+        return 2
     except _INTERRUPTED:
         err.print("[yellow]interrupted[/]: finished stages are kept; run again to resume")
-        sys.exit(130)
+        return 130
+    return returned if isinstance(returned, int) else 0
+
+
+def _one_line_error(err: Console, message: str) -> None:
+    """`error: message` on one line, whatever the message holds (newlines, [brackets])."""
+    text = " ".join(message.split())
+    err.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

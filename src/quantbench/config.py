@@ -467,6 +467,14 @@ class StudyConfig(_Strict):
         description="a model, or a list of models: each is its own study with its own "
         "baseline, in a sub-folder of `out` named by `model_labels`, merged into one report",
     )
+    tokenizer: str | None = Field(
+        default=None,
+        description="folder to take the tokenizer from, for a model folder without one",
+    )
+    allow_pickle: bool = Field(
+        default=False,
+        description="accept pickle checkpoints (.bin/.pt), read with torch.load(weights_only=True)",
+    )
     schemes: tuple[SchemeEntry, ...] = Field(
         default=tuple(SchemeEntry(scheme=s) for s in DEFAULT_SCHEMES), min_length=1
     )

@@ -156,7 +156,7 @@ def prepare_corpus(
         return store.manifest(ref)
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model.path)
+    tokenizer = AutoTokenizer.from_pretrained(model.tokenizer_folder)
     text = corpus_text(config)
     if not text.strip():
         raise UserError(f"corpus {config.source} is empty")

@@ -61,7 +61,9 @@ def _plan_one(config: StudyConfig, on_status: Callable[[str], None]) -> list[Pla
 
     store = OutputFolder.open(config.out).stages()
     (spec,) = config.models()
-    model = resolve_model(spec, on_status=on_status)
+    model = resolve_model(
+        spec, on_status=on_status, allow_pickle=config.allow_pickle, tokenizer=config.tokenizer
+    )
     config = with_baseline(config, on_status)
     plan = build_plan(config, model)
     eval_plan = (

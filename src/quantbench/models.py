@@ -17,7 +17,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +57,17 @@ class ResolvedModel:
     fingerprint: str
     notes: tuple[str, ...] = ()
     source_files: dict[str, str] = field(default_factory=dict)
+    tokenizer_path: Path | None = None
+    """Where the tokenizer comes from when it is not the model folder (`--tokenizer`)."""
+    model_fingerprint: str = ""
+    """The model folder's own fingerprint (without a `--tokenizer` folder's files)."""
+
+    @property
+    def tokenizer_folder(self) -> Path:
+        return self.tokenizer_path or self.path
 
     def describe(self) -> dict[str, Any]:
-        return {
+        described: dict[str, Any] = {
             "spec": self.spec,
             "kind": self.kind,
             "path": str(self.path),
@@ -67,6 +75,10 @@ class ResolvedModel:
             "notes": list(self.notes),
             "source_files": self.source_files,
         }
+        if self.tokenizer_path is not None:
+            described["tokenizer_path"] = str(self.tokenizer_path)
+            described["model_fingerprint"] = self.model_fingerprint
+        return described
 
 
 def cache_dir() -> Path:
@@ -227,6 +239,22 @@ def _drop_load_time_settings(tokenizer_config: Path) -> None:
         tokenizer_config.write_text(json.dumps(kept, indent=2, ensure_ascii=False) + "\n")
 
 
+def check_gguf(path: Path) -> None:
+    """Refuse a file that is not a GGUF checkpoint gguf can read (magic, version, tensor
+    table), before anything is said about converting it."""
+    import gguf
+
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if len(head) < 8 or head[:4] != b"GGUF":
+        raise UserError(f"cannot read GGUF {path}: not a GGUF file ({path.stat().st_size} bytes)")
+    try:
+        gguf.GGUFReader(str(path))
+    except (ValueError, OSError, KeyError, IndexError, TypeError) as exc:
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise UserError(f"cannot read GGUF {path}: {detail}") from None
+
+
 def _converted_from_gguf(
     gguf_path: Path, label: str, on_status: Callable[[str], None]
 ) -> tuple[Path, str]:
@@ -234,6 +262,7 @@ def _converted_from_gguf(
     store = StageStore(cache_dir() / "models")
     ref = StageRef("gguf", content_key({"gguf_sha256": gguf_hash, "dtype": "bfloat16", "v": 3}))
     if not store.is_done(ref):
+        check_gguf(gguf_path)
         with exclusive(
             store.root / f"{ref.key}.lock", what=f"the model cache ({label})", wait_s=3600
         ):
@@ -249,8 +278,59 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith(("/", "./", "../", "~")) or spec.endswith(".gguf") or os.sep in spec
 
 
-def resolve_model(spec: str, on_status: Callable[[str], None] = lambda _: None) -> ResolvedModel:
-    """Resolve `spec` to a local HF folder, converting or downloading it if needed."""
+def resolve_model(
+    spec: str,
+    on_status: Callable[[str], None] = lambda _: None,
+    *,
+    allow_pickle: bool = False,
+    tokenizer: str | None = None,
+) -> ResolvedModel:
+    """Resolve `spec` to a local HF folder, converting or downloading it if needed.
+
+    A folder the user gave (local or from the hub) is checked before anything uses it: its
+    weight files are readable and hold every weight the architecture needs
+    (`check_checkpoint`), pickle checkpoints only with `allow_pickle`, and a tokenizer is
+    there (or in the folder `tokenizer` names)."""
+    resolved = _resolve(spec, on_status)
+    if resolved.kind in ("local", "hub"):
+        notes = check_checkpoint(resolved.path, allow_pickle=allow_pickle)
+        resolved = replace(resolved, notes=(*resolved.notes, *notes))
+    if tokenizer is not None:
+        return with_tokenizer(resolved, tokenizer)
+    if resolved.kind in ("local", "hub"):
+        check_tokenizer_files(resolved.path, spec)
+    return resolved
+
+
+def with_tokenizer(model: ResolvedModel, tokenizer: str) -> ResolvedModel:
+    """`model` with its tokenizer taken from the folder `tokenizer`: the tokenizer files
+    of that folder replace the model's in the fingerprint (they shape calibration samples,
+    corpus tokens and the artifact's tokenizer)."""
+    folder = Path(tokenizer).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"--tokenizer {tokenizer}: no such folder")
+    check_tokenizer_files(folder, tokenizer)
+    tokenizer_files = {
+        file.name: file_sha256(file)
+        for file in sorted(folder.iterdir())
+        if file.is_file() and file.name.startswith(TOKENIZER_FILE_PREFIXES)
+    }
+    kept = {
+        name: digest
+        for name, digest in model.source_files.items()
+        if not name.startswith(TOKENIZER_FILE_PREFIXES)
+    }
+    fingerprint = content_key({"model": model.fingerprint, "tokenizer": tokenizer_files})
+    return replace(
+        model,
+        fingerprint=fingerprint,
+        model_fingerprint=model.fingerprint,
+        source_files={**kept, **tokenizer_files},
+        tokenizer_path=folder.resolve(),
+    )
+
+
+def _resolve(spec: str, on_status: Callable[[str], None]) -> ResolvedModel:
     if spec in BUILTIN_MODELS:
         builtin = BUILTIN_MODELS[spec]
         gguf = _builtin_gguf(builtin)
@@ -272,7 +352,7 @@ def resolve_model(spec: str, on_status: Callable[[str], None] = lambda _: None) 
             raise UserError(
                 f"{spec} is a folder but not a Hugging Face model (no config.json in it)"
             )
-        if not any(f.suffix in (".safetensors", ".bin") for f in expanded.iterdir()):
+        if not any(f.suffix in (".safetensors", ".bin", ".pt") for f in expanded.iterdir()):
             raise UserError(f"{spec} has a config.json but no .safetensors or .bin weights")
         fingerprint, files = folder_fingerprint(expanded)
         return ResolvedModel(spec, "local", expanded.resolve(), fingerprint, (), files)
@@ -301,13 +381,21 @@ def locate_model(described: dict[str, Any]) -> Path:
     path = Path(described["path"])
     if path.is_dir():
         return path
-    resolved = resolve_model(described["spec"])
-    if resolved.fingerprint != described["fingerprint"]:
+    resolved = _resolve(described["spec"], lambda _: None)
+    expected = described.get("model_fingerprint", described["fingerprint"])
+    if resolved.fingerprint != expected:
         raise UserError(
             f"model {described['spec']} on this node ({resolved.path}) differs from the "
-            f"driver's: fingerprint {resolved.fingerprint} instead of {described['fingerprint']}"
+            f"driver's: fingerprint {resolved.fingerprint} instead of {expected}"
         )
     return resolved.path
+
+
+def locate_tokenizer(described: dict[str, Any]) -> Path:
+    """Worker side: the folder to load the tokenizer from (the model's, unless the study
+    named another with `--tokenizer`)."""
+    tokenizer = described.get("tokenizer_path")
+    return Path(tokenizer) if tokenizer else locate_model(described)
 
 
 def _is_hub_id(spec: str) -> bool:
@@ -363,11 +451,9 @@ class ModelInfo:
 def inspect_model(path: Path) -> ModelInfo:
     """Build the model on the meta device to list its Linear layers and count parameters."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(path)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
+    model = _meta_model(path)
+    config = model.config
     layers = tuple(
         LinearLayer(name, module.in_features, module.out_features)
         for name, module in model.named_modules()
@@ -387,4 +473,319 @@ def inspect_model(path: Path) -> ModelInfo:
         tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
         torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "unknown"),
         hidden_size=getattr(config, "hidden_size", None),
+    )
+
+
+# --- Checking a model folder before anything loads it -------------------------------------
+
+TOKENIZER_FILE_PREFIXES = ("tokenizer", "special_tokens", "chat_template", "vocab", "merges")
+"""Names of the files a tokenizer is made of (and which `--tokenizer` takes from its folder)."""
+
+TOKENIZER_VOCABULARIES: tuple[tuple[str, ...], ...] = (
+    ("tokenizer.json",),
+    ("tokenizer.model",),
+    ("vocab.json", "merges.txt"),
+    ("vocab.txt",),
+    ("tokenizer.tiktoken",),
+)
+"""Sets of files any one of which gives transformers a vocabulary to build a tokenizer from
+(fast tokenizer file, sentencepiece model, byte-level BPE, WordPiece, tiktoken)."""
+
+_SAFETENSORS_DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4,
+    "I64": 8, "U64": 8, "F64": 8,
+}  # fmt: skip
+_MAX_SAFETENSORS_HEADER_BYTES = 100 * 2**20  # the limit the safetensors library enforces
+_MAX_KEYS_NAMED = 5
+
+
+def check_tokenizer_files(folder: Path, spec: str) -> None:
+    """Refuse a folder without the files a tokenizer is built from, naming what is missing
+    (transformers' own error for that is about sentencepiece or 'the backend tokenizer')."""
+    present = {file.name for file in folder.iterdir() if file.is_file()}
+    if any(all(name in present for name in group) for group in TOKENIZER_VOCABULARIES):
+        return
+    partial = [group for group in TOKENIZER_VOCABULARIES if any(n in present for n in group)]
+    if partial:
+        missing = [n for n in partial[0] if n not in present]
+        what = f"{', '.join(missing)} is missing (it has {', '.join(partial[0][:1])})"
+    else:
+        what = "it has none of tokenizer.json, tokenizer.model, vocab.json + merges.txt, vocab.txt"
+    raise UserError(
+        f"{spec} has no usable tokenizer: {what}; copy the tokenizer files from the original "
+        "model, or name a folder that has them with --tokenizer"
+    )
+
+
+def read_safetensors_header(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of a safetensors file, read from its header only, after
+    checking that the header is well formed and the data it describes is all there (a
+    truncated download or copy fails here, not inside a worker)."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+        if length < 2 or length > min(size - 8, _MAX_SAFETENSORS_HEADER_BYTES):
+            raise UserError(
+                f"{path} is truncated or not a safetensors file ({size} bytes); copy or "
+                "download it again"
+            )
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        header = None
+    if not isinstance(header, dict):
+        raise UserError(f"{path} is corrupt: its safetensors header is not a JSON object")
+    shapes: dict[str, tuple[int, ...]] = {}
+    data_end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            shape = tuple(int(d) for d in entry["shape"])
+            start, stop = (int(o) for o in entry["data_offsets"])
+            dtype = str(entry["dtype"])
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{path} is corrupt: tensor {name} has no valid header entry") from None
+        count = 1
+        for dim in shape:
+            count *= dim
+        width = _SAFETENSORS_DTYPE_BYTES.get(dtype)
+        if stop < start or (width is not None and stop - start != count * width):
+            raise UserError(f"{path} is corrupt: tensor {name}'s byte range does not fit its shape")
+        shapes[name] = shape
+        data_end = max(data_end, stop)
+    available = size - 8 - length
+    if data_end > available:
+        raise UserError(
+            f"{path} is truncated: its header describes {data_end} bytes of tensors but only "
+            f"{available} follow; copy or download it again"
+        )
+    if data_end < available:
+        raise UserError(f"{path} is corrupt: {available - data_end} bytes follow the last tensor")
+    return shapes
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(
+            f"{path} is not valid JSON ({type(exc).__name__}); fix or replace it"
+        ) from None
+
+
+def _index_files(index: Path) -> list[Path]:
+    """The shard files a `*.index.json` names (each must exist)."""
+    weight_map = _read_json(index).get("weight_map") if index.is_file() else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise UserError(f"{index} has no weight_map; fix or replace it")
+    files = sorted({index.parent / str(name) for name in weight_map.values()})
+    absent = [f.name for f in files if not f.is_file()]
+    if absent:
+        raise UserError(f"{index} names shard(s) that are missing: {', '.join(absent[:3])}")
+    return files
+
+
+def checkpoint_tensors(folder: Path, allow_pickle: bool = False) -> dict[str, tuple[int, ...]]:
+    """Every tensor of the weight files transformers would load from `folder`, with its
+    shape, read without loading the model. safetensors first (as transformers prefers);
+    pickle files (`.bin`, `.pt`) can run code when unpickled, so they are refused unless
+    `allow_pickle`, and then read with `torch.load(weights_only=True)` as transformers does."""
+    index = folder / "model.safetensors.index.json"
+    safetensors = _index_files(index) if index.is_file() else sorted(folder.glob("*.safetensors"))
+    if safetensors:
+        shapes: dict[str, tuple[int, ...]] = {}
+        for file in safetensors:
+            shapes.update(read_safetensors_header(file))
+        return shapes
+    pickles = sorted([*folder.glob("*.bin"), *folder.glob("*.pt")])
+    if not pickles:
+        raise UserError(f"{folder} has a config.json but no .safetensors or .bin weights")
+    if not allow_pickle:
+        raise UserError(
+            f"{pickles[0]} is a pickle checkpoint, which can run code when loaded: convert the "
+            "model to safetensors, or pass --allow-pickle to load it with "
+            "torch.load(weights_only=True)"
+        )
+    pickle_index = folder / "pytorch_model.bin.index.json"
+    if pickle_index.is_file():
+        files = _index_files(pickle_index)
+    elif (folder / "pytorch_model.bin").is_file():
+        files = [folder / "pytorch_model.bin"]
+    else:
+        raise UserError(
+            f"{folder} has {pickles[0].name} but transformers loads pickle weights only from "
+            "pytorch_model.bin (or a pytorch_model.bin.index.json); rename it or convert it to "
+            "safetensors"
+        )
+    shapes = {}
+    for file in files:
+        shapes.update(_pickle_state_dict_shapes(file))
+    return shapes
+
+
+def _pickle_state_dict_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    import pickle
+
+    import torch
+
+    try:
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):  # the legacy (pre-zip) format cannot be mapped
+                raise
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"{path} cannot be read as a weights-only checkpoint: {first[:200]}"
+        ) from None
+    if not isinstance(loaded, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
+    ):
+        raise UserError(
+            f"{path} is not a state dict (it holds a {type(loaded).__name__}, not a mapping of "
+            "names to tensors); save model.state_dict(), or better, save_pretrained()"
+        )
+    return {name: tuple(tensor.shape) for name, tensor in loaded.items()}
+
+
+def _meta_model(path: Path) -> Any:
+    """The model `path/config.json` describes, built on the meta device (no memory, no
+    weights), or a one-line error when transformers cannot build it."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    _read_json(path / "config.json")
+    try:
+        config = AutoConfig.from_pretrained(path)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"{path}/config.json does not describe a causal LM: {first[:200]}"
+        ) from None
+
+
+def _names(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_MAX_KEYS_NAMED])
+    return shown + (
+        f" and {len(keys) - _MAX_KEYS_NAMED} more" if len(keys) > _MAX_KEYS_NAMED else ""
+    )
+
+
+@dataclass(frozen=True)
+class WeightCoverage:
+    """How a checkpoint's tensors cover the parameters an architecture needs."""
+
+    missing: list[str]
+    unexpected: list[str]
+    mismatched: list[str]
+    needed: int
+
+
+def weight_coverage(model: Any, present: dict[str, tuple[int, ...]]) -> WeightCoverage:
+    """Compare the tensors in a checkpoint (`present`: name → shape) with the state dict of
+    `model` (built on the meta device). A weight the architecture re-ties to another (tied
+    embeddings: lm_head.weight) is not missing when its source is there, nor is one the
+    class declares optional; a checkpoint saved from the bare base model (no
+    `base_model_prefix.` on its keys) is matched as transformers loads it."""
+    import re
+
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    prefix = getattr(type(model), "base_model_prefix", "") or ""
+    if prefix and not any(k.startswith(prefix + ".") for k in present):
+        prefixed = {f"{prefix}.{k}": v for k, v in present.items()}
+        if sum(k in expected for k in prefixed) > sum(k in expected for k in present):
+            present = prefixed
+    tied: dict[str, str] = dict(getattr(model, "all_tied_weights_keys", None) or {})
+    tied_groups = {**tied, **{source: target for target, source in tied.items()}}
+    optional = [
+        re.compile(p) for p in getattr(type(model), "_keys_to_ignore_on_load_missing", None) or []
+    ]
+    ignored = [
+        re.compile(p)
+        for p in getattr(type(model), "_keys_to_ignore_on_load_unexpected", None) or []
+    ]
+    missing = [
+        name
+        for name in expected
+        if name not in present
+        and tied_groups.get(name) not in present
+        and not any(p.search(name) for p in optional)
+    ]
+    unexpected = [
+        name
+        for name in present
+        if name not in expected and not any(p.search(name) for p in ignored)
+    ]
+    mismatched = [
+        f"{name} {list(present[name])} (needs {list(shape)})"
+        for name, shape in expected.items()
+        if name in present and present[name] != shape
+    ]
+    return WeightCoverage(missing, unexpected, mismatched, len(expected))
+
+
+def check_checkpoint(path: Path, allow_pickle: bool = False) -> tuple[str, ...]:
+    """Refuse a model folder whose weights would not load as the user's model: unreadable,
+    truncated or pickle weight files, and any weight the architecture needs that is not in
+    them (transformers would initialise it at random and the study would measure that
+    model). Returns notes for what is only odd (tensors the architecture does not use)."""
+    present = checkpoint_tensors(path, allow_pickle)
+    model = _meta_model(path)
+    if getattr(model.config, "quantization_config", None) is not None:
+        return ("an already quantized checkpoint: its weights are checked when it loads",)
+    from transformers.conversion_mapping import extract_weight_conversions_for_model
+
+    if extract_weight_conversions_for_model(model):
+        return (
+            f"{type(model).__name__} checkpoints are renamed while loading: their weights are "
+            "checked when they load",
+        )
+    coverage = weight_coverage(model, present)
+    if coverage.missing:
+        raise UserError(
+            f"{path} lacks {len(coverage.missing)} of the {coverage.needed} weights its "
+            f"{type(model).__name__} architecture needs ({_names(coverage.missing)}): "
+            "transformers would fill them with random values, so the checkpoint is refused; "
+            "copy or download the complete model"
+        )
+    if coverage.mismatched:
+        raise UserError(
+            f"{path}: weights whose shape does not match config.json: {_names(coverage.mismatched)}"
+        )
+    if coverage.unexpected:
+        return (
+            f"{len(coverage.unexpected)} tensor(s) in the weight files are not used by the "
+            f"architecture and are ignored: {_names(coverage.unexpected)}",
+        )
+    return ()
+
+
+def check_loading_info(info: dict[str, Any], model: Any, where: str) -> list[str]:
+    """The second guard, where a worker loads weights: transformers' own loading report
+    (`output_loading_info=True`). Missing weights other than re-tied ones raise (the model
+    would be partly random); unexpected ones come back as notes."""
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+    missing = sorted(set(info.get("missing_keys") or ()) - tied)
+    if missing:
+        raise RuntimeError(
+            f"{where}: {len(missing)} weight(s) missing from the checkpoint "
+            f"({_names(missing)}); refusing a partly random model"
+        )
+    mismatched = [
+        str(m[0]) if isinstance(m, tuple) else str(m) for m in info.get("mismatched_keys") or ()
+    ]
+    if mismatched:
+        raise RuntimeError(f"{where}: weights with the wrong shape ({_names(mismatched)})")
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    return (
+        [f"{where}: unused tensors in the checkpoint: {_names(unexpected)}"] if unexpected else []
     )

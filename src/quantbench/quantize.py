@@ -114,7 +114,7 @@ def _quantize(request: dict[str, Any], store: StageStore, artifact: Path) -> dic
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from quantbench.models import locate_model
+    from quantbench.models import check_loading_info, locate_model, locate_tokenizer
     from quantbench.schemes import get_scheme
     from quantbench.schemes.baseline import Baseline
 
@@ -122,7 +122,7 @@ def _quantize(request: dict[str, Any], store: StageStore, artifact: Path) -> dic
     emit("loading")
     mark = time.perf_counter()
     model_path = locate_model(request["model"])
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = AutoTokenizer.from_pretrained(locate_tokenizer(request["model"]))
     compute_dtype = scheme.dtype if isinstance(scheme, Baseline) else STORED_FLOAT_DTYPE
     notes: list[str] = []
     calibrates = scheme.calibrates(request["options"])
@@ -132,7 +132,13 @@ def _quantize(request: dict[str, Any], store: StageStore, artifact: Path) -> dic
         )
         if note:
             notes.append(note)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, compute_dtype))
+    loaded: Any = AutoModelForCausalLM.from_pretrained(
+        model_path, dtype=getattr(torch, compute_dtype), output_loading_info=True
+    )
+    model, loading = loaded
+    # Pre-flight compared the weight files with the architecture; this is transformers'
+    # own account of what it loaded, in case the two disagree.
+    notes += check_loading_info(loading, model, str(model_path))
     phases["load_s"] = time.perf_counter() - mark
 
     if isinstance(scheme, Baseline):

@@ -108,7 +108,12 @@ def _run(config: StudyConfig, output: OutputFolder, console: Console) -> StudyRe
     if swept:
         console.print(f"[dim]removed {len(swept)} unfinished stage folder(s) of a killed run")
     (spec,) = config.models()
-    model = resolve_model(spec, on_status=lambda s: console.print(f"[dim]{s}"))
+    model = resolve_model(
+        spec,
+        on_status=lambda s: console.print(f"[dim]{s}"),
+        allow_pickle=config.allow_pickle,
+        tokenizer=config.tokenizer,
+    )
     for note in model.notes:
         console.print(f"[dim]model: {note}")
     config = with_baseline(config, lambda note: console.print(f"[dim]{note}"))

@@ -31,6 +31,7 @@ from quantbench.backends.base import (
 )
 from quantbench.config import ComputeDtype
 from quantbench.errors import UserError
+from quantbench.models import check_loading_info
 
 COMPUTE_DTYPES: tuple[str, ...] = get_args(ComputeDtype)
 
@@ -163,9 +164,11 @@ class HFBackend:
         compute_dtype, why = resolve_compute_dtype(self.dtype, self.device.type, saved_dtype)
         self._sync()
         start = time.perf_counter()
-        model: Any = AutoModelForCausalLM.from_pretrained(
-            artifact, dtype=compute_dtype, device_map=str(self.device)
+        loaded: Any = AutoModelForCausalLM.from_pretrained(
+            artifact, dtype=compute_dtype, device_map=str(self.device), output_loading_info=True
         )
+        model, loading = loaded
+        check_loading_info(loading, model, str(artifact))  # never measure a partly random model
         model.eval()
         self._sync()
         load_s = time.perf_counter() - start
