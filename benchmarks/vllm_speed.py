@@ -147,6 +147,9 @@ def main() -> None:
     extras: dict[str, dict[str, list[float]]] = {}
     quantbench_s: list[float] = []
     planned = json.loads((args.study / "results.json").read_text())["variants"]
+    for variant in planned:  # results.json names artifacts relative to the study folder
+        if variant.get("artifact_path"):
+            variant["artifact_path"] = str(args.study.resolve() / variant["artifact_path"])
     runnable = [variant["name"] for variant in planned]
 
     def run_ours(name: str, round_: int) -> None:

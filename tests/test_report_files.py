@@ -285,3 +285,74 @@ def test_markdown_shows_what_vllm_measured_beside_its_speed() -> None:
 
 def test_escape_cell() -> None:
     assert escape_cell("a|b\r\nc <|im_end|> & d") == "a\\|b<br>c &lt;\\|im_end\\|&gt; &amp; d"
+
+
+def test_model_card_names_the_base_model_and_serves_from_its_own_folder(
+    results: StudyResults, tmp_path: Path
+) -> None:
+    import yaml
+
+    from quantbench.report.model_card import render_card, write_model_cards
+
+    study = tmp_path / "study"
+    (study / "stages" / "quantize" / "k1" / "artifact").mkdir(parents=True)
+    (study / "artifacts").mkdir()
+    (study / "artifacts" / "w8a8-int8").symlink_to("../stages/quantize/k1/artifact")
+    elsewhere = tmp_path / "another-study" / "artifact"
+    elsewhere.mkdir(parents=True)
+    located = results.model_copy(
+        update={
+            "variants": [
+                results.variants[0].model_copy(update={"artifact_path": str(elsewhere)}),
+                results.variants[1].model_copy(update={"artifact_path": "artifacts/w8a8-int8"}),
+            ]
+        }
+    )
+    card = render_card(located, located.variants[1])
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert front["base_model_relation"] == "quantized"
+    assert front["license"] == "apache-2.0"
+    assert "```bash\nvllm serve ./\n```" in card
+    assert 'AutoModelForCausalLM.from_pretrained("./")' in card
+    assert "(in the study: `artifacts/w8a8-int8/`)" in card
+    assert str(tmp_path) not in card
+
+    written = write_model_cards(located, study)
+    assert written == [study / "artifacts" / "w8a8-int8" / "README.md"]
+    assert (study / "stages" / "quantize" / "k1" / "artifact" / "README.md").read_text() == card
+    assert not (elsewhere / "README.md").exists()  # another study's artifact: left alone
+
+
+def test_model_card_of_a_local_model_without_a_hub_id(results: StudyResults) -> None:
+    import yaml
+
+    from quantbench.report.model_card import render_card
+
+    local = results.model_copy(update={"model": {"spec": "/models/mine", "kind": "local"}})
+    card = render_card(local, local.variants[1])
+    front = yaml.safe_load(card.split("---")[1])
+    assert "base_model" not in front and "license" not in front
+    assert card.count("# mine · w8a8-int8") == 1
+    assert "no hub id is known for it" in card
+    hub = local.model_copy(
+        update={"model": {"spec": "/x", "kind": "local", "hub_id": "org/name", "license": "mit"}}
+    )
+    front = yaml.safe_load(render_card(hub, hub.variants[1]).split("---")[1])
+    assert (front["base_model"], front["license"]) == ("org/name", "mit")
+
+
+def test_base_model_facts_from_a_hub_cache_folder(tmp_path: Path) -> None:
+    from quantbench.study import base_model_facts
+
+    snapshot = tmp_path / "hub" / "models--Org--Some-Model" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "README.md").write_text("---\nlicense: llama3.2\ntags: [a]\n---\n# Model\n")
+    assert base_model_facts("local", snapshot) == {
+        "hub_id": "Org/Some-Model",
+        "license": "llama3.2",
+    }
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "README.md").write_text("# no front matter --- here\n")
+    assert base_model_facts("local", plain) == {}

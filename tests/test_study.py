@@ -60,7 +60,7 @@ def test_results_list_every_variant_with_its_artifact(finished_study: Path) -> N
         "w8a8-int8",
     ]
     raw = read_json(finished_study / "out" / "results.json")
-    assert raw["schema_version"] == 1
+    assert raw["schema_version"] == 2
     for variant in results.variants:
         assert variant.status == "ok"
         assert variant.quantization and variant.quantization.wall_s > 0

@@ -470,6 +470,7 @@ def report(
     output.save(results, model_cards="models" not in results.model)
     _stdout().print(results_table(results))
     Console(stderr=True).print(f"wrote results.csv, report.md, report.html in {output}")
+    output.check_stages(results)  # a damaged artifact: exit 2, naming its file
 
 
 @app.command()

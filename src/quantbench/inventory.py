@@ -17,6 +17,7 @@ from typing import Any
 
 from quantbench.config import StudyConfig
 from quantbench.executors.base import Resources
+from quantbench.store import StageRef
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,10 @@ def _plan_one(config: StudyConfig, on_status: Callable[[str], None]) -> list[Pla
     from quantbench.plan import build_plan
     from quantbench.preflight import available_memory_bytes, preflight_variants
     from quantbench.quantize import calibration_dtype_here
-    from quantbench.study import with_baseline
+    from quantbench.study import planned_stages, with_baseline
 
-    store = OutputFolder.open(config.out).stages()
+    output = OutputFolder.open(config.out)
+    store = output.stages()
     (spec,) = config.models()
     model = resolve_model(
         spec, on_status=on_status, allow_pickle=config.allow_pickle, tokenizer=config.tokenizer
@@ -69,6 +71,16 @@ def _plan_one(config: StudyConfig, on_status: Callable[[str], None]) -> list[Pla
     eval_plan = (
         plan_evaluation(plan, config.evaluation) if config.evaluation.metric_names() else None
     )
+    damaged = set()
+    for ref in planned_stages(plan, eval_plan):
+        damage = store.verify(ref)
+        if damage is not None:
+            on_status(f"damaged: {output.child(damage.file)} {damage.problem}; `run` recomputes it")
+            damaged.add(ref)
+
+    def done(ref: StageRef) -> bool:
+        return ref not in damaged and store.is_done(ref)
+
     info = inspect_model(model.path)
     memory = {
         name: outcome.memory_bytes
@@ -84,19 +96,17 @@ def _plan_one(config: StudyConfig, on_status: Callable[[str], None]) -> list[Pla
     stages: list[PlannedStage] = []
     for ref, settings in plan.calibrations.values():
         label = f"{settings.num_samples} × {settings.seq_len} from {settings.source}"
-        stages.append(PlannedStage("calibration", label, ref.key, store.is_done(ref), "driver"))
+        stages.append(PlannedStage("calibration", label, ref.key, done(ref), "driver"))
     if eval_plan and eval_plan.corpus:
         corpus = eval_plan.corpus
-        stages.append(
-            PlannedStage("corpus", "(shared)", corpus.key, store.is_done(corpus), "driver")
-        )
+        stages.append(PlannedStage("corpus", "(shared)", corpus.key, done(corpus), "driver"))
     for variant in plan.variants:
         stages.append(
             PlannedStage(
                 "quantize",
                 variant.name,
                 variant.quantize.key,
-                store.is_done(variant.quantize),
+                done(variant.quantize),
                 "worker",
                 stage_resources("quantize", config.execution, memory.get(variant.name), gpu),
                 variant.axes,
@@ -108,7 +118,7 @@ def _plan_one(config: StudyConfig, on_status: Callable[[str], None]) -> list[Pla
             # `run` adds memory (3 × the artifact's weights) once the artifact exists
             disk = (
                 store.manifest(variant.quantize).get("disk_bytes")
-                if store.is_done(variant.quantize)
+                if done(variant.quantize)
                 else None
             )
             request = stage_resources(
@@ -120,7 +130,7 @@ def _plan_one(config: StudyConfig, on_status: Callable[[str], None]) -> list[Pla
                         name,
                         variant.name,
                         ref.key,
-                        store.is_done(ref),
+                        done(ref),
                         "worker",
                         request,
                         variant.axes,

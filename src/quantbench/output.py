@@ -56,6 +56,27 @@ class OutputFolder:
         remote = self.remote.child(STAGES_DIR) if self.remote else None
         return StageStore(self.local / STAGES_DIR, remote)
 
+    def check_stages(self, results: StudyResults) -> None:
+        """Refuse, naming the first damaged file, when a stage the saved results came from
+        no longer matches its manifest (artifacts, calibration samples, corpus); the
+        results themselves are intact, so a report built from them stands."""
+        from quantbench.errors import UserError
+        from quantbench.store import StageRef
+
+        refs: dict[StageRef, None] = {}
+        for variant in results.variants:
+            refs |= {StageRef(stage, key): None for stage, key in variant.stage_keys.items()}
+            if variant.metrics.perplexity is not None:
+                refs[StageRef("corpus", variant.metrics.perplexity.corpus_key)] = None
+        store = self.stages()
+        damaged = [d for d in map(store.verify, refs) if d is not None]
+        if damaged:
+            more = f" (and {len(damaged) - 1} more damaged stage(s))" if len(damaged) > 1 else ""
+            raise UserError(
+                f"{self.child(damaged[0].file)} {damaged[0].problem}{more}; run the study "
+                f"again with --out {self} to recompute it"
+            )
+
     def save(self, results: StudyResults, model_cards: bool = True, logs: bool = False) -> None:
         """Write results.json and the reports (`results.save_results`) and, with a URL,
         upload them (and the worker logs, with `logs`)."""

@@ -7,7 +7,11 @@ content key first, so a finished study re-runs without model work.
 from __future__ import annotations
 
 import datetime as _dt
+import os
+import shutil
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -43,9 +47,17 @@ from quantbench.results import (
     VariantResult,
 )
 from quantbench.schemes import Preflight
-from quantbench.store import StageStore, ensure_writable_dir, exclusive
+from quantbench.store import (
+    StageRef,
+    StageStore,
+    ensure_writable_dir,
+    exclusive,
+)
 
 LOCK_FILE = ".quantbench.lock"
+ARTIFACTS_DIR = "artifacts"
+"""`<out>/artifacts/<variant>/`: each artifact under a stable name (a relative link to its
+stage folder), whatever its stage key."""
 
 
 def run_study(config: StudyConfig, console: Console) -> StudyResults:
@@ -107,6 +119,7 @@ def _run(config: StudyConfig, output: OutputFolder, console: Console) -> StudyRe
     swept = store.sweep_stale()
     if swept:
         console.print(f"[dim]removed {len(swept)} unfinished stage folder(s) of a killed run")
+    _note_damaged_results(output, console)
     (spec,) = config.models()
     model = resolve_model(
         spec,
@@ -121,6 +134,12 @@ def _run(config: StudyConfig, output: OutputFolder, console: Console) -> StudyRe
     eval_plan = (
         plan_evaluation(plan, config.evaluation) if config.evaluation.metric_names() else None
     )
+    damaged = discard_damaged(
+        store,
+        planned_stages(plan, eval_plan),
+        output,
+        lambda line: console.print(line, soft_wrap=True),
+    )
     pending = [v for v in plan.variants if not store.is_done(v.quantize)]
     preflights = _preflight(plan, pending, console)
     if eval_plan is not None:
@@ -129,7 +148,7 @@ def _run(config: StudyConfig, output: OutputFolder, console: Console) -> StudyRe
     try:
         if pending or (eval_plan and _evaluation_pending(eval_plan, store)):
             runner.prestart()
-        calibrations = _calibration(plan, pending, store, console)
+        calibrations = _calibration(plan, pending, damaged, store, console)
         if eval_plan and eval_plan.corpus and not store.is_done(eval_plan.corpus):
             with console.status("tokenizing the evaluation corpus"):
                 prepare_corpus(store, eval_plan.corpus, config.evaluation.corpus, model)
@@ -157,7 +176,7 @@ def _run(config: StudyConfig, output: OutputFolder, console: Console) -> StudyRe
         results = StudyResults(
             quantbench_version=__version__,
             created_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            model=model.describe(),
+            model={**model.describe(), **base_model_facts(model.kind, model.path)},
             config=config.model_dump(mode="json"),
             calibration=calibrations[0] if calibrations else None,
             calibrations=calibrations,
@@ -169,6 +188,77 @@ def _run(config: StudyConfig, output: OutputFolder, console: Console) -> StudyRe
     finally:
         runner.close()
     return results
+
+
+def planned_stages(plan: StudyPlan, eval_plan: EvalPlan | None) -> list[StageRef]:
+    """Every stage the study reads or writes: calibrations, corpus, artifacts, metrics."""
+    refs = [ref for ref, _ in plan.calibrations.values()]
+    refs += [v.quantize for v in plan.variants]
+    if eval_plan is not None:
+        refs += [eval_plan.corpus] if eval_plan.corpus else []
+        refs += [ref for stages in eval_plan.stages.values() for ref in stages.values()]
+    return refs
+
+
+def discard_damaged(
+    store: StageStore, refs: list[StageRef], output: OutputFolder, say: Callable[[str], None]
+) -> list[StageRef]:
+    """Check every done stage in `refs` against its manifest (`StageStore.verify`); a
+    damaged one is removed, with one line saying which file, so this run recomputes just
+    that stage. The stages removed."""
+    damaged = []
+    for ref in refs:
+        damage = store.verify(ref)
+        if damage is None:
+            continue
+        store.discard(ref)
+        say(
+            f"[yellow]damaged:[/] {output.child(damage.file)} {damage.problem}: recomputing "
+            "that stage"
+        )
+        damaged.append(ref)
+    return damaged
+
+
+def _note_damaged_results(output: OutputFolder, console: Console) -> None:
+    """Say so when the results.json this run replaces cannot be read (cut short, edited):
+    the run rebuilds it from the stages, so nothing else has to be done."""
+    from quantbench.results import RESULTS_FILE, DamagedResults, load_results
+
+    if output.remote is None and (output.local / RESULTS_FILE).is_file():
+        try:
+            load_results(output.local)
+        except DamagedResults as exc:
+            console.print(
+                f"[yellow]damaged:[/] {exc.path} ({exc.problem}): rebuilt from the finished "
+                "stages at the end of this run",
+                soft_wrap=True,
+            )
+        except UserError:
+            pass  # another schema version: replaced by this run's, as always
+
+
+def base_model_facts(kind: str, path: Path) -> dict[str, str]:
+    """What a model card says of the base model beyond the study's spec: its hub id, read
+    from a hub cache folder (`models--org--name/snapshots/...`), and its license, from the
+    front matter of the folder's README.md. Empty when neither is known."""
+    facts: dict[str, str] = {}
+    for part in path.parts:
+        if part.startswith("models--") and part.count("--") >= 2:
+            facts["hub_id"] = part.removeprefix("models--").replace("--", "/", 1)
+    readme = path / "README.md"
+    if kind in ("local", "hub") and readme.is_file():
+        import yaml
+
+        try:
+            text = readme.read_text(errors="replace")
+            front = yaml.safe_load(text.split("---", 2)[1]) if text.startswith("---") else None
+        except (OSError, IndexError, yaml.YAMLError):
+            front = None
+        license_ = front.get("license") if isinstance(front, dict) else None
+        if isinstance(license_, str):
+            facts["license"] = license_
+    return facts
 
 
 def _finalize(
@@ -324,10 +414,16 @@ def _runtime_preflight(plan: StudyPlan, eval_plan: EvalPlan, console: Console) -
 
 
 def _calibration(
-    plan: StudyPlan, pending: list[VariantPlan], store: StageStore, console: Console
+    plan: StudyPlan,
+    pending: list[VariantPlan],
+    damaged: list[StageRef],
+    store: StageStore,
+    console: Console,
 ) -> list[CalibrationRecord]:
-    """Prepare every calibration stage a pending variant needs; records of all that exist."""
+    """Prepare every calibration stage a pending variant needs, and every damaged one the
+    study's records come from; records of all that exist."""
     needed = {v.calibration.key for v in pending if v.calibration is not None}
+    needed |= {ref.key for ref in damaged if ref.stage == "calibration"}
     records = []
     for key, (ref, settings) in plan.calibrations.items():
         if not store.is_done(ref):
@@ -381,7 +477,7 @@ def _quantize_variant(
     store = output.stages()
     if store.is_done(variant.quantize):
         progress.update(task, total=1, completed=1, phase="cached")
-        return _variant_result(variant, store)
+        return _variant_result(variant, output)
     assert preflight is not None, "pending variants always have a pre-flight outcome"
     progress.update(task, phase="starting")
     calibration = variant.calibration
@@ -435,7 +531,7 @@ def _quantize_variant(
             stage_keys=_stage_keys(plan, variant),
         )
     progress.update(task, total=1, completed=1, phase="done")
-    return _variant_result(variant, store)
+    return _variant_result(variant, output)
 
 
 def _stage_keys(plan: StudyPlan, variant: VariantPlan) -> dict[str, str]:
@@ -445,7 +541,32 @@ def _stage_keys(plan: StudyPlan, variant: VariantPlan) -> dict[str, str]:
     return keys
 
 
-def _variant_result(variant: VariantPlan, store: StageStore) -> VariantResult:
+def artifact_location(output: OutputFolder, variant: str, ref: StageRef) -> str:
+    """Where the variant's artifact is, under a stable name: `<out>/artifacts/<variant>`, a
+    relative link to the stage folder (re-pointed when the stage key changed), so it moves
+    with the study. A URL has no links: there, the stage's URL."""
+    store = output.stages()
+    if output.remote is not None:
+        return store.location(ref, ARTIFACT_DIR)
+    target = store.path(ref) / ARTIFACT_DIR
+    link = output.local / ARTIFACTS_DIR / variant
+    relative = os.path.relpath(target, link.parent)
+    if link.is_symlink() and os.readlink(link) == relative:
+        return str(link)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    temporary = link.with_name(f".tmp-{link.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.symlink(relative, temporary, target_is_directory=True)
+    except OSError:  # a filesystem without links: the stage folder itself
+        return str(target)
+    if link.is_dir() and not link.is_symlink():
+        shutil.rmtree(link)  # a copy made following links: the stage is the original
+    os.replace(temporary, link)
+    return str(link)
+
+
+def _variant_result(variant: VariantPlan, output: OutputFolder) -> VariantResult:
+    store = output.stages()
     manifest = store.manifest(variant.quantize)
     quantization = QuantizationRecord.model_validate(manifest["quantization"])
     keys = {"quantize": variant.quantize.key}
@@ -455,7 +576,7 @@ def _variant_result(variant: VariantPlan, store: StageStore) -> VariantResult:
         name=variant.name,
         scheme=manifest["scheme"],
         status="ok",
-        artifact_path=store.location(variant.quantize, ARTIFACT_DIR),
+        artifact_path=artifact_location(output, variant.name, variant.quantize),
         options_requested=manifest["options_requested"],
         options=manifest["options"],
         decisions=manifest["decisions"],

@@ -2,15 +2,21 @@
 
 It says what the scheme is, how the artifact was made (recipe, calibration data, options
 actually used), what was measured against the baseline (with intervals and the execution
-mode of speed figures), and how to serve it.
+mode of speed figures), and how to serve and load it. It names no path outside its own
+folder: `vllm serve ./` and `from_pretrained("./")` work in the artifact folder, in the
+study's `artifacts/<variant>/`, and in a model repository uploaded from either. Its front
+matter links the base model (`base_model_relation: quantized`) and its license when the
+study knows them.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from quantbench.errors import UserError
 from quantbench.models import BUILTIN_MODELS
 from quantbench.report.headline import find_baseline
 from quantbench.report.recovery_table import recovery_card
@@ -20,11 +26,23 @@ from quantbench.store import write_text_atomic
 
 CARD_FILE = "README.md"
 BUILTIN_HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+BUILTIN_LICENSES = {"smollm2-135m-instruct": "apache-2.0"}
 
 
-def _base_model(results: StudyResults) -> str:
+def _base_model(results: StudyResults) -> str | None:
+    """The base model's hub id, when the study knows one (a local folder may have none)."""
+    model = results.model
+    spec = str(model.get("spec", ""))
+    if spec in BUILTIN_HUB_IDS:
+        return BUILTIN_HUB_IDS[spec]
+    hub_id = model.get("hub_id") or (spec if model.get("kind") == "hub" else None)
+    return str(hub_id) if hub_id else None
+
+
+def _license(results: StudyResults) -> str | None:
     spec = str(results.model.get("spec", ""))
-    return BUILTIN_HUB_IDS.get(spec, spec)
+    license_ = BUILTIN_LICENSES.get(spec) or results.model.get("license")
+    return str(license_) if license_ else None
 
 
 def _measured(variant: VariantResult, baseline: VariantResult | None) -> list[str]:
@@ -74,12 +92,19 @@ def render_card(results: StudyResults, variant: VariantResult) -> str:
     scheme = get_scheme(variant.scheme) if variant.scheme in REGISTRY else None
     base = _base_model(results)
     baseline = find_baseline(results)
-    front = {
-        "base_model": base,
+    front: dict[str, Any] = {}
+    if base:
+        front["base_model"] = base
+        front["base_model_relation"] = "quantized"
+    license_ = _license(results)
+    if license_:
+        front["license"] = license_
+    front |= {
         "library_name": "transformers",
         "pipeline_tag": "text-generation",
         "tags": ["quantbench", "compressed-tensors", variant.scheme],
     }
+    title = base or str(results.model.get("spec", "model")).rstrip("/").rsplit("/", 1)[-1]
     own_key = variant.stage_keys.get("calibration")
     calibration = next((c for c in results.calibrations if c.key == own_key), results.calibration)
     made = [f"- scheme: `{variant.scheme}`" + (f": {scheme.description}" if scheme else "")]
@@ -112,7 +137,7 @@ def render_card(results: StudyResults, variant: VariantResult) -> str:
         yaml.safe_dump(front, sort_keys=False).strip(),
         "---",
         "",
-        f"# {base} · {variant.name}",
+        f"# {title} · {variant.name}",
         "",
         f"Made by quantbench {results.quantbench_version} on {results.created_at}.",
         "",
@@ -134,25 +159,45 @@ def render_card(results: StudyResults, variant: VariantResult) -> str:
     else:
         parts += ["Not evaluated in this study.", ""]
     parts += recovery_card(results, variant.name)
+    if base is None:
+        parts += [
+            f"The base model is the local folder `{results.model.get('spec')}`; no hub id "
+            "is known for it, so the front matter names no `base_model`.",
+            "",
+        ]
     parts += [
         "## How to serve it",
         "",
+        f"This card lies in the artifact folder (in the study: `artifacts/{variant.name}/`); "
+        "from that folder, or from a model repository uploaded from it:",
+        "",
         "```bash",
-        f"vllm serve {variant.artifact_path}",
+        "vllm serve ./",
         "```",
         "",
         f"Native kernels: {hardware}.",
+        "",
+        "## How to load it with transformers",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        'model = AutoModelForCausalLM.from_pretrained("./")  # needs compressed-tensors',
+        'tokenizer = AutoTokenizer.from_pretrained("./")',
+        "```",
         "",
     ]
     return "\n".join(parts)
 
 
-def write_model_cards(results: StudyResults) -> list[Path]:
-    """A README.md in every artifact (at its URL when the output folder is one); the local
-    files written."""
+def write_model_cards(results: StudyResults, study: Path) -> list[Path]:
+    """A README.md in every artifact of the study in `study` (at its URL when the output
+    folder is one); the local files written. `results` name artifacts relative to `study`;
+    an artifact outside the study folder (another study's) is left alone."""
     from quantbench.remote import RemoteFolder, is_url
 
     written = []
+    inside = study.resolve()
     for variant in results.variants:
         if variant.status != "ok" or not variant.artifact_path:
             continue
@@ -161,8 +206,15 @@ def write_model_cards(results: StudyResults) -> list[Path]:
             if remote.exists("config.json"):
                 remote.write_bytes(render_card(results, variant).encode(), CARD_FILE)
             continue
-        folder = Path(variant.artifact_path)
-        if folder.is_dir():
+        folder = study / variant.artifact_path
+        if not folder.is_dir() or not folder.resolve().is_relative_to(inside):
+            continue
+        try:
             write_text_atomic(folder / CARD_FILE, render_card(results, variant))
-            written.append(folder / CARD_FILE)
+        except OSError as exc:
+            raise UserError(
+                f"cannot write the model card in {folder} ({exc.strerror}); make the study "
+                "folder writable"
+            ) from None
+        written.append(folder / CARD_FILE)
     return written
