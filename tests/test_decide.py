@@ -20,7 +20,8 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:
     fake.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu avx2 amx_tile\n")
     info = provenance.cpu_info(fake)
     assert info["model"] == "Test CPU 9000"
-    assert info["flags"]["amx_tile"] and info["flags"]["avx2"] and not info["flags"]["avx512f"]
+    assert info["flags"] == {flag: flag in ("avx2", "amx_tile") for flag in provenance.CPU_FLAGS}
+    assert {"amx_tile", "avx2", "avx512f"} <= set(provenance.CPU_FLAGS)
 
 
 def test_results_carry_the_provenance_block(evaluated: Path) -> None:
@@ -28,7 +29,10 @@ def test_results_carry_the_provenance_block(evaluated: Path) -> None:
     assert block["quantbench"]["version"]
     assert block["libraries"]["torch"].startswith("2.13")
     assert block["libraries"]["llmcompressor"] and block["libraries"]["compressed-tensors"]
-    assert "amx_tile" in block["cpu"]["flags"]
+    # Every tracked flag is a key (true or false), so `"amx_tile" in flags` held on a CPU
+    # without AMX: the values must be this machine's, and the report lists only true ones.
+    assert block["cpu"]["flags"] == provenance.cpu_info()["flags"]
+    assert set(block["cpu"]["flags"]) == set(provenance.CPU_FLAGS)
     assert block["seeds"] == {"calibration": 0, "bootstrap": 0}
     assert block["model"]["files"]["model.safetensors"]
     assert len(block["inputs"]["calibration"]["samples_sha256"]) == 64
@@ -36,7 +40,11 @@ def test_results_carry_the_provenance_block(evaluated: Path) -> None:
     assert block["inputs"]["prompts"][0]["suite"] == "builtin"
     assert block["config"]["evaluation"]["corpus"]["window"] == 64
     report = (evaluated / "out" / "report.md").read_text()
-    assert "## Provenance" in report and "torch 2.13" in report and "amx_tile" in report
+    assert "## Provenance" in report and "torch 2.13" in report
+    flags_line = re.search(r"flags: (.*?); Python", report)
+    assert flags_line, report
+    shown = set(flags_line.group(1).split(", ")) - {"none of note"}
+    assert shown == {flag for flag, on in block["cpu"]["flags"].items() if on}
 
 
 def test_every_artifact_has_a_model_card_with_measured_numbers(evaluated: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,10 @@ E2E_TOKENS = 2048
 
 
 @pytest.fixture(scope="module")
-def default_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
+def default_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default study's output folder. Its duration is measured by
+    benchmarks/default_study.py, not here: a timed assertion in a test is flaky on a shared
+    machine, and this fixture used to time the run and drop the figure."""
     import yaml
 
     root = tmp_path_factory.mktemp("e2e")
@@ -34,7 +36,6 @@ def default_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float
     (root / "study.yaml").write_text(
         yaml.safe_dump({"calibration": E2E_CALIBRATION, "evaluation": E2E_EVALUATION})
     )
-    started = time.perf_counter()
     result = run_cli(
         "run",
         "--config",
@@ -45,16 +46,12 @@ def default_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float
         str(out),
         timeout=1200,
     )
-    elapsed = time.perf_counter() - started
     assert result.returncode == 0, result.stderr[-3000:]
-    return out, elapsed
+    return out
 
 
-def test_default_study_finishes_in_time_with_four_variants(
-    default_study: tuple[Path, float],
-) -> None:
-    out, _ = default_study  # its duration is measured by benchmarks/default_study.py
-    results = load_results(out)
+def test_default_study_makes_four_ok_variants(default_study: Path) -> None:
+    results = load_results(default_study)
     assert [v.name for v in results.variants] == ["bf16", "fp8-dynamic", "w4a16-gptq", "w8a8-int8"]
     assert all(v.status == "ok" for v in results.variants)
     assert results.variant("w4a16-gptq").options["group_size"] == 64
@@ -62,21 +59,21 @@ def test_default_study_finishes_in_time_with_four_variants(
 
 
 def test_sizes_order_w4_smaller_than_8bit_smaller_than_bf16(
-    default_study: tuple[Path, float],
+    default_study: Path,
 ) -> None:
-    sizes = {v.name: v.disk_bytes or 0 for v in load_results(default_study[0]).variants}
+    sizes = {v.name: v.disk_bytes or 0 for v in load_results(default_study).variants}
     assert sizes["w4a16-gptq"] < sizes["w8a8-int8"] < sizes["bf16"]
     assert abs(sizes["w8a8-int8"] - sizes["fp8-dynamic"]) / sizes["bf16"] < 0.05
 
 
-def test_quantized_artifacts_generate_coherent_text(default_study: tuple[Path, float]) -> None:
+def test_quantized_artifacts_generate_coherent_text(default_study: Path) -> None:
     """Each artifact loads and completes a fact. The answer's first words are given: greedy
     answers of a 135M model differ in style between variants (one answered in French), and
     this checks what the model knows, not how it phrases it."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    for variant in load_results(default_study[0]).variants:
+    for variant in load_results(default_study).variants:
         path = Path(variant.artifact_path or "")
         # float32: bf16 matmuls are 4-5x slower on CPUs without them in hardware.
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -95,8 +92,8 @@ def test_quantized_artifacts_generate_coherent_text(default_study: tuple[Path, f
         assert "Paris" in text, f"{variant.name}: {text!r}"
 
 
-def test_every_variant_has_every_metric(default_study: tuple[Path, float]) -> None:
-    results = load_results(default_study[0])
+def test_every_variant_has_every_metric(default_study: Path) -> None:
+    results = load_results(default_study)
     for variant in results.variants:
         metrics = variant.metrics
         assert not metrics.errors, (variant.name, metrics.errors)
@@ -128,17 +125,17 @@ def test_every_variant_has_every_metric(default_study: tuple[Path, float]) -> No
     assert len(hashes) == 1
 
 
-def test_report_files_mark_emulated_speed(default_study: tuple[Path, float]) -> None:
-    report = (default_study[0] / "report.md").read_text()
+def test_report_files_mark_emulated_speed(default_study: Path) -> None:
+    report = (default_study / "report.md").read_text()
     assert "emulated" in report and "Speed figures marked *emulated*" in report
-    csv_text = (default_study[0] / "results.csv").read_text()
+    csv_text = (default_study / "results.csv").read_text()
     assert csv_text.count("\n") == 5 and "emulated" in csv_text
 
 
-def test_rerun_does_no_model_work(default_study: tuple[Path, float]) -> None:
-    stages = default_study[0] / "stages"
+def test_rerun_does_no_model_work(default_study: Path) -> None:
+    stages = default_study / "stages"
     before = {p: p.stat().st_mtime_ns for p in stages.glob("*/*/manifest.json")}
-    out = default_study[0]
+    out = default_study
     config = out.parent / "study.yaml"
     result = run_cli(
         "run", "--config", str(config), "--max-tokens", str(E2E_TOKENS), "--out", str(out)

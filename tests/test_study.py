@@ -143,15 +143,19 @@ def test_compute_dtype_is_part_of_the_calibrated_schemes_keys_only(tiny_model: P
 
 
 def test_rerun_does_no_model_work(finished_study: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ran proves it, not how long it took (the '< 10 s' bound that was here is gone):
+    no worker starts and no stage manifest is rewritten."""
+
     def no_work(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("a finished study must not start a worker")
 
     monkeypatch.setattr(study_module, "run_worker", no_work)
+    stages = finished_study / "out" / "stages"
+    before = {p: p.stat().st_mtime_ns for p in stages.glob("*/*/manifest.json")}
     config = load_study_config(finished_study / "study.yaml")
-    started = time.perf_counter()
     results = run_study(config, quiet())
-    assert time.perf_counter() - started < 10
     assert all(v.status == "ok" for v in results.variants)
+    assert {p: p.stat().st_mtime_ns for p in stages.glob("*/*/manifest.json")} == before
 
 
 def test_changing_one_option_reruns_only_that_variant(
