@@ -1,0 +1,313 @@
+"""Mutation testing of the pure modules with mutmut: does the suite catch broken code?
+
+    .venv/bin/python benchmarks/mutation.py TARGET [TARGET ...] [--rev REV] [--max-children N]
+    .venv/bin/python benchmarks/mutation.py --summarize-only TARGET ...
+
+TARGET is one of: content_key, preflight, config, recommend, stats (smallest first). mutmut
+(`.venv/bin/pip install mutmut`, 3.x) works on a snapshot of commit REV (default HEAD:
+`git archive` of `src/` and the target's fast unit-test files, under
+/tmp/quantbench-mutation/TARGET), so the run scores exactly one commit, whatever is being
+edited in the checkout, and neither the checkout nor its pyproject.toml is touched. Scored:
+the functions and methods the target's module(s) have at REV (the summary names the commit
+and lists them; content_key scores only `canonical_json` and `content_key`). Each mutant
+runs only the tests that reach its function. A mutant no test reaches counts as surviving.
+The summary, with every surviving mutant's diff and why each is equivalent (EQUIVALENT
+below) or marked UNEXPLAINED, goes to results/mutation_TARGET.md. Run by hand, never in the
+test suite: minutes per target on two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime as dt
+import difflib
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+WORK = Path("/tmp/quantbench-mutation")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Modules to mutate, the functions in scope (None: all of them), the tests that judge."""
+
+    modules: tuple[str, ...]
+    tests: tuple[str, ...]
+    functions: tuple[str, ...] | None = None
+    floor: float = 0.75
+
+
+TARGETS: dict[str, Target] = {
+    "content_key": Target(
+        modules=("src/quantbench/store.py",),
+        functions=("canonical_json", "content_key"),
+        tests=("tests/test_store.py", "tests/test_mutants_pure.py"),
+    ),
+    "preflight": Target(
+        modules=("src/quantbench/preflight.py", "src/quantbench/schemes/grouping.py"),
+        tests=("tests/test_schemes.py", "tests/test_mutants_pure.py"),
+    ),
+    "config": Target(
+        modules=("src/quantbench/config.py",),
+        tests=(
+            "tests/test_config.py",
+            "tests/test_matrix.py::test_grids_expand_into_named_variants",
+            "tests/test_matrix.py::test_bad_grid_values_are_reported_by_position",
+            "tests/test_matrix.py::test_model_lists_are_checked_and_labelled",
+            "tests/test_mutants_config.py",
+        ),
+    ),
+    "recommend": Target(
+        modules=("src/quantbench/recommend.py",),
+        tests=(
+            "tests/test_recommend.py",
+            "tests/test_quality_budget.py",
+            "tests/test_pareto_ties.py",
+            "tests/test_recovery.py",
+            "tests/test_mutants_recommend.py",
+        ),
+        floor=0.85,
+    ),
+    "stats": Target(
+        modules=("src/quantbench/stats.py",),
+        tests=(
+            "tests/test_stats.py",
+            "tests/test_divergence_stats.py",
+            "tests/test_pareto_ties.py",
+            "tests/test_mutants_stats.py",
+        ),
+        floor=0.85,
+    ),
+}
+
+EQUIVALENT: dict[str, str] = {}
+"""Surviving mutants that no test can kill, by mutmut's name, with the reason."""
+
+KILLED_BY: dict[str, str] = {}
+"""Mutants that survived a run and are now killed, by name, with the test added for each."""
+
+
+def functions_in(path: Path) -> list[str]:
+    """mutmut's names for the top-level functions and the methods in the file at `path`."""
+    names: list[str] = []
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            names.append(f"x_{node.name}")
+        elif isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef):
+                    names.append(f"xǁ{node.name}ǁ{item.name}")
+    return names
+
+
+def module_name(path: str) -> str:
+    return path.removeprefix("src/").removesuffix(".py").replace("/", ".")
+
+
+def scope_patterns(target: Target, work: Path) -> list[str]:
+    """mutmut name globs for the functions in scope (as the snapshot has them), one each."""
+    patterns = []
+    for module in target.modules:
+        for name in functions_in(work / module):
+            bare = name.removeprefix("x_").split("ǁ")[-1]
+            if target.functions is None or bare in target.functions:
+                patterns.append(f"{module_name(module)}.{name}__mutmut_*")
+    return patterns
+
+
+def prepare(name: str, target: Target, rev: str) -> Path:
+    """A snapshot of `rev`: src/, the target's tests and their helpers, a pyproject for mutmut."""
+    work = WORK / name
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", rev], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    files = {t.split("::")[0] for t in target.tests}
+    listed = subprocess.run(
+        ["git", "ls-tree", "-r", "--name-only", commit, "--", *sorted(files)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    present = [t for t in target.tests if t.split("::")[0] in listed]
+    archive = subprocess.run(
+        ["git", "archive", commit, "src", "tests/conftest.py", "tests/records.py", *listed],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(work)], input=archive, check=True)
+    (work / "commit.txt").write_text(commit)
+    only = ", ".join(f'"{m}"' for m in target.modules)
+    tests = ", ".join(f'"{t}"' for t in present)
+    (work / "pyproject.toml").write_text(
+        "[tool.mutmut]\n"
+        'source_paths = ["src"]\n'
+        f"only_mutate = [{only}]\n"
+        f"pytest_add_cli_args_test_selection = [{tests}]\n"
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]\n'
+        "\n[tool.pytest.ini_options]\n"
+        'markers = ["slow: minutes", "vllm: the vllm backend"]\n'
+    )
+    return work
+
+
+def mutmut(work: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).with_name("mutmut")
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run(
+        [str(exe), *args], cwd=work, env=env, capture_output=True, text=True, check=False
+    )
+
+
+def run(name: str, rev: str, max_children: int) -> float:
+    target = TARGETS[name]
+    work = prepare(name, target, rev)
+    started = time.monotonic()
+    patterns = scope_patterns(target, work)
+    done = mutmut(work, "run", "--max-children", str(max_children), *patterns)
+    wall_s = time.monotonic() - started
+    (work / "run.log").write_text(done.stdout + done.stderr)
+    if done.returncode != 0:
+        raise SystemExit(
+            f"mutmut run failed for {name} (exit {done.returncode}); see {work}/run.log"
+        )
+    return wall_s
+
+
+def statuses(work: Path, patterns: list[str]) -> dict[str, str]:
+    """Every in-scope mutant's status (killed, survived, timeout, ...) from `mutmut results`."""
+    out = mutmut(work, "results", "--all", "true").stdout
+    found: dict[str, str] = {}
+    regexes = [re.compile(re.escape(p).replace(r"\*", ".*") + "$") for p in patterns]
+    for line in out.splitlines():
+        mutant, sep, status = line.strip().rpartition(": ")
+        if sep and any(r.match(mutant) for r in regexes):
+            found[mutant] = status.strip()
+    return found
+
+
+def mutant_sources(work: Path, target: Target) -> dict[str, str]:
+    """Source of every function in mutmut's mutated copies, by name (x_f__mutmut_3 ...)."""
+    found: dict[str, str] = {}
+    for module in target.modules:
+        text = (work / "mutants" / module).read_text()
+        lines = text.splitlines()
+        for node in ast.walk(ast.parse(text)):
+            if (
+                isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                and "__mutmut_" in node.name
+            ):
+                found[node.name] = "\n".join(lines[node.lineno - 1 : node.end_lineno])
+    return found
+
+
+def mutant_diff(sources: dict[str, str], mutant: str) -> list[str]:
+    """The lines a mutant changes, against the original function (as `mutmut show` prints)."""
+    function = mutant.rsplit(".", 1)[-1]
+    original_name = function.rsplit("__mutmut_", 1)[0] + "__mutmut_orig"
+    original = sources.get(original_name, "")
+    mutated = sources.get(function, "").replace(function, original_name, 1)
+    lines = difflib.unified_diff(original.splitlines(), mutated.splitlines(), lineterm="", n=0)
+    return [d for d in lines if d.startswith(("-", "+")) and d[:3] not in ("---", "+++")]
+
+
+def summarize(name: str, wall_s: float | None, command: str) -> str:
+    target = TARGETS[name]
+    work = WORK / name
+    patterns = scope_patterns(target, work)
+    found = statuses(work, patterns)
+    commit = (work / "commit.txt").read_text()
+    killed = sum(1 for s in found.values() if s in ("killed", "timeout", "caught by type check"))
+    # A mutant no test reaches ("no tests") is as alive as one that every test lets through.
+    alive = ("survived", "no tests")
+    survivors = sorted(m for m, s in found.items() if s in alive)
+    equivalent = [m for m in survivors if m in EQUIVALENT]
+    other = {m: s for m, s in found.items() if s not in ("killed", "timeout", *alive)}
+    scored = len(found) - len(other)
+    score = killed / scored if scored else 0.0
+    score_eq = (killed + len(equivalent)) / scored if scored else 0.0
+    functions = sorted({p.split(".")[-1].removesuffix("__mutmut_*") for p in patterns})
+    lines = [
+        f"# Mutation testing: {name}",
+        "",
+        f"- date: {dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()}",
+        f"- machine: {platform.machine()}, {os.cpu_count()} logical cores "
+        "(AMD EPYC Zen 4 class), shared with other work",
+        f"- command: `{command}`",
+        f"- tool: mutmut {mutmut(work, '--version').stdout.strip().split()[-1]}",
+        f"- modules: {', '.join(target.modules)}; functions in scope: those at commit "
+        f"{commit} ({len(functions)}: {', '.join(f.removeprefix('x_') for f in functions)})",
+        f"- tests that judge: {', '.join(target.tests)}",
+    ]
+    if wall_s is not None:
+        lines.append(f"- wall time of the mutmut run: {wall_s:.0f} s")
+    lines += [
+        "",
+        f"**Score: {killed} of {scored} mutants killed = {score:.1%}** "
+        f"({score_eq:.1%} counting the {len(equivalent)} equivalent survivors as not "
+        f"killable); target {target.floor:.0%}.",
+        "",
+    ]
+    if other:
+        counts: dict[str, int] = {}
+        for status in other.values():
+            counts[status] = counts.get(status, 0) + 1
+        listed = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        lines += [f"Not scored (mutmut could not judge them): {listed}.", ""]
+    if KILLED_BY:
+        now_killed = [m for m in sorted(KILLED_BY) if m in found and m not in survivors]
+        if now_killed:
+            lines += ["## Survivors of an earlier run, now killed", ""]
+            lines += [f"- `{m}`: {KILLED_BY[m]}" for m in now_killed]
+            lines.append("")
+    lines += ["## Surviving mutants", ""]
+    if not survivors:
+        lines.append("None.")
+    sources = mutant_sources(work, target)
+    for mutant in survivors:
+        reason = EQUIVALENT.get(mutant, f"UNEXPLAINED ({found[mutant]})")
+        diff_lines = mutant_diff(sources, mutant)
+        lines += [
+            f"### `{mutant}`",
+            "",
+            f"Equivalent: {reason}" if mutant in EQUIVALENT else reason,
+            "",
+        ]
+        lines += ["```diff", *diff_lines, "```", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("targets", nargs="+", choices=sorted(TARGETS))
+    parser.add_argument("--rev", default="HEAD", help="the commit to snapshot and score")
+    parser.add_argument("--max-children", type=int, default=2)
+    parser.add_argument("--summarize-only", action="store_true")
+    args = parser.parse_args()
+    for name in args.targets:
+        wall_s = None if args.summarize_only else run(name, args.rev, args.max_children)
+        command = (
+            f".venv/bin/python benchmarks/mutation.py {name} --max-children {args.max_children}"
+        )
+        text = summarize(name, wall_s, command)
+        (RESULTS / f"mutation_{name}.md").write_text(text)
+        print(text.split("\n\n")[1] if "\n\n" in text else text)
+        print(next(line for line in text.splitlines() if line.startswith("**Score")))
+
+
+if __name__ == "__main__":
+    main()

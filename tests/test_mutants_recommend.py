@@ -1,0 +1,196 @@
+"""The recommendation's small helpers, pinned value by value.
+
+Added for the mutants of `quantbench.recommend` that survived `benchmarks/mutation.py
+recommend` (results/mutation_recommend.md): figures read from records, text helpers, and the
+defensive readers of task metrics. Each expected value is worked out by hand beside it.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from quantbench import recommend as rec
+from quantbench.results import (
+    Constraints,
+    DivergenceRecord,
+    Interval,
+    PerplexityRecord,
+    VariantMetrics,
+    VariantResult,
+)
+from records import MIB, perplexity_record
+
+
+def _variant(name: str = "v", **metrics: Any) -> VariantResult:
+    return VariantResult(
+        name=name, scheme="w8a8-int8", status="ok", metrics=VariantMetrics(**metrics)
+    )
+
+
+def _ppl(estimate: float, ratio: float | None = None) -> PerplexityRecord:
+    return perplexity_record(estimate, None).model_copy(update={"ratio_vs_baseline": ratio})
+
+
+def _tasks(**scores: object) -> Any:
+    """A variant-like object whose metrics.tasks is whatever the test hands in."""
+    return SimpleNamespace(metrics=SimpleNamespace(tasks=scores or None))
+
+
+# --------------------------------------------------------------------------------------
+# figures
+# --------------------------------------------------------------------------------------
+
+
+def test_kl_mean_reads_the_record_and_zero_for_the_baseline_only() -> None:
+    interval = Interval(estimate=0.25, low=0.2, high=0.3)
+    divergence = DivergenceRecord.model_construct(kl_mean=interval)
+    with_kl = _variant(divergence=divergence)
+    base = _variant("bf16")
+    assert rec.kl_mean(with_kl, base) == 0.25
+    assert rec.kl_mean(base, base) == 0.0
+    assert rec.kl_mean(_variant("other"), base) is None
+    assert rec.kl_mean(_variant("other"), None) is None
+
+
+def test_ppl_increase_in_percent_and_why_not() -> None:
+    base = _variant("bf16", perplexity=_ppl(10.0))
+    # The recorded ratio wins: 1.25 -> +25 %.
+    assert rec.ppl_increase_pct(_variant(perplexity=_ppl(99.0, ratio=1.25)), base) == (25.0, "")
+    # Else the two estimates: 11 / 10 - 1 = +10 %.
+    got, why = rec.ppl_increase_pct(_variant(perplexity=_ppl(11.0)), base)
+    assert got == pytest.approx(10.0) and why == ""
+    assert rec.ppl_increase_pct(base, base) == (0.0, "")
+    bare_base = _variant("bf16")
+    assert rec.ppl_increase_pct(bare_base, bare_base) == (0.0, "")
+    assert rec.ppl_increase_pct(_variant(), base) == (None, "no perplexity measured")
+    measured = _variant(perplexity=_ppl(11.0))
+    assert rec.ppl_increase_pct(measured, None) == (None, "no baseline to compare with")
+    assert rec.ppl_increase_pct(measured, bare_base) == (None, "the baseline has no perplexity")
+    zero = _variant("bf16", perplexity=_ppl(0.0))
+    assert rec.ppl_increase_pct(measured, zero) == (None, "the baseline perplexity is 0.0")
+    infinite = _variant("bf16", perplexity=_ppl(float("inf")))
+    assert rec.ppl_increase_pct(measured, infinite) == (None, "the baseline perplexity is inf")
+
+
+def test_number_reads_numbers_records_and_mappings() -> None:
+    assert rec._number(3) == 3.0 and isinstance(rec._number(3), float)
+    assert rec._number(0.5) == 0.5
+    assert rec._number(True) is None  # a flag is not a score
+    assert rec._number("0.5") is None
+    assert rec._number(Interval(estimate=0.7, low=0.6, high=0.8)) == 0.7
+    for key in ("accuracy", "acc", "score", "value", "estimate"):
+        assert rec._number({key: 0.4}) == 0.4, key
+    assert rec._number({"acc": 0.1, "accuracy": 0.9}) == 0.9  # "accuracy" is looked up first
+    assert rec._number({"accuracy": {"estimate": 0.3}}) == 0.3
+    assert rec._number(SimpleNamespace(score=0.2)) == 0.2
+    assert rec._number({"other": 1}) is None
+
+
+def test_task_accuracies_from_mappings_and_sequences() -> None:
+    assert rec.task_accuracies(_tasks()) is None
+    mapping = _tasks(gsm8k=0.5, ifeval={"accuracy": 0.25}, broken="n/a")
+    assert rec.task_accuracies(mapping) == {"gsm8k": 0.5, "ifeval": 0.25}
+    wrapped = SimpleNamespace(metrics=SimpleNamespace(tasks=SimpleNamespace(tasks={"a": 0.1})))
+    assert rec.task_accuracies(wrapped) == {"a": 0.1}
+    listed = SimpleNamespace(
+        metrics=SimpleNamespace(
+            tasks=[
+                SimpleNamespace(name="a", accuracy=0.1),
+                SimpleNamespace(name=None, task="b", accuracy=0.2),
+                {"name": "c", "accuracy": 0.3},
+                {"task": "d", "accuracy": 0.4},
+                {"accuracy": 0.5},  # no name: skipped
+                {"name": "e"},  # no figure: skipped
+            ]
+        )
+    )
+    assert rec.task_accuracies(listed) == {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4}
+    text = SimpleNamespace(metrics=SimpleNamespace(tasks="gsm8k"))
+    assert rec.task_accuracies(text) is None
+    assert rec.task_accuracies(_tasks(only="x")) is None
+
+
+def test_accuracy_drop_is_the_worst_common_task_in_points() -> None:
+    base = _tasks(a=0.8, b=0.6, c=0.5)
+    # Fractions -> points: a drops 10, b drops 20 (the worst), c is not in the baseline set.
+    drop, task, why = rec.accuracy_drop_points(_tasks(a=0.7, b=0.4, d=0.1), base)
+    assert (round(drop or 0, 9), task, why) == (20.0, "b", "")
+    # Figures above 1 are points already: 80 - 75 = 5.
+    assert rec.accuracy_drop_points(_tasks(a=75.0), _tasks(a=80.0)) == (5.0, "a", "")
+    # A gain is a negative drop.
+    assert rec.accuracy_drop_points(_tasks(a=0.9), _tasks(a=0.8))[0] == pytest.approx(-10.0)
+    # 1.0 and 0.0 are still fractions.
+    assert rec.accuracy_drop_points(_tasks(a=0.0), _tasks(a=1.0)) == (100.0, "a", "")
+    assert rec.accuracy_drop_points(base, base) == (0.0, "a", "")
+    bare = _tasks()
+    assert rec.accuracy_drop_points(bare, bare) == (0.0, "", "")
+    assert rec.accuracy_drop_points(bare, base) == (None, "", "no task accuracy measured")
+    assert rec.accuracy_drop_points(base, None) == (
+        None,
+        "",
+        "the baseline has no task accuracy",
+    )
+    assert rec.accuracy_drop_points(base, bare) == (None, "", "the baseline has no task accuracy")
+    assert rec.accuracy_drop_points(_tasks(z=0.1), base) == (
+        None,
+        "",
+        "no task in common with the baseline",
+    )
+
+
+def test_finite() -> None:
+    assert rec._finite(0.0) and rec._finite(-3.5)
+    assert not rec._finite(None)
+    assert not rec._finite(float("inf")) and not rec._finite(float("nan"))
+
+
+# --------------------------------------------------------------------------------------
+# text
+# --------------------------------------------------------------------------------------
+
+
+def test_limits_and_points_read_naturally() -> None:
+    assert rec._limit(0.05) == "0.05" and rec._limit(2.0) == "2"
+    assert rec._points(1.0) == "1 point" and rec._points(2.0) == "2 points"
+    assert rec._points(0.5) == "0.5 points"
+
+
+def test_describe_constraints_lists_what_is_set_in_order() -> None:
+    assert rec.describe_constraints(Constraints()) == ""
+    every = Constraints(
+        max_kl=0.05, max_ppl_increase_pct=5.0, max_accuracy_drop=2.0, non_inferiority_margin=1.0
+    )
+    assert rec.describe_constraints(every) == (
+        "max KL 0.05 nats/token, max perplexity increase 5%, max accuracy drop 2 points, "
+        "no task shown more than 1 point worse by its paired 95% interval"
+    )
+    assert rec.describe_constraints(Constraints(max_accuracy_drop=1.5)) == (
+        "max accuracy drop 1.5 points"
+    )
+
+
+def test_format_value_in_display_units() -> None:
+    assert rec.format_value(None, rec.UNIT_BYTES) == ""
+    assert rec.format_value(1536 * MIB, rec.UNIT_BYTES) == "1,536.0 MiB"
+    assert rec.format_value(0.0123, rec.UNIT_SECONDS_PER_TOKEN) == "12.3 ms/token"
+    assert rec.format_value(1234.56, rec.UNIT_TOKENS_PER_SECOND) == "1,234.6 tok/s"
+    # Other units: three significant digits, at least two decimals (format_number).
+    assert rec.format_value(12.5, "widgets") == "12.50 widgets"
+    assert rec.format_value(12.5, "") == "12.50"
+
+
+def test_names_and_fronts_as_text() -> None:
+    assert rec._names(["a", "b", "c"]) == "a, b, c"
+    assert rec._names([]) == ""
+    assert rec.describe_front(["bf16", "a", "b"], {"a": ["b", "c"]}) == (
+        "bf16, a (tie with b, c), b"
+    )
+    assert rec.describe_front([], {}) == ""
+
+
+def test_as_float() -> None:
+    assert rec._as_float(None) is None
+    assert rec._as_float(3) == 3.0 and isinstance(rec._as_float(3), float)
