@@ -92,7 +92,7 @@ def test_perplexity_hand_value() -> None:
 
 @pytest.mark.parametrize("n_tokens", [0, -1])
 def test_perplexity_rejects_non_positive_token_count(n_tokens: int) -> None:
-    with pytest.raises(ValueError, match="n_tokens must be positive, got"):
+    with pytest.raises(ValueError, match=r"^n_tokens must be positive, got"):
         perplexity(1.0, n_tokens)
 
 
@@ -173,9 +173,9 @@ def test_kl_large_vocab_chunked_matches_naive() -> None:
 
 
 def test_kl_shape_validation() -> None:
-    with pytest.raises(ValueError, match=r"shape mismatch: base \(2, 3\) vs variant \(2, 4\)"):
+    with pytest.raises(ValueError, match=r"^shape mismatch: base \(2, 3\) vs variant \(2, 4\)"):
         kl_divergence_per_token(np.zeros((2, 3)), np.zeros((2, 4)))
-    with pytest.raises(ValueError, match=r"base_logprobs must be 2-D .*got shape \(3,\)"):
+    with pytest.raises(ValueError, match=r"^base_logprobs must be 2-D .*got shape \(3,\)"):
         kl_divergence_per_token(np.zeros(3), np.zeros(3))
 
 
@@ -185,7 +185,7 @@ def test_top1_agreement() -> None:
     got = top1_agreement(base, variant)
     assert got.dtype == np.bool_
     assert got.tolist() == [True, False, True]
-    with pytest.raises(ValueError, match=r"shape mismatch: base \(2, 3\) vs variant \(3, 3\)"):
+    with pytest.raises(ValueError, match=r"^shape mismatch: base \(2, 3\) vs variant \(3, 3\)"):
         top1_agreement(np.zeros((2, 3)), np.zeros((3, 3)))
 
 
@@ -195,7 +195,7 @@ def test_reference_prob_delta() -> None:
     got = reference_prob_delta(base, variant)
     assert got.dtype == np.float64
     np.testing.assert_allclose(got, [-0.25, 0.0, 0.05], atol=1e-15)
-    with pytest.raises(ValueError, match=r"shape mismatch: base \(2,\) vs variant \(3,\)"):
+    with pytest.raises(ValueError, match=r"^shape mismatch: base \(2,\) vs variant \(3,\)"):
         reference_prob_delta(np.zeros(2), np.zeros(3))
 
 
@@ -221,11 +221,11 @@ def test_percentiles_hand_values_and_keys() -> None:
 
 
 def test_percentiles_validation() -> None:
-    with pytest.raises(ValueError, match="values must not be empty"):
+    with pytest.raises(ValueError, match=r"^values must not be empty"):
         percentiles([])
-    with pytest.raises(ValueError, match="values contains NaN or infinite values"):
+    with pytest.raises(ValueError, match=r"^values contains NaN or infinite values"):
         percentiles([1.0, float("nan")])
-    with pytest.raises(ValueError, match=r"percentile must be in \[0, 100\], got 101\.0"):
+    with pytest.raises(ValueError, match=r"^percentile must be in \[0, 100\], got 101\.0"):
         percentiles([1.0], qs=(101,))
 
 
@@ -251,13 +251,13 @@ def test_summarize_single_sample_and_zero_mean() -> None:
     zero = summarize([-1.0, 1.0])
     assert zero.mean == 0.0
     assert math.isnan(zero.cv)
-    with pytest.raises(ValueError, match="samples must not be empty"):
+    with pytest.raises(ValueError, match=r"^samples must not be empty"):
         summarize([])
 
 
 def test_summary_is_frozen() -> None:
     s = summarize([1.0, 2.0])
-    with pytest.raises(AttributeError, match="cannot assign to field 'mean'"):
+    with pytest.raises(AttributeError, match=r"^cannot assign to field 'mean'"):
         s.mean = 3.0  # type: ignore[misc]
 
 
@@ -322,9 +322,9 @@ def test_paired_bootstrap_uses_same_indices_for_both_arrays() -> None:
 
 
 def test_paired_bootstrap_validation() -> None:
-    with pytest.raises(ValueError, match="length mismatch: variant has 2 units, baseline 1"):
+    with pytest.raises(ValueError, match=r"^length mismatch: variant has 2 units, baseline 1"):
         paired_bootstrap_diff_ci([1.0, 2.0], [1.0])
-    with pytest.raises(ValueError, match="variant must not be empty"):
+    with pytest.raises(ValueError, match=r"^variant must not be empty"):
         paired_bootstrap_diff_ci([], [])
 
 
@@ -340,11 +340,11 @@ def test_bootstrap_ci_deterministic_and_seed_dependent() -> None:
 def test_bootstrap_ci_constant_and_single_value() -> None:
     assert bootstrap_ci([2.5] * 30, n_resamples=100) == (2.5, 2.5)
     assert bootstrap_ci([7.0], n_resamples=100) == (7.0, 7.0)
-    with pytest.raises(ValueError, match="values must not be empty"):
+    with pytest.raises(ValueError, match=r"^values must not be empty"):
         bootstrap_ci([])
-    with pytest.raises(ValueError, match=r"confidence must be in \(0, 1\), got 1\.0"):
+    with pytest.raises(ValueError, match=r"^confidence must be in \(0, 1\), got 1\.0"):
         bootstrap_ci([1.0, 2.0], confidence=1.0)
-    with pytest.raises(ValueError, match="n_resamples must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match=r"^n_resamples must be a positive integer, got 0"):
         bootstrap_ci([1.0, 2.0], n_resamples=0)
 
 
@@ -419,11 +419,11 @@ def test_perplexity_ci_coverage_with_unequal_windows() -> None:
 
 
 def test_ratio_bootstrap_validation() -> None:
-    with pytest.raises(ValueError, match="length mismatch: 2 numerators vs 1 denominators"):
+    with pytest.raises(ValueError, match=r"^length mismatch: 2 numerators vs 1 denominators"):
         ratio_bootstrap_ci([1.0, 2.0], [1.0])
-    with pytest.raises(ValueError, match="denominators must all be positive"):
+    with pytest.raises(ValueError, match=r"^denominators must all be positive"):
         ratio_bootstrap_ci([1.0, 2.0], [1.0, 0.0])
-    with pytest.raises(ValueError, match="numerators must not be empty"):
+    with pytest.raises(ValueError, match=r"^numerators must not be empty"):
         perplexity_ci([], [])
 
 
@@ -464,7 +464,7 @@ def test_mcnemar_large_counts_stay_accurate() -> None:
 
 
 def test_mcnemar_rejects_negative() -> None:
-    with pytest.raises(ValueError, match="right_to_wrong must be a non-negative integer, got -1"):
+    with pytest.raises(ValueError, match=r"^right_to_wrong must be a non-negative integer, got -1"):
         mcnemar_exact_p(-1, 3)
 
 
@@ -494,11 +494,11 @@ def test_wilson_interval_wider_at_higher_confidence_and_validation() -> None:
     lo90, hi90 = wilson_interval(30, 100, confidence=0.90)
     lo99, hi99 = wilson_interval(30, 100, confidence=0.99)
     assert lo99 < lo90 < 0.3 < hi90 < hi99
-    with pytest.raises(ValueError, match="n must be positive, got 0"):
+    with pytest.raises(ValueError, match=r"^n must be positive, got 0"):
         wilson_interval(1, 0)
-    with pytest.raises(ValueError, match=r"successes must be in \[0, 10\], got 11"):
+    with pytest.raises(ValueError, match=r"^successes must be in \[0, 10\], got 11"):
         wilson_interval(11, 10)
-    with pytest.raises(ValueError, match=r"successes must be in \[0, 10\], got -1"):
+    with pytest.raises(ValueError, match=r"^successes must be in \[0, 10\], got -1"):
         wilson_interval(-1, 10)
 
 
@@ -534,7 +534,7 @@ def test_pareto_front_mixed_directions() -> None:
 def test_pareto_front_edge_cases() -> None:
     assert pareto_front([]) == []
     assert pareto_front([(1.0, 2.0)]) == [0]
-    with pytest.raises(ValueError, match="points contain NaN"):
+    with pytest.raises(ValueError, match=r"^points contain NaN"):
         pareto_front([(1.0, float("nan"))])
 
 
@@ -703,32 +703,32 @@ def test_kl_topk_tail_from_full_matches_definition() -> None:
 
 def test_kl_topk_tail_validation() -> None:
     z = np.log(np.full((2, 3), 0.25))
-    with pytest.raises(ValueError, match=r"shape mismatch: base \(2, 3\) vs variant \(2, 2\)"):
+    with pytest.raises(ValueError, match=r"^shape mismatch: base \(2, 3\) vs variant \(2, 2\)"):
         kl_topk_tail(z, z[:, :2])
-    with pytest.raises(ValueError, match=r"base_topk_logprobs must be 2-D .*shape \(3,\)"):
+    with pytest.raises(ValueError, match=r"^base_topk_logprobs must be 2-D .*shape \(3,\)"):
         kl_topk_tail(z[0], z[0])
-    with pytest.raises(ValueError, match="k must be at least 1"):
+    with pytest.raises(ValueError, match=r"^k must be at least 1"):
         kl_topk_tail(np.zeros((2, 0)), np.zeros((2, 0)))
-    with pytest.raises(ValueError, match=r"log-probabilities contain NaN or \+inf"):
+    with pytest.raises(ValueError, match=r"^log-probabilities contain NaN or \+inf"):
         kl_topk_tail(np.array([[math.nan]]), np.array([[-1.0]]))
-    with pytest.raises(ValueError, match=r"log-probabilities contain NaN or \+inf"):
+    with pytest.raises(ValueError, match=r"^log-probabilities contain NaN or \+inf"):
         kl_topk_tail(np.array([[-1.0]]), np.array([[math.inf]]))
-    with pytest.raises(ValueError, match=r"tail_atol must be finite and >= 0, got -1\.0"):
+    with pytest.raises(ValueError, match=r"^tail_atol must be finite and >= 0, got -1\.0"):
         kl_topk_tail(z, z, tail_atol=-1.0)
     full = np.log(np.full((2, 4), 0.25))
     ids = np.array([[0, 1, 2], [3, 2, 1]])
     assert np.all(kl_topk_tail_from_full(ids, z, full) == 0.0)
-    with pytest.raises(ValueError, match="base_topk_ids must be integers, got dtype float"):
+    with pytest.raises(ValueError, match=r"^base_topk_ids must be integers, got dtype float"):
         kl_topk_tail_from_full(ids.astype(float), z, full)
-    with pytest.raises(ValueError, match=r"base_topk_ids must lie in \[0, 4\)"):  # out of range
+    with pytest.raises(ValueError, match=r"^base_topk_ids must lie in \[0, 4\)"):  # out of range
         kl_topk_tail_from_full(np.array([[0, 1, 4], [0, 1, 2]]), z, full)
-    with pytest.raises(ValueError, match=r"base_topk_ids must lie in \[0, 4\)"):  # negative
+    with pytest.raises(ValueError, match=r"^base_topk_ids must lie in \[0, 4\)"):  # negative
         kl_topk_tail_from_full(np.array([[0, 1, -1], [0, 1, 2]]), z, full)
-    with pytest.raises(ValueError, match="base_topk_ids contains a repeated id within a row"):
+    with pytest.raises(ValueError, match=r"^base_topk_ids contains a repeated id within a row"):
         kl_topk_tail_from_full(np.array([[0, 1, 1], [0, 1, 2]]), z, full)
-    with pytest.raises(ValueError, match=r"variant_full_logprobs must be 2-D with 2 rows"):
+    with pytest.raises(ValueError, match=r"^variant_full_logprobs must be 2-D with 2 rows"):
         kl_topk_tail_from_full(ids, z, full[:1])
-    with pytest.raises(ValueError, match=r"shape mismatch: ids \(2, 2\) vs base logprobs \(2, 3\)"):
+    with pytest.raises(ValueError, match=r"^shape mismatch: ids \(2, 2\) vs base logprobs"):
         kl_topk_tail_from_full(ids[:, :2], z, full)
 
 
@@ -800,7 +800,7 @@ def test_exact_match_rate() -> None:
     assert exact_match_rate(pairs) == 0.5
     assert exact_match_rate([([5], [5])]) == 1.0
     assert exact_match_rate([([5], [6])]) == 0.0
-    with pytest.raises(ValueError, match="pairs must not be empty"):
+    with pytest.raises(ValueError, match=r"^pairs must not be empty"):
         exact_match_rate([])
 
 
@@ -814,7 +814,7 @@ def test_spread_hand_values() -> None:
     assert (got["min"], got["max"]) == (1.0, 10.0)
     assert got["cv"] == pytest.approx(math.sqrt(12.5) / 4.0)  # var (9+4+1+0+36)/4
     assert spread([0.5])["cv"] == 0.0
-    with pytest.raises(ValueError, match="samples must not be empty"):
+    with pytest.raises(ValueError, match=r"^samples must not be empty"):
         spread([])
 
 
@@ -877,15 +877,15 @@ def test_paired_window_ppl_diff_pairing_and_agreement_with_naive_loop() -> None:
 
 
 def test_paired_window_ppl_diff_validation() -> None:
-    with pytest.raises(ValueError, match="length mismatch: 2 variant, 1 baseline, 2 token counts"):
+    with pytest.raises(ValueError, match=r"^length mismatch: 2 variant, 1 baseline, 2 token"):
         paired_window_ppl_diff_ci([1.0, 2.0], [1.0], [1, 1])
-    with pytest.raises(ValueError, match="length mismatch: 2 variant, 2 baseline, 1 token counts"):
+    with pytest.raises(ValueError, match=r"^length mismatch: 2 variant, 2 baseline, 1 token"):
         paired_window_ppl_diff_ci([1.0, 2.0], [1.0, 2.0], [1])
-    with pytest.raises(ValueError, match="token_counts must all be positive"):
+    with pytest.raises(ValueError, match=r"^token_counts must all be positive"):
         paired_window_ppl_diff_ci([1.0, 2.0], [1.0, 2.0], [1, 0])
-    with pytest.raises(ValueError, match="variant_nll_sums must not be empty"):
+    with pytest.raises(ValueError, match=r"^variant_nll_sums must not be empty"):
         paired_window_ppl_diff_ci([], [], [])
-    with pytest.raises(ValueError, match=r"confidence must be in \(0, 1\), got 0\.0"):
+    with pytest.raises(ValueError, match=r"^confidence must be in \(0, 1\), got 0\.0"):
         paired_window_ppl_diff_ci([1.0], [1.0], [1], confidence=0.0)
-    with pytest.raises(ValueError, match="n_resamples must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match=r"^n_resamples must be a positive integer, got 0"):
         paired_window_ppl_diff_ci([1.0], [1.0], [1], n_resamples=0)
