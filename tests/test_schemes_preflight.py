@@ -6,6 +6,7 @@ Golden values come from the layer shapes themselves: SmolLM2-135M's widths are 5
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -121,9 +122,7 @@ def test_gptq_options_are_checked() -> None:
     assert gptq.resolve_options({"actorder": "none", "symmetric": False})["actorder"] == "none"
     with pytest.raises(UserError, match=r"'group' was removed in compressed-tensors 0\.19"):
         gptq.resolve_options({"actorder": "group"})
-    with pytest.raises(
-        UserError, match="must be one of static, weight, none, group, not 'dynamic'"
-    ):
+    with pytest.raises(UserError, match="must be one of static, weight, none, group, not 'dyn"):
         gptq.resolve_options({"actorder": "dynamic"})
     with pytest.raises(UserError, match="option 'transform' must be one of none, spinquant, quip"):
         gptq.resolve_options({"transform": "hadamard"})
@@ -170,9 +169,9 @@ def test_study_files_take_scheme_options_and_all() -> None:
 def test_a_typo_in_a_scheme_option_is_one_line_with_a_hint(tmp_path: Path) -> None:
     study = tmp_path / "study.yaml"
     study.write_text("schemes: [{scheme: w4a16-awq, duo_scalling: false}]\n")
-    with pytest.raises(UserError) as info:
+    hint = "has no option 'duo_scalling' (did you mean \"duo_scaling\"?)"
+    with pytest.raises(UserError, match=re.escape(hint)) as info:
         load_study_config(study)
-    assert "has no option 'duo_scalling' (did you mean \"duo_scaling\"?)" in str(info.value)
     assert "\n" not in str(info.value)
 
 
