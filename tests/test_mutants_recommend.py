@@ -18,9 +18,12 @@ from quantbench.results import (
     DivergenceRecord,
     Interval,
     PerplexityRecord,
+    StudyResults,
+    TaskVerdict,
     VariantMetrics,
     VariantResult,
 )
+from quantbench.stats_tasks import INFERIOR
 from records import MIB, perplexity_record
 
 
@@ -194,3 +197,92 @@ def test_names_and_fronts_as_text() -> None:
 def test_as_float() -> None:
     assert rec._as_float(None) is None
     assert rec._as_float(3) == 3.0 and isinstance(rec._as_float(3), float)
+
+
+# --------------------------------------------------------------------------------------
+# quality figures and the task rule
+# --------------------------------------------------------------------------------------
+
+
+def _study(*variants: VariantResult) -> StudyResults:
+    return StudyResults(
+        quantbench_version="0",
+        created_at="2026-01-01T00:00:00+00:00",
+        model={},
+        config={},
+        variants=list(variants),
+    )
+
+
+def test_quality_figures_kl_and_perplexity_with_paired_intervals() -> None:
+    base = VariantResult(
+        name="bf16",
+        scheme="bf16",
+        status="ok",
+        metrics=VariantMetrics(perplexity=perplexity_record(10.0, None)),
+    )
+    delta = Interval(estimate=0.5, low=0.25, high=1.0)
+    paired = _variant("paired", perplexity=perplexity_record(10.5, delta))
+    unpaired = _variant("unpaired", perplexity=perplexity_record(11.0, None))
+    divergence = DivergenceRecord.model_construct(
+        kl_mean=Interval(estimate=0.02, low=0.01, high=0.03)
+    )
+    with_kl = _variant("kl", divergence=divergence)
+    study = _study(base, paired, unpaired, with_kl)
+    ppl = rec.quality_figure(study, "perplexity")
+    assert ppl(base) == (10.0, 10.0, 10.0)  # the baseline's own figure is its point
+    # The paired difference's interval placed around the estimate: 10.5 - 0.25, 10.5 + 0.5.
+    assert ppl(paired) == (10.5, 10.25, 11.0)
+    assert ppl(unpaired) == (11.0, 10.7, 11.3)  # records.perplexity_record: +/- 0.3
+    assert ppl(with_kl) is None
+    kl = rec.quality_figure(study, "kl_mean")
+    assert kl(with_kl) == (0.02, 0.01, 0.03)
+    assert kl(base) == (0.0, 0.0, 0.0)
+    assert kl(paired) is None
+
+
+def _task_results(*names: str) -> VariantMetrics:
+    return VariantMetrics.model_construct(tasks=dict.fromkeys(names))
+
+
+def _judged(task: str, variant: str, verdict: str) -> TaskVerdict:
+    return TaskVerdict.model_construct(
+        task=task,
+        variant=variant,
+        verdict=verdict,
+        difference_points=Interval(estimate=-3.04, low=-5.2, high=-0.76),
+    )
+
+
+def test_task_rule_names_each_task_it_cannot_judge_and_each_it_breaks() -> None:
+    base = VariantResult.model_construct(name="bf16", metrics=_task_results("a", "b", "d", "e"))
+    variant = VariantResult.model_construct(name="v", metrics=_task_results("a", "c", "d", "e"))
+    judged = [
+        _judged("a", "v", INFERIOR),
+        _judged("e", "v", "non-inferior"),
+        _judged("d", "other", INFERIOR),  # another variant's verdict is not this one's
+    ]
+    broken: list[str] = []
+    unknown: list[str] = []
+    rec._check_tasks(variant, base, 2.0, judged, broken, unknown)
+    assert broken == ["a shown more than 2 points worse (Δ -3.0 [-5.2, -0.8] points)"]
+    assert unknown == [
+        "b unknown (not run; margin 2 points)",
+        "d unknown (no paired result; margin 2 points)",
+        "c unknown (no baseline result; margin 2 points)",
+    ]
+
+
+def test_task_rule_without_any_task_figures() -> None:
+    bare = VariantResult.model_construct(name="v", metrics=_task_results())
+    broken: list[str] = []
+    unknown: list[str] = []
+    rec._check_tasks(bare, None, 1.0, [], broken, unknown)
+    assert (broken, unknown) == (
+        [],
+        ["task results unknown (no task accuracy measured; margin 1 point)"],
+    )
+    only_variant = VariantResult.model_construct(name="v", metrics=_task_results("a"))
+    unknown = []
+    rec._check_tasks(only_variant, None, 1.0, [], broken, unknown)
+    assert unknown == ["a unknown (no baseline result; margin 1 point)"]
