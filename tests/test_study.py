@@ -231,3 +231,52 @@ def test_sigkill_mid_quantization_then_resume(tiny_model: Path, tmp_path: Path) 
     results = load_results(tmp_path / "out")
     assert results.variants[0].status == "ok"
     assert not list(stage_root.glob(".tmp-*"))
+
+
+def test_a_quantize_worker_that_dies_fails_its_variant_and_the_run_exits_1(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """A real failing stage inside a real study (failed variants were only hand-made records
+    before): the w4a16 worker is killed mid-quantization, the driver lives on. That variant
+    is recorded failed with the reason, the baseline is finished and reported, and the
+    command exits 1. Failing first: before the CLI passed the study's status on, this run
+    exited 0 and the test failed on the exit status."""
+    config = tiny_study_yaml(
+        tmp_path / "study.yaml",
+        tiny_model,
+        tmp_path / "out",
+        ["bf16", {"scheme": "w4a16-gptq", "group_size": 32}],
+        calibration={"num_samples": 64, "seq_len": 256},
+    )
+    out = tmp_path / "out"
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "quantbench", "run", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    log = out / "logs" / "quantize-w4a16-gptq-g32.log"
+    builds = out / "stages" / "quantize"
+    deadline = time.monotonic() + 300
+    killed: int | None = None
+    while killed is None and time.monotonic() < deadline and process.poll() is None:
+        if log.is_file() and '"phase": "quantizing"' in log.read_text(errors="replace"):
+            # The build folder is .tmp-<key>-<worker pid>-<nonce>: that pid is the worker.
+            for build in builds.glob(".tmp-*"):
+                killed = int(build.name.split("-")[-2])
+                os.kill(killed, signal.SIGKILL)
+                break
+        time.sleep(0.05)
+    process.wait(300)
+    stderr_text = (tmp_path / "stderr.txt").read_text()
+    assert killed is not None, "the w4a16 quantization ended before it could be killed"
+    assert process.returncode == 1, stderr_text[-3000:]
+    results = load_results(out)
+    assert {v.name: v.status for v in results.variants} == {
+        "bf16": "ok",
+        "w4a16-gptq-g32": "failed",
+    }
+    failed = results.variant("w4a16-gptq-g32")
+    assert failed.error and f"exit code {-signal.SIGKILL}" in failed.error, failed.error
+    assert "w4a16-gptq-g32" in (out / "report.md").read_text()
+    assert process_gone(killed, 30)
