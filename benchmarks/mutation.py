@@ -97,8 +97,72 @@ TARGETS: dict[str, Target] = {
     ),
 }
 
-EQUIVALENT: dict[str, str] = {}
+_ONLY_FLOAT32 = (
+    "the default calibration dtype is only ever compared with 'float32', so any other "
+    "string, this one included, gives 2-byte values as 'bfloat16' does"
+)
+EQUIVALENT: dict[str, str] = {
+    "quantbench.preflight.x_estimate_memory__mutmut_1": _ONLY_FLOAT32,
+    "quantbench.preflight.x_estimate_memory__mutmut_2": _ONLY_FLOAT32,
+    "quantbench.preflight.x_preflight_variants__mutmut_1": _ONLY_FLOAT32,
+    "quantbench.preflight.x_preflight_variants__mutmut_2": _ONLY_FLOAT32,
+    "quantbench.schemes.grouping.x_candidate_group_sizes__mutmut_3": (
+        "starting the search for the largest power of two at 2 instead of 1 ends on the "
+        "same power for every request of 2 or more, and below 16 nothing is appended anyway"
+    ),
+    "quantbench.schemes.grouping.x_candidate_group_sizes__mutmut_6": (
+        "with '<' a request that is itself a power of two stops one power lower; the request "
+        "is listed first either way and its own power is skipped, so the list is the same"
+    ),
+}
 """Surviving mutants that no test can kill, by mutmut's name, with the reason."""
+
+EQUIVALENT_RULES: tuple[tuple[str, str, str], ...] = (
+    (
+        r"np\.errstate\(",
+        r"np\.errstate\(",
+        "np.errstate only chooses whether numpy warns about inf/nan on the way; the values "
+        "computed are the same",
+    ),
+    (
+        r"\.astype\(np\.float64, copy=False\)",
+        r"\.astype\(np\.float64, (copy=(None|True)|)\s*\)",
+        "copy= only decides whether astype copies; the array's values are the same",
+    ),
+    (
+        r"np\.empty\(n_tokens, dtype=np\.float64\)",
+        r"np\.empty\(n_tokens, (dtype=None|)\s*\)",
+        "np.empty's default dtype is float64",
+    ),
+    (
+        r"rows_per_chunk = max\(1, ",
+        r"rows_per_chunk = max\(2, |rows_per_chunk = max\(1, _MAX_CHUNK_ELEMENTS // max\(2, ",
+        "the chunk size bounds memory only; chunked and whole results are equal "
+        "(tests/test_mutants_stats.py forces small chunks and checks exactly that)",
+    ),
+    (
+        r"for start in range\(0, n_tokens, rows_per_chunk\)",
+        r"for start in range\(0, n_tokens, \)",
+        "a step of 1 makes chunks overlap; each overlapping row is written again with the "
+        "same value",
+    ),
+)
+"""Classes of equivalent mutants, by what the diff removes and what it adds (regexes)."""
+
+
+def equivalent_reason(mutant: str, diff: list[str]) -> str | None:
+    """Why a surviving mutant is equivalent, from EQUIVALENT or EQUIVALENT_RULES; else None."""
+    if mutant in EQUIVALENT:
+        return EQUIVALENT[mutant]
+    removed = [d[1:] for d in diff if d.startswith("-")]
+    added = [d[1:] for d in diff if d.startswith("+")]
+    if len(removed) != 1 or len(added) > 1:
+        return None
+    for old, new, reason in EQUIVALENT_RULES:
+        if re.search(old, removed[0]) and added and re.search(new, added[0]):
+            return reason
+    return None
+
 
 KILLED_BY: dict[str, str] = {}
 """Mutants that survived a run and are now killed, by name, with the test added for each."""
@@ -132,6 +196,21 @@ def scope_patterns(target: Target, work: Path) -> list[str]:
     return patterns
 
 
+def write_mutmut_config(work: Path, target: Target, present: list[str]) -> None:
+    only = ", ".join(f'"{m}"' for m in target.modules)
+    tests = ", ".join(f'"{t}"' for t in present)
+    pytest_args = ["-p", "no:cacheprovider", "-q", *target.pytest_args]
+    (work / "pyproject.toml").write_text(
+        "[tool.mutmut]\n"
+        'source_paths = ["src"]\n'
+        f"only_mutate = [{only}]\n"
+        f"pytest_add_cli_args_test_selection = [{tests}]\n"
+        f"pytest_add_cli_args = {json.dumps(pytest_args)}\n"
+        "\n[tool.pytest.ini_options]\n"
+        'markers = ["slow: minutes", "vllm: the vllm backend"]\n'
+    )
+
+
 def prepare(name: str, target: Target, rev: str) -> Path:
     """A snapshot of `rev`: src/, the target's tests and their helpers, a pyproject for mutmut."""
     work = WORK / name
@@ -158,19 +237,50 @@ def prepare(name: str, target: Target, rev: str) -> Path:
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(work)], input=archive, check=True)
     (work / "commit.txt").write_text(commit)
-    only = ", ".join(f'"{m}"' for m in target.modules)
-    tests = ", ".join(f'"{t}"' for t in present)
-    pytest_args = ["-p", "no:cacheprovider", "-q", *target.pytest_args]
-    (work / "pyproject.toml").write_text(
-        "[tool.mutmut]\n"
-        'source_paths = ["src"]\n'
-        f"only_mutate = [{only}]\n"
-        f"pytest_add_cli_args_test_selection = [{tests}]\n"
-        f"pytest_add_cli_args = {json.dumps(pytest_args)}\n"
-        "\n[tool.pytest.ini_options]\n"
-        'markers = ["slow: minutes", "vllm: the vllm backend"]\n'
-    )
+    write_mutmut_config(work, target, present)
     return work
+
+
+def resume(name: str, rev: str, max_children: int) -> float:
+    """Re-test only the survivors of the last run of `name` with the tests of `rev`.
+
+    Allowed only when the mutated modules are the same at `rev` as in the snapshot: then a
+    killed mutant stays killed (more tests can only kill more), and the outcome is what a
+    full run at `rev` gives, in minutes instead of most of an hour.
+    """
+    target = TARGETS[name]
+    work = WORK / name
+    commit = git_out("rev-parse", "--short", rev).strip()
+    for module in target.modules:
+        if git_out("show", f"{commit}:{module}") != (work / module).read_text():
+            raise SystemExit(f"{module} differs at {commit} from the snapshot: run afresh")
+    patterns = scope_patterns(target, work)
+    alive = [m for m, s in statuses(work, patterns).items() if s in ("survived", "no tests")]
+    files = sorted({t.split("::")[0] for t in target.tests})
+    listed = git_out("ls-tree", "-r", "--name-only", commit, "--", *files).split()
+    archive = subprocess.run(
+        ["git", "archive", commit, "tests/conftest.py", "tests/records.py", *listed],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(work)], input=archive, check=True)
+    write_mutmut_config(work, target, [t for t in target.tests if t.split("::")[0] in listed])
+    (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)  # collect test stats anew
+    (work / "resumed_from.txt").write_text((work / "commit.txt").read_text())
+    (work / "commit.txt").write_text(commit)
+    started = time.monotonic()
+    done = mutmut(work, "run", "--max-children", str(max_children), *alive)
+    (work / "resume.log").write_text(done.stdout + done.stderr)
+    if done.returncode != 0:
+        raise SystemExit(f"mutmut run failed for {name}; see {work}/resume.log")
+    return time.monotonic() - started
+
+
+def git_out(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout
 
 
 def mutmut(work: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -243,7 +353,10 @@ def summarize(name: str, wall_s: float | None, command: str) -> str:
     # A mutant no test reaches ("no tests") is as alive as one that every test lets through.
     alive = ("survived", "no tests")
     survivors = sorted(m for m, s in found.items() if s in alive)
-    equivalent = [m for m in survivors if m in EQUIVALENT]
+    sources = mutant_sources(work, target)
+    diffs = {m: mutant_diff(sources, m) for m in survivors}
+    reasons = {m: equivalent_reason(m, diffs[m]) for m in survivors}
+    equivalent = [m for m in survivors if reasons[m]]
     other = {m: s for m, s in found.items() if s not in ("killed", "timeout", *alive)}
     scored = len(found) - len(other)
     score = killed / scored if scored else 0.0
@@ -264,6 +377,12 @@ def summarize(name: str, wall_s: float | None, command: str) -> str:
     ]
     if wall_s is not None:
         lines.append(f"- wall time of the mutmut run: {wall_s:.0f} s")
+    if (work / "resumed_from.txt").is_file():
+        lines.append(
+            f"- every mutant was run at commit {(work / 'resumed_from.txt').read_text()}; "
+            f"the survivors were run again with the tests of {commit} (`--resume`: the "
+            "mutated module is the same at both, and more tests can only kill more)"
+        )
     lines += [
         "",
         f"**Score: {killed} of {scored} mutants killed = {score:.1%}** "
@@ -276,7 +395,11 @@ def summarize(name: str, wall_s: float | None, command: str) -> str:
         for status in other.values():
             counts[status] = counts.get(status, 0) + 1
         listed = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-        lines += [f"Not scored (mutmut could not judge them): {listed}.", ""]
+        lines += [
+            f"Not scored: {listed} ('not checked': the run ended before mutmut reached them;"
+            " the score is over the mutants it did judge).",
+            "",
+        ]
     if KILLED_BY:
         now_killed = [m for m in sorted(KILLED_BY) if m in found and m not in survivors]
         if now_killed:
@@ -286,14 +409,13 @@ def summarize(name: str, wall_s: float | None, command: str) -> str:
     lines += ["## Surviving mutants", ""]
     if not survivors:
         lines.append("None.")
-    sources = mutant_sources(work, target)
     for mutant in survivors:
-        reason = EQUIVALENT.get(mutant, f"UNEXPLAINED ({found[mutant]})")
-        diff_lines = mutant_diff(sources, mutant)
+        reason = reasons[mutant] or f"UNEXPLAINED ({found[mutant]})"
+        diff_lines = diffs[mutant]
         lines += [
             f"### `{mutant}`",
             "",
-            f"Equivalent: {reason}" if mutant in EQUIVALENT else reason,
+            f"Equivalent: {reason}" if reasons[mutant] else reason,
             "",
         ]
         lines += ["```diff", *diff_lines, "```", ""]
@@ -306,9 +428,17 @@ def main() -> None:
     parser.add_argument("--rev", default="HEAD", help="the commit to snapshot and score")
     parser.add_argument("--max-children", type=int, default=2)
     parser.add_argument("--summarize-only", action="store_true")
+    parser.add_argument(
+        "--resume", action="store_true", help="re-test the last run's survivors with REV's tests"
+    )
     args = parser.parse_args()
     for name in args.targets:
-        wall_s = None if args.summarize_only else run(name, args.rev, args.max_children)
+        if args.summarize_only:
+            wall_s = None
+        elif args.resume:
+            wall_s = resume(name, args.rev, args.max_children)
+        else:
+            wall_s = run(name, args.rev, args.max_children)
         command = (
             f".venv/bin/python benchmarks/mutation.py {name} --max-children {args.max_children}"
         )

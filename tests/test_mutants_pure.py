@@ -61,6 +61,7 @@ def test_candidate_group_sizes_stop_at_the_minimum() -> None:
     assert candidate_group_sizes(32) == [32, 16]
     assert candidate_group_sizes(17) == [17, 16]
     assert candidate_group_sizes(8) == [8]  # below the minimum: only what was asked
+    assert all(type(size) is int for size in candidate_group_sizes(100))  # never 64.0
 
 
 def test_largest_valid_group_size_checks_every_width() -> None:
@@ -104,6 +105,7 @@ def test_memory_with_calibration_counts_hessians_and_activations() -> None:
     # Hessians: 7 linears x widest 32^2 x 4 bytes = 28,672.
     # Activations: 2 x 3 samples x 5 tokens x hidden 16 x 2 bytes (bf16) = 960.
     assert estimate.weights_bytes == 2000
+    assert type(estimate.weights_bytes) is int and type(estimate.total_bytes) is int
     assert estimate.calibration_bytes == 28_672 + 960
     assert estimate.total_bytes == 4000 + 29_632 + RUNTIME_OVERHEAD_BYTES
 
