@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import run_cli, tiny_study_yaml
 
 
@@ -113,3 +115,143 @@ def test_an_unknown_option_is_a_usage_error_not_a_traceback() -> None:
     assert result.returncode == 2
     assert "No such option: --no-such-option" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- the front door: version, help, defaults, flags ---------------------------------------
+
+
+def run_here(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """The command line in this process, as the `quantbench` script runs it."""
+    from quantbench.cli import exit_status
+
+    capsys.readouterr()
+    status = exit_status(args)
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version_flag(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from quantbench import __version__
+
+    assert run_here([flag], capsys) == (0, f"quantbench {__version__}\n", "")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["run"], ["plan"], ["schemes"], ["report"], ["compare"], ["env"], ["env", "create"]],
+)
+def test_h_is_help_everywhere(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = run_here([*command, "-h"], capsys)
+    assert status == 0, err
+    assert out.startswith("Usage: quantbench") and "-h, --help" in out
+
+
+def test_run_help_shows_every_default(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quantbench.cli import STUDY_FLAGS
+
+    monkeypatch.setenv("COLUMNS", "200")
+    status, out, _ = run_here(["run", "--help"], capsys)
+    assert status == 0
+    blocks: list[str] = []  # one per option: its first line and the wrapped help under it
+    for line in out.split("Options:", 1)[1].splitlines():
+        if line.startswith("  -"):
+            blocks.append(line)
+        elif blocks:
+            blocks[-1] += " " + line.strip()
+    assert blocks[-1].startswith("  -h, --help")
+    assert len(blocks[:-1]) == len(STUDY_FLAGS) + 1  # and --config
+    for block in blocks[:-1]:
+        assert "[default: " in block, block
+    text = " ".join(out.split())
+    assert "[default: 64]" in text and "[default: quantbench-out]" in text
+    assert "[default: bf16,fp8-dynamic,w4a16-gptq,w8a8-int8]" in text
+
+
+def test_boolean_flags_come_in_pairs_without_a_placeholder(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    _, out, _ = run_here(["run", "-h"], capsys)
+    for flag in ("allow-pickle", "allow-code-execution", "apply-chat-template"):
+        assert f"--{flag} / --no-{flag}" in out
+    assert "<bool>" not in out and "BOOLEAN" not in out
+
+
+def test_debug_is_accepted_anywhere(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from quantbench.cli import exit_status
+    from quantbench.errors import UserError
+
+    missing = str(tmp_path / "nope")
+    for args in (
+        ["--debug", "run", "--model", missing],
+        ["run", "--debug", "--model", missing],
+        ["run", "--model", missing, "--debug"],
+    ):
+        with pytest.raises(UserError, match="model not found"):
+            exit_status([*args, "--out", str(tmp_path / "out")])
+    status, _, err = run_here(["run", "--model", missing, "--out", str(tmp_path / "o")], capsys)
+    assert status == 2 and "Traceback" not in err
+
+
+def test_plan_takes_every_flag_run_takes() -> None:
+    import typer
+
+    from quantbench.cli import app
+
+    group = typer.main.get_command(app)
+    commands = group.commands  # type: ignore[attr-defined]
+
+    def options(name: str) -> list[tuple[str, ...]]:
+        return [tuple(p.opts + p.secondary_opts) for p in commands[name].params]
+
+    assert options("plan") == options("run")
+    assert ("--tokenizer",) in options("run") and ("--corpus",) in options("plan")
+
+
+def test_flags_override_the_study_file_only_when_given(tmp_path: Path) -> None:
+    """A flag left at its (shown) default keeps the file's value; one given replaces it."""
+    import typer
+    from typer.testing import CliRunner
+
+    from quantbench.cli import _study_command
+
+    seen = []
+
+    def body(study: object) -> None:
+        seen.append(study)
+
+    app = typer.Typer()
+    app.command("run")(_study_command(body))
+    app.command("other")(lambda: None)
+    study = tmp_path / "study.yaml"
+    study.write_text(
+        "calibration: {num_samples: 8}\nevaluation: {corpus: {max_tokens: 100}}\n"
+        "allow_pickle: true\n"
+    )
+    result = CliRunner().invoke(app, ["run", "-c", str(study), "--max-tokens", "200"])
+    assert result.exit_code == 0, result.output
+    (config,) = seen
+    assert config.calibration.num_samples == 8  # type: ignore[attr-defined]
+    assert config.evaluation.corpus.max_tokens == 200  # type: ignore[attr-defined]
+    assert config.allow_pickle is True  # type: ignore[attr-defined]
+    result = CliRunner().invoke(app, ["run", "-c", str(study), "--no-allow-pickle"])
+    assert seen[-1].allow_pickle is False  # type: ignore[attr-defined]
+
+
+def test_schemes_is_readable_at_80_columns(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quantbench.schemes import all_schemes
+
+    monkeypatch.setenv("COLUMNS", "80")
+    status, out, _ = run_here(["schemes"], capsys)
+    assert status == 0
+    lines = out.splitlines()
+    for scheme in all_schemes():
+        assert any(line.startswith(scheme.name) for line in lines), scheme.name
+        for option in scheme.defaults:
+            assert any(line.strip().startswith(f"{option}: ") for line in lines), option
+    assert max(len(line) for line in lines if not line.startswith("  ")) <= 80

@@ -179,3 +179,111 @@ def test_converted_gguf_keeps_the_files_special_tokens(tmp_path: Path) -> None:
     assert (saved["unk_token"], saved["pad_token"]) == ("<|endoftext|>", "<|im_end|>")
     generation = json.loads((tmp_path / "model" / "generation_config.json").read_text())
     assert generation["eos_token_id"] == 2
+
+
+# --- checking a model folder before anything loads it ---------------------------------------
+
+
+def _copy(model: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(model, dest)
+    return dest
+
+
+def _drop_weights(folder: Path, keep: int) -> list[str]:
+    """Keep the first `keep` tensors (sorted by name) of model.safetensors; the dropped names."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(folder / "model.safetensors")
+    names = sorted(tensors)
+    save_file({k: tensors[k] for k in names[:keep]}, folder / "model.safetensors", {"format": "pt"})
+    return names[keep:]
+
+
+def test_header_reading_lists_every_tensor_without_loading(tiny_model: Path) -> None:
+    from safetensors import safe_open
+
+    from quantbench.models import checkpoint_tensors
+
+    shapes = checkpoint_tensors(tiny_model)
+    with safe_open(str(tiny_model / "model.safetensors"), "pt") as handle:
+        expected = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}  # noqa: SIM118
+    assert shapes == expected
+    assert "lm_head.weight" not in shapes  # tied to the embeddings, not stored
+
+
+def test_a_complete_checkpoint_passes_and_tied_weights_are_not_missing(tiny_model: Path) -> None:
+    from quantbench.models import _meta_model, check_checkpoint, checkpoint_tensors, weight_coverage
+
+    assert check_checkpoint(tiny_model) == ()
+    coverage = weight_coverage(_meta_model(tiny_model), checkpoint_tensors(tiny_model))
+    assert coverage.missing == [] and coverage.unexpected == [] and coverage.needed == 21
+
+
+def test_half_the_weights_is_refused_naming_the_missing_ones(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    folder = _copy(tiny_model, tmp_path / "half")
+    dropped = _drop_weights(folder, keep=10)
+    with pytest.raises(UserError, match=r"lacks 10 of the 21 weights") as info:
+        resolve_model(str(folder))
+    named = [n for n in dropped if n in str(info.value)]
+    assert len(named) == 5, str(info.value)  # the first few, then a count
+
+
+def test_a_tied_weight_may_be_stored_and_extra_tensors_are_noted(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = _copy(tiny_model, tmp_path / "extra")
+    tensors = load_file(folder / "model.safetensors")
+    tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
+    tensors["model.rotary_emb.inv_freq"] = tensors["model.norm.weight"].clone()
+    save_file(tensors, folder / "model.safetensors", {"format": "pt"})
+    resolved = resolve_model(str(folder))
+    assert any("model.rotary_emb.inv_freq" in note for note in resolved.notes)
+
+
+def test_a_checkpoint_saved_from_the_base_model_is_matched_with_its_prefix(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = _copy(tiny_model, tmp_path / "base")
+    tensors = load_file(folder / "model.safetensors")
+    bare = {k.removeprefix("model."): v for k, v in tensors.items()}
+    save_file(bare, folder / "model.safetensors", {"format": "pt"})
+    assert resolve_model(str(folder)).kind == "local"
+
+
+def test_the_load_time_guard_reads_transformers_own_report(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """The second guard, as workers run it: transformers' loading info of a real load."""
+    from transformers import AutoModelForCausalLM
+
+    from quantbench.models import check_loading_info
+
+    model, info = AutoModelForCausalLM.from_pretrained(tiny_model, output_loading_info=True)
+    assert check_loading_info(info, model, "tiny") == []  # lm_head is re-tied, not missing
+    folder = _copy(tiny_model, tmp_path / "half")
+    _drop_weights(folder, keep=10)
+    model, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
+    with pytest.raises(RuntimeError, match=r"10 weight\(s\) missing from the checkpoint"):
+        check_loading_info(info, model, "half")
+
+
+def test_the_tokenizer_folder_is_part_of_the_fingerprint(tiny_model: Path, tmp_path: Path) -> None:
+    from quantbench.models import locate_tokenizer
+
+    own = resolve_model(str(tiny_model))
+    other = _copy(tiny_model, tmp_path / "tok")
+    (other / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    borrowed = resolve_model(str(tiny_model), tokenizer=str(other))
+    assert borrowed.fingerprint != own.fingerprint
+    assert borrowed.source_files["chat_template.jinja"] != own.source_files["chat_template.jinja"]
+    described = borrowed.describe()
+    assert locate_tokenizer(described) == other.resolve()
+    assert locate_tokenizer(own.describe()) == own.path

@@ -603,7 +603,7 @@ def exit_status(argv: Sequence[str]) -> int:
         _one_line_error(err, str(exc))
         return 2
     except _EXIT as exc:
-        return int(getattr(exc, "exit_code", 0) or 0)
+        returned = int(getattr(exc, "exit_code", 0) or 0)
     except _NO_ARGS as exc:
         exc.show()  # type: ignore[attr-defined]  # bare `quantbench`: the help text
         return 2
@@ -616,9 +616,14 @@ def exit_status(argv: Sequence[str]) -> int:
         _one_line_error(err, message + where)
         return 2
     except _INTERRUPTED:
+        returned = INTERRUPTED
+    if returned == INTERRUPTED:  # typer turns KeyboardInterrupt into Exit(130)
         err.print("[yellow]interrupted[/]: finished stages are kept; run again to resume")
-        return 130
     return returned if isinstance(returned, int) else 0
+
+
+INTERRUPTED = 130
+"""The exit status of a run stopped by SIGINT (Ctrl-C), as shells report it (128 + 2)."""
 
 
 def _one_line_error(err: Console, message: str) -> None:
