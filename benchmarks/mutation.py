@@ -101,7 +101,14 @@ _ONLY_FLOAT32 = (
     "the default calibration dtype is only ever compared with 'float32', so any other "
     "string, this one included, gives 2-byte values as 'bfloat16' does"
 )
+_SAME_LENGTH = (
+    "zip(axes, combo): itertools.product yields one value per axis, so the two always have "
+    "the same length and strict= never matters"
+)
 EQUIVALENT: dict[str, str] = {
+    "quantbench.config.x__grid__mutmut_10": _SAME_LENGTH,
+    "quantbench.config.x__grid__mutmut_13": _SAME_LENGTH,
+    "quantbench.config.x__grid__mutmut_14": _SAME_LENGTH,
     "quantbench.preflight.x_estimate_memory__mutmut_1": _ONLY_FLOAT32,
     "quantbench.preflight.x_estimate_memory__mutmut_2": _ONLY_FLOAT32,
     "quantbench.preflight.x_preflight_variants__mutmut_1": _ONLY_FLOAT32,
@@ -343,7 +350,7 @@ def mutant_diff(sources: dict[str, str], mutant: str) -> list[str]:
     return [d for d in lines if d.startswith(("-", "+")) and d[:3] not in ("---", "+++")]
 
 
-def summarize(name: str, wall_s: float | None, command: str) -> str:
+def summarize(name: str, command: str) -> str:
     target = TARGETS[name]
     work = WORK / name
     patterns = scope_patterns(target, work)
@@ -368,18 +375,25 @@ def summarize(name: str, wall_s: float | None, command: str) -> str:
         f"- date: {dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()}",
         f"- machine: {platform.machine()}, {os.cpu_count()} logical cores "
         "(AMD EPYC Zen 4 class), shared with other work",
-        f"- command: `{command}`",
+        f"- command: `{command}`"
+        + (" then the same with `--resume`" if (work / "resumed_from.txt").is_file() else ""),
         f"- tool: mutmut {mutmut(work, '--version').stdout.strip().split()[-1]}",
         f"- modules: {', '.join(target.modules)}; functions in scope: those at commit "
         f"{commit} ({len(functions)}: {', '.join(f.removeprefix('x_') for f in functions)})",
         f"- tests that judge: {', '.join(target.tests)}"
         + (f" (pytest {' '.join(target.pytest_args)})" if target.pytest_args else ""),
     ]
-    if wall_s is not None:
-        lines.append(f"- wall time of the mutmut run: {wall_s:.0f} s")
+    if (work / "wall_s.txt").is_file():
+        lines.append(
+            f"- wall time of the mutmut run: {(work / 'wall_s.txt').read_text().strip()} s"
+        )
+    if (work / "resume_wall_s.txt").is_file():
+        lines.append(
+            f"- wall time of the --resume run: {(work / 'resume_wall_s.txt').read_text().strip()} s"
+        )
     if (work / "resumed_from.txt").is_file():
         lines.append(
-            f"- every mutant was run at commit {(work / 'resumed_from.txt').read_text()}; "
+            f"- every mutant was run at commit {(work / 'resumed_from.txt').read_text().strip()}; "
             f"the survivors were run again with the tests of {commit} (`--resume`: the "
             "mutated module is the same at both, and more tests can only kill more)"
         )
@@ -442,7 +456,10 @@ def main() -> None:
         command = (
             f".venv/bin/python benchmarks/mutation.py {name} --max-children {args.max_children}"
         )
-        text = summarize(name, wall_s, command)
+        record = WORK / name / ("resume_wall_s.txt" if args.resume else "wall_s.txt")
+        if wall_s is not None:
+            record.write_text(f"{wall_s:.0f}")
+        text = summarize(name, command)
         (RESULTS / f"mutation_{name}.md").write_text(text)
         print(text.split("\n\n")[1] if "\n\n" in text else text)
         print(next(line for line in text.splitlines() if line.startswith("**Score")))
