@@ -698,7 +698,11 @@ def weight_coverage(model: Any, present: dict[str, tuple[int, ...]]) -> WeightCo
     `base_model_prefix.` on its keys) is matched as transformers loads it."""
     import re
 
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    # Parameters are what would be random; buffers (persistent or not) are rebuilt from the
+    # config by the constructor, so one absent from the files is not missing.
+    stored = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    parameters = dict(model.named_parameters(remove_duplicate=False))
+    expected = {name: shape for name, shape in stored.items() if name in parameters}
     prefix = getattr(type(model), "base_model_prefix", "") or ""
     if prefix and not any(k.startswith(prefix + ".") for k in present):
         prefixed = {f"{prefix}.{k}": v for k, v in present.items()}
@@ -721,9 +725,7 @@ def weight_coverage(model: Any, present: dict[str, tuple[int, ...]]) -> WeightCo
         and not any(p.search(name) for p in optional)
     ]
     unexpected = [
-        name
-        for name in present
-        if name not in expected and not any(p.search(name) for p in ignored)
+        name for name in present if name not in stored and not any(p.search(name) for p in ignored)
     ]
     mismatched = [
         f"{name} {list(present[name])} (needs {list(shape)})"
@@ -774,7 +776,8 @@ def check_loading_info(info: dict[str, Any], model: Any, where: str) -> list[str
     (`output_loading_info=True`). Missing weights other than re-tied ones raise (the model
     would be partly random); unexpected ones come back as notes."""
     tied = set(getattr(model, "all_tied_weights_keys", None) or {})
-    missing = sorted(set(info.get("missing_keys") or ()) - tied)
+    parameters = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    missing = sorted((set(info.get("missing_keys") or ()) & parameters) - tied)
     if missing:
         raise RuntimeError(
             f"{where}: {len(missing)} weight(s) missing from the checkpoint "
