@@ -286,3 +286,93 @@ def test_task_rule_without_any_task_figures() -> None:
     unknown = []
     rec._check_tasks(only_variant, None, 1.0, [], broken, unknown)
     assert unknown == ["a unknown (no baseline result; margin 1 point)"]
+
+
+# --------------------------------------------------------------------------------------
+# whole recommendations, their texts pinned (built with test_recommend.py's records)
+# --------------------------------------------------------------------------------------
+
+
+def test_verdicts_choices_and_summary_texts() -> None:
+    from test_recommend import _three
+
+    got = rec.recommend(
+        _three("native"), Constraints(max_kl=0.1, max_ppl_increase_pct=5.0, default_budget=False)
+    )
+    verdicts = {v.variant: (v.acceptable, v.broken, v.unknown) for v in got.verdicts}
+    # w4: KL 0.192 > 0.1; perplexity 16.5 / 15.0 = +10 % > 5 %.
+    assert verdicts == {
+        "bf16": (True, [], []),
+        "fp8": (True, [], []),
+        "w4": (False, ["KL 0.192 nats/token > max 0.1", "perplexity increase 10.00% > max 5%"], []),
+    }
+    choices = {c.objective: (c.variant, c.unit, c.reason) for c in got.choices}
+    assert choices == {
+        rec.SMALLEST: ("fp8", "bytes", "fp8 is the smallest acceptable variant (155.7 MiB)"),
+        rec.LOWEST_LATENCY: (
+            "fp8",
+            "s/token",
+            "fp8 is the fastest (decode time per token at batch 1) acceptable variant "
+            "(15.0 ms/token)",
+        ),
+        rec.HIGHEST_THROUGHPUT: (
+            "fp8",
+            "tok/s",
+            "fp8 is the highest-throughput acceptable variant (300.0 tok/s), at batch 8",
+        ),
+    }
+    assert got.summary == (
+        "Under max KL 0.1 nats/token, max perplexity increase 5%: smallest on disk is fp8 "
+        "(155.7 MiB); lowest latency is fp8 (15.0 ms/token); highest throughput is fp8 "
+        "(300.0 tok/s). Not acceptable: w4 breaks KL 0.192 nats/token > max 0.1; perplexity "
+        "increase 10.00% > max 5%."
+    )
+
+
+def test_a_limit_equal_to_the_figure_is_met() -> None:
+    from test_recommend import _three
+
+    got = rec.recommend(_three("native"), Constraints(max_kl=0.012, default_budget=False))
+    assert [(v.variant, v.acceptable) for v in got.verdicts] == [
+        ("bf16", True),
+        ("fp8", True),  # KL 0.012 exactly: "at most", so acceptable
+        ("w4", False),
+    ]
+
+
+def test_throughput_is_compared_at_the_largest_batch_all_share() -> None:
+    from test_recommend import _study, _three
+
+    three = _three("native")
+    fp8 = three.variants[1]
+    assert fp8.metrics.speed is not None
+    points = [
+        p.model_copy(update={"batch_size": 4}) if p.batch_size == 8 else p
+        for p in fp8.metrics.speed.points
+    ]
+    speed = fp8.metrics.speed.model_copy(update={"points": points})
+    fp8 = fp8.model_copy(update={"metrics": fp8.metrics.model_copy(update={"speed": speed})})
+    got = rec.recommend(
+        _study(three.variants[0], fp8, three.variants[2]), Constraints(default_budget=False)
+    )
+    choice = next(c for c in got.choices if c.objective == rec.HIGHEST_THROUGHPUT)
+    # Batches {1, 8}, {1, 4}, {1, 8}: only batch 1 is shared; w4 decodes 1 / 0.012 tok/s.
+    assert (choice.variant, choice.reason) == (
+        "w4",
+        "w4 is the highest-throughput acceptable variant (83.3 tok/s), at batch 1",
+    )
+    assert choice.value == pytest.approx(1 / 0.012)
+
+
+def test_no_acceptable_variant_names_each_reason() -> None:
+    from test_recommend import _study, _variant
+
+    study = _study(
+        _variant("bf16", "bf16", 256, ppl=15.0, status="failed"),
+        _variant("w4", "w4a16-gptq", 80, kl=0.2, ppl=16.5),
+    )
+    got = rec.recommend(study, Constraints(max_kl=0.1, default_budget=False))
+    assert got.summary == (
+        "Under max KL 0.1 nats/token: no variant is acceptable (bf16 failed; w4 breaks KL "
+        "0.200 nats/token > max 0.1); unknown counts as not acceptable."
+    )
