@@ -185,9 +185,18 @@ def test_a_study_at_a_url_runs_reports_and_resumes_from_another_mirror(
     assert list((bucket / "logs").glob("quantize-*.log"))
     results = load_results(url)
     quantized = results.variant("w4a16-gptq-g32")
-    assert quantized.artifact_path and quantized.artifact_path.startswith(f"{url}/stages/")
+    # The stable name is a copy at the URL (object stores have no links), marked last
+    # with the stage attempt it came from; the model card goes there.
+    assert quantized.artifact_path == f"{url}/artifacts/w4a16-gptq-g32"
     artifact = Path(quantized.artifact_path.removeprefix("file://"))
     assert (artifact / "config.json").is_file() and (artifact / "README.md").is_file()
+    stage_folder = bucket / "stages" / "quantize" / quantized.stage_keys["quantize"]
+    (stage,) = stage_folder.glob("attempt-*/artifact")
+    source = (artifact / ".quantbench-source").read_text()
+    assert source == "/".join(stage.parent.relative_to(bucket / "stages").parts)
+    copied = {p.name: p.read_bytes() for p in artifact.iterdir() if not p.name.startswith(".")}
+    original = {p.name: p.read_bytes() for p in stage.iterdir()}
+    assert {k: v for k, v in copied.items() if k != "README.md"} == original
     first_figures = quantized.metrics.divergence
     assert first_figures is not None and first_figures.kl_mean.estimate > 0
 
@@ -211,6 +220,7 @@ def test_a_study_at_a_url_runs_reports_and_resumes_from_another_mirror(
     mirror = OutputFolder.open(url).local
     assert str(mirror).startswith(str(tmp_path / "cache-elsewhere"))
 
+    assert load_results(url).variant("w4a16-gptq-g32").artifact_path == str(quantized.artifact_path)
     report = run_cli("report", url, "--max-kl", "0")
     assert report.returncode == 0, report.stderr[-2000:]
     assert "only the baseline" in (bucket / "report.md").read_text()

@@ -100,6 +100,27 @@ class RemoteFolder:
             sent += file.stat().st_size
         return sent
 
+    def copy_folder(self, source: tuple[str, ...], dest: tuple[str, ...]) -> int:
+        """Copy every object under `source` to the same relative names under `dest`, inside
+        the store (object stores copy server-side: nothing passes through this machine);
+        objects copied."""
+        prefix = self._path(*source)
+        self.fs.invalidate_cache(prefix)
+        copied = 0
+        for path in sorted(self.fs.find(prefix)):
+            target = self._path(*dest, path[len(prefix) :].lstrip("/"))
+            self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+            self.fs.copy(path, target)
+            copied += 1
+        return copied
+
+    def remove_folder(self, *parts: str) -> None:
+        """Delete every object under `parts` (nothing when there is none)."""
+        path = self._path(*parts)
+        self.fs.invalidate_cache(path)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
     def download_folder(self, dest: Path, *parts: str) -> int:
         """Download every object under `parts` into `dest`; bytes received."""
         prefix = self._path(*parts)

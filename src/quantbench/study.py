@@ -34,7 +34,7 @@ from quantbench.evaluate import BASELINE_SCHEMES, EvalPlan, evaluate_variant, pl
 from quantbench.executors import Executor, get_executor
 from quantbench.executors.resources import gpus_visible, stage_resources
 from quantbench.models import inspect_model, resolve_model
-from quantbench.output import LOGS_DIR, OutputFolder
+from quantbench.output import LOGS_DIR, STAGES_DIR, OutputFolder
 from quantbench.plan import StudyPlan, VariantPlan, build_plan
 from quantbench.preflight import available_memory_bytes, preflight_variants
 from quantbench.quantize import ARTIFACT_DIR, calibration_dtype_here, run_worker
@@ -544,10 +544,10 @@ def _stage_keys(plan: StudyPlan, variant: VariantPlan) -> dict[str, str]:
 def artifact_location(output: OutputFolder, variant: str, ref: StageRef) -> str:
     """Where the variant's artifact is, under a stable name: `<out>/artifacts/<variant>`, a
     relative link to the stage folder (re-pointed when the stage key changed), so it moves
-    with the study. A URL has no links: there, the stage's URL."""
+    with the study. A URL has no links: there it is a copy (see `_artifact_copy_at_url`)."""
     store = output.stages()
     if output.remote is not None:
-        return store.location(ref, ARTIFACT_DIR)
+        return _artifact_copy_at_url(output, variant, ref)
     target = store.path(ref) / ARTIFACT_DIR
     link = output.local / ARTIFACTS_DIR / variant
     relative = os.path.relpath(target, link.parent)
@@ -563,6 +563,28 @@ def artifact_location(output: OutputFolder, variant: str, ref: StageRef) -> str:
         shutil.rmtree(link)  # a copy made following links: the stage is the original
     os.replace(temporary, link)
     return str(link)
+
+
+ARTIFACT_SOURCE = ".quantbench-source"
+"""In `<url>/artifacts/<variant>/`: the stage attempt it was copied from, written last."""
+
+
+def _artifact_copy_at_url(output: OutputFolder, variant: str, ref: StageRef) -> str:
+    """`<url>/artifacts/<variant>`: a copy of the stage's artifact, made inside the store
+    (server-side on object stores) unless the copy there already came from this stage
+    attempt; a copy from another attempt or key is removed first. Its marker object is
+    written last, so a copy cut short is made again by the next run."""
+    assert output.remote is not None
+    attempt = output.stages().manifest(ref)["attempt"]
+    source = f"{ref.stage}/{ref.key}/{attempt}"
+    stable = output.remote.child(ARTIFACTS_DIR, variant)
+    if stable.read_bytes(ARTIFACT_SOURCE) != source.encode():
+        stable.remove_folder()
+        output.remote.copy_folder(
+            (STAGES_DIR, ref.stage, ref.key, attempt, ARTIFACT_DIR), (ARTIFACTS_DIR, variant)
+        )
+        stable.write_bytes(source.encode(), ARTIFACT_SOURCE)
+    return stable.url
 
 
 def _variant_result(variant: VariantPlan, output: OutputFolder) -> VariantResult:
