@@ -579,3 +579,33 @@ def test_the_suite_covers_every_command() -> None:
     assert len(CASES) >= 40
     for prefix in ("plan:", "report:", "compare:", "env"):
         assert any(name.startswith(prefix) for name in CASES), prefix
+
+
+MODEL_AND_CALIBRATION_CASES = [
+    name
+    for name in CASES
+    if name.startswith(("calibration", "empty calibration", "half the", "truncated", "pickle"))
+    or "tokenizer" in name
+]
+
+
+@pytest.mark.parametrize("name", MODEL_AND_CALIBRATION_CASES)
+def test_model_and_calibration_inputs_are_refused_before_any_worker_starts(
+    name: str,
+    tiny_model: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pre-flight finds these before the executor starts anything (its fork server, whose
+    imports come first, included)."""
+    from quantbench.executors.local import LocalExecutor
+
+    def no_worker(self: LocalExecutor) -> None:
+        raise AssertionError("the executor started before the bad input was refused")
+
+    monkeypatch.setattr(LocalExecutor, "prestart", no_worker)
+    make, fragment = CASES[name]
+    status = exit_status(make(tmp_path, tiny_model))
+    err = capsys.readouterr().err
+    assert status == 2 and fragment in err, err

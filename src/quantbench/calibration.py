@@ -147,6 +147,17 @@ def load_rows(path: Path) -> list[Row]:
     return rows
 
 
+def check_local_source(config: CalibrationConfig) -> None:
+    """Read and validate a local calibration file now (a user error names what is wrong),
+    so that pre-flight refuses it before any worker starts; other sources are left to
+    `load_source`."""
+    if config.source == "builtin":
+        return
+    path = Path(config.source).expanduser()
+    if path.is_file():
+        load_rows(path)
+
+
 def _hub_rows(dataset_id: str, split: str) -> list[Row]:
     try:
         import datasets

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from quantbench.calibration import check_local_source
 from quantbench.config import CalibrationConfig
 from quantbench.models import ModelInfo
 from quantbench.plan import VariantPlan
@@ -72,6 +73,8 @@ def preflight_variants(
     a study matrix) is checked with that one. `calibration_dtype` is what the model computes
     in while calibrating (the study's `compute_dtype` as resolved on this machine).
     """
+    for source in {(v.calibration_config or calibration) for v in variants if v.needs_calibration}:
+        check_local_source(source)  # a bad calibration file: one line, before any worker
     outcomes: dict[str, Preflight] = {}
     for variant in variants:
         outcome = variant.scheme.preflight(info, variant.requested)
