@@ -33,7 +33,12 @@ if TYPE_CHECKING:
 def _pump(
     stream: IO[bytes], log: TextIO, on_line: Callable[[str], None], lock: threading.Lock
 ) -> None:
+    """Read the child's stream to its end, passing each line on and copying it to the log.
+    A log that cannot be written (a full disk) stops being written, with its last line
+    saying so where it can, while reading goes on: a reader that stopped would leave the
+    child blocked on a full pipe, and the run would hang instead of failing."""
     buffer = ""
+    logging = True
     while True:
         chunk = stream.read1(4096) if hasattr(stream, "read1") else stream.read(4096)
         if not chunk:
@@ -45,9 +50,15 @@ def _pump(
         for part in parts:
             if part:
                 on_line(part)
-        with lock:
-            log.write(text)
-            log.flush()
+        if logging:
+            with lock:
+                try:
+                    log.write(text)
+                    log.flush()
+                except OSError as exc:
+                    logging = False
+                    with contextlib.suppress(OSError):
+                        log.write(f"\n[quantbench] log cut short: {exc.strerror}\n")
     if buffer:
         on_line(buffer)
 
