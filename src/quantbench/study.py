@@ -52,6 +52,7 @@ from quantbench.store import (
     StageStore,
     ensure_writable_dir,
     exclusive,
+    sweep_temporary_files,
 )
 
 LOCK_FILE = ".quantbench.lock"
@@ -119,6 +120,7 @@ def _run(config: StudyConfig, output: OutputFolder, console: Console) -> StudyRe
     swept = store.sweep_stale()
     if swept:
         console.print(f"[dim]removed {len(swept)} unfinished stage folder(s) of a killed run")
+    sweep_temporary_files(output.local, (ARTIFACTS_DIR,))
     _note_damaged_results(output, console)
     (spec,) = config.models()
     model = resolve_model(
