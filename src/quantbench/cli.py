@@ -7,6 +7,7 @@ traceback unless `--debug`), 130 when interrupted (finished stages are kept).
 
 from __future__ import annotations
 
+import errno
 import inspect
 import sys
 from collections.abc import Callable, Sequence
@@ -617,6 +618,16 @@ def exit_status(argv: Sequence[str]) -> int:
         return 2
     except _INTERRUPTED:
         returned = INTERRUPTED
+    except OSError as exc:
+        if debug or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        _one_line_error(
+            err,
+            f"no space left on the device{where}; free some space and run again "
+            "(finished stages are kept)",
+        )
+        return 1
     if returned == INTERRUPTED:  # typer turns KeyboardInterrupt into Exit(130)
         err.print("[yellow]interrupted[/]: finished stages are kept; run again to resume")
     return returned if isinstance(returned, int) else 0
