@@ -393,10 +393,12 @@ app.command("plan")(_study_command(plan_study_command))
 @app.command("schemes")
 def list_schemes() -> None:
     """List the quantization schemes, their options and the hardware that runs them natively."""
+    from quantbench.backends.vllm_support import hardware_here, here_summary, kernel_summary
     from quantbench.schemes import all_schemes
 
     console = Console()
     console.print(Text("quantbench schemes", style="bold"))
+    hardware = hardware_here("cpu")
     for scheme in all_schemes():
         calibrates = "calibrates" if scheme.needs_calibration else "no calibration"
         console.print()
@@ -405,11 +407,17 @@ def list_schemes() -> None:
             scheme.description,
             f"weights: {scheme.weight_format}; activations: {scheme.activation_format}",
             f"native kernels: {scheme.native_hardware}",
+            *(f"  {k}: {v}" for k, v in kernel_summary(scheme.name, scheme.quantizes).items()),
+            f"on this machine ({hardware.describe()}):",
+            *(
+                f"  {k}: {v}"
+                for k, v in here_summary(scheme.name, scheme.quantizes, hardware).items()
+            ),
             "options:",
         ]
         for line in lines:
             console.print(Text(line), style=None, highlight=False)
-        for option, value in scheme.defaults.items():
+        for option, value in scheme.listed_options().items():
             # One option a line, never cut: these are the names a study file uses.
             console.print(
                 Text(f"  {option}: {value}", no_wrap=True, overflow="ignore"), highlight=False
