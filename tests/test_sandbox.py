@@ -267,15 +267,26 @@ def test_timeout_kills_every_descendant() -> None:
     assert _processes_mentioning(token) == []
 
 
+def _writable_folder_outside_temp() -> Path:
+    """A folder this user can write that the sandbox shows read-only (not hidden): the tests'
+    own folder, or the home folder when the checkout itself lies in the temp dir (as a CI
+    clone under /tmp does), since the sandbox hides the temp dir behind an empty tmpfs."""
+    temp = Path(tempfile.gettempdir()).resolve()
+    for folder in (Path(__file__).resolve().parent, Path.home().resolve()):
+        if not folder.is_relative_to(temp) and os.access(folder, os.W_OK):
+            return folder
+    pytest.fail("no writable folder outside the temp dir to probe the read-only root with")
+
+
 def test_the_root_is_read_only() -> None:
-    """A folder that this user can write outside the sandbox (the tests' own) is read-only
+    """A folder that this user can write outside the sandbox is read-only
     inside it, through the hook and, with the hook bypassed, through the mount itself.
 
     Every other "write outside" target lies in /tmp, which the sandbox hides behind a tmpfs,
     so before this test nothing showed the read-only bind of /. Failing first: with
     `--ro-bind / /` changed to `--bind / /` in a scratch copy, the bypassed write succeeds.
     """
-    target = Path(__file__).resolve().parent / f".quantbench-escape-{uuid.uuid4().hex}"
+    target = _writable_folder_outside_temp() / f".quantbench-escape-{uuid.uuid4().hex}"
     target.write_text("probe")  # writable from outside, so only the sandbox can stop it
     target.unlink()
     try:
