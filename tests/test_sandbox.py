@@ -268,14 +268,16 @@ def test_timeout_kills_every_descendant() -> None:
 
 
 def _writable_folder_outside_temp() -> Path:
-    """A folder this user can write that the sandbox shows read-only (not hidden): the tests'
-    own folder, or the home folder when the checkout itself lies in the temp dir (as a CI
-    clone under /tmp does), since the sandbox hides the temp dir behind an empty tmpfs."""
-    temp = Path(tempfile.gettempdir()).resolve()
-    for folder in (Path(__file__).resolve().parent, Path.home().resolve()):
-        if not folder.is_relative_to(temp) and os.access(folder, os.W_OK):
+    """A folder this user can write that the sandbox shows read-only rather than hiding: the
+    tests' own folder, or (when the checkout lies under a folder the sandbox hides behind an
+    empty tmpfs, as a CI clone under /tmp does) a writable system folder."""
+    hidden = [Path(d).resolve() for d in (*sandbox._HIDDEN_DIRS, str(Path.home())) if d != "/"]
+    candidates = [Path(__file__).resolve().parent, *(Path(d) for d in ("/srv", "/mnt", "/opt"))]
+    for folder in candidates:
+        shown = not any(folder.is_relative_to(h) for h in hidden)
+        if shown and folder.is_dir() and os.access(folder, os.W_OK):
             return folder
-    pytest.fail("no writable folder outside the temp dir to probe the read-only root with")
+    pytest.fail(f"no writable folder outside the sandbox's hidden ones among {candidates}")
 
 
 def test_the_root_is_read_only() -> None:
