@@ -519,7 +519,7 @@ class _FullDisk(io.StringIO):
 def test_a_worker_log_on_a_full_disk_stops_logging_but_keeps_reading() -> None:
     """The driver's reader of a worker's output goes on when the log cannot be written: a
     reader that stopped would leave the worker blocked on a full pipe and the run hanging."""
-    from quantbench.workers import _pump
+    from quantbench.process.workers import _pump
 
     lines: list[str] = []
     stream = io.BytesIO(b"".join(b'{"phase": "step %d"}\n' % n for n in range(50_000)))

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from conftest import process_gone
-from quantbench import forkserver
-from quantbench.forkserver import ForkServer, ForkServerUnavailable
-from quantbench.workers import run_python_worker, worker_environment
+from quantbench.process import forkserver
+from quantbench.process.forkserver import ForkServer, ForkServerUnavailable
+from quantbench.process.workers import run_python_worker, worker_environment
 
 pytestmark = pytest.mark.skipif(not forkserver.supported(), reason="needs Linux pidfds")
 
@@ -116,8 +116,8 @@ DRIVER = textwrap.dedent(
     """
     import os, sys
     from pathlib import Path
-    from quantbench.forkserver import ForkServer
-    from quantbench.workers import run_python_worker
+    from quantbench.process.forkserver import ForkServer
+    from quantbench.process.workers import run_python_worker
     server = ForkServer(preload=())
     folder = Path(sys.argv[1])
     run_python_worker(sys.argv[2], {"action": "sleep"}, folder / "request.json",

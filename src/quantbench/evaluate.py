@@ -22,10 +22,11 @@ from quantbench.corpus import corpus_ref, read_windows
 from quantbench.executors.base import Launch, Resources
 from quantbench.output import OutputFolder
 from quantbench.plan import StudyPlan, VariantPlan, library_versions
+from quantbench.process.child import die_with_parent, emit
+from quantbench.process.workers import failure, run_python_worker
 from quantbench.quantize import ARTIFACT_DIR
 from quantbench.results import VariantMetrics
 from quantbench.store import StageRef, StageStore, content_key
-from quantbench.workers import die_with_parent, emit, failure, run_python_worker
 
 BASELINE_SCHEMES = ("bf16", "fp16")
 FINISHED = "finished"

@@ -23,8 +23,9 @@ from typing import Any
 
 from quantbench.executors.base import Launch, Resources
 from quantbench.hardware import Hardware, hardware_here
+from quantbench.process.child import die_with_parent, emit
+from quantbench.process.workers import failure, run_python_worker
 from quantbench.store import StageRef, StageStore, dir_bytes
-from quantbench.workers import die_with_parent, emit, failure, run_python_worker
 
 ARTIFACT_DIR = "artifact"
 WEIGHT_SUFFIXES = (".safetensors", ".bin")

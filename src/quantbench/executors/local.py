@@ -7,9 +7,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from quantbench import forkserver
 from quantbench.executors.base import Resources
-from quantbench.workers import run_python_worker, worker_environment
+from quantbench.process import forkserver
+from quantbench.process.workers import run_python_worker, worker_environment
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")

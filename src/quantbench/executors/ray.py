@@ -40,7 +40,7 @@ WORKER_DIED = -9
 @ray.remote
 def _run_worker(module: str, request: dict[str, Any], events: Queue) -> tuple[int, str]:
     """Run the worker in a temporary folder of this node; (exit status, its whole log)."""
-    from quantbench.workers import run_python_worker
+    from quantbench.process.workers import run_python_worker
 
     def on_event(event: dict[str, Any]) -> None:
         events.put(("event", event))

@@ -16,7 +16,7 @@ shares with the server and never touches are not counted as its own. Linux only 
 pidfds and parent-death signals); elsewhere, with QUANTBENCH_FORK_SERVER=0, or when the
 server cannot start, workers start as fresh interpreters.
 
-Server side: `python -m quantbench.forkserver CONTROL_FD MODULE...`. Over CONTROL_FD (a Unix
+Server side: `python -m quantbench.process.forkserver CONTROL_FD MODULE...`. Over CONTROL_FD (a Unix
 SOCK_SEQPACKET socket) it first sends `{"ready": true}` or `{"error": "..."}`; then each
 message `{"module", "argv", "env", "cwd"}` carries three descriptors (a reply socket, stdout,
 stderr), and the server answers on the reply socket with `{"pid": N}` and, later,
@@ -38,6 +38,8 @@ import threading
 import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from quantbench.process.child import die_with_parent
 
 PRELOAD = (
     "torch",
@@ -210,8 +212,6 @@ class ForkServer:
 
 
 def _serve(control: socket.socket, preload: Sequence[str]) -> None:
-    from quantbench.workers import die_with_parent
-
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -266,8 +266,6 @@ def _run_child(request: dict[str, Any], stdout_fd: int, stderr_fd: int) -> None:
     code = 1
     try:
         os.setsid()
-        from quantbench.workers import die_with_parent
-
         die_with_parent()
         _name_process(request["module"])
         signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -4,9 +4,9 @@ Quantization and evaluation each run in a process of their own (a fresh interpre
 fork of the fork server, `forkserver.py`, which has torch and transformers imported already):
 llm-compressor keeps global state, peak-memory figures must belong to one variant, and a
 crash must not take the study down. The child reads a JSON request, prints JSON progress
-events on stdout and writes its result file last; its whole output is kept in a log.
-Killing the parent kills the child (it asks Linux for SIGKILL on parent death), and an
-interrupted parent kills the child's process group.
+events on stdout (`child.emit`) and writes its result file last; its whole output is kept in
+a log. Killing the parent kills the child (it asks Linux for SIGKILL on parent death,
+`child.die_with_parent`), and an interrupted parent kills the child's process group.
 """
 
 from __future__ import annotations
@@ -22,12 +22,10 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from subprocess import Popen
-from typing import IO, TYPE_CHECKING, Any, TextIO
+from typing import IO, Any, TextIO
 
 from quantbench.errors import StageFailed
-
-if TYPE_CHECKING:
-    from quantbench.forkserver import ForkedWorker, ForkServer
+from quantbench.process.forkserver import ForkedWorker, ForkServer, ForkServerUnavailable
 
 
 def _pump(
@@ -135,8 +133,6 @@ def _start_child(
     module: str, argument: str, env: dict[str, str], fork_server: ForkServer | None, log: TextIO
 ) -> _Child:
     if fork_server is not None:
-        from quantbench.forkserver import ForkServerUnavailable
-
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
         try:
@@ -173,21 +169,3 @@ def failure(what: str, returncode: int, log_path: Path) -> StageFailed:
         tail[-1] if tail else f"exit code {returncode}",
     )
     return StageFailed(f"{what} failed (exit code {returncode}): {reason.strip()}", str(log_path))
-
-
-def emit(event: str, **fields: Any) -> None:
-    """Child side: one JSON progress event on stdout."""
-    print(json.dumps({"phase": event, **fields}), flush=True)
-
-
-def die_with_parent() -> None:
-    """Child side: ask Linux to SIGKILL this process when its parent dies (no orphans)."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() == 1:  # the parent died before prctl took effect
-        os._exit(1)
