@@ -73,7 +73,7 @@ def float64_reference(out: Path) -> dict[str, dict[str, float]]:
 
     from quantbench.backends.hf import resolve_compute_dtype
     from quantbench.corpus import read_windows
-    from quantbench.results import load_results
+    from quantbench.study_files import load_results
 
     results = load_results(out)
     baseline = next(v for v in results.variants if v.scheme in ("bf16", "fp16"))

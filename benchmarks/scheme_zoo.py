@@ -22,7 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from quantbench.results import StudyResults, VariantResult, load_results
+from quantbench.results import StudyResults, VariantResult
+from quantbench.study_files import load_results
 
 BUDGET = [
     "--calibration-samples",

@@ -33,7 +33,7 @@ def summarize(study: Path, wall_s: float, command: str) -> str:
         task_rows,
         task_settings_text,
     )
-    from quantbench.results import load_results
+    from quantbench.study_files import load_results
 
     results = load_results(study)
     rows = task_rows(results)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from quantbench.results import load_results
+from quantbench.study_files import load_results
 from test_portable import copy_study, finished_tiny_study
 
 

@@ -10,7 +10,7 @@ import yaml
 
 from conftest import run_cli
 from quantbench import provenance
-from quantbench.results import load_results
+from quantbench.study_files import load_results
 
 EXTERNAL_REFERENCE = r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//|url\(\s*["']?https?:"""
 

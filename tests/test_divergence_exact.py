@@ -21,8 +21,8 @@ from quantbench import evaluate
 from quantbench.config import load_study_config
 from quantbench.corpus import read_windows
 from quantbench.evaluate import exact_divergence_bytes, plan_divergence
-from quantbench.results import load_results
 from quantbench.study import run_study
+from quantbench.study_files import load_results
 
 GIB = 1 << 30
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from quantbench.results import load_results
+from quantbench.study_files import load_results
 
 pytestmark = pytest.mark.slow
 

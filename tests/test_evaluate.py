@@ -14,8 +14,8 @@ from rich.console import Console
 from quantbench.config import load_study_config
 from quantbench.corpus import read_windows
 from quantbench.executors import local as local_executor
-from quantbench.results import load_results
 from quantbench.study import run_study
+from quantbench.study_files import load_results
 
 
 def _float64_logprobs(artifact: Path, windows: list[list[int]]) -> list[np.ndarray]:

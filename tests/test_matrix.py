@@ -153,7 +153,7 @@ def test_a_study_of_several_models_has_a_baseline_each(tiny_model: Path, tmp_pat
     from conftest import build_tiny_model
     from quantbench.inventory import plan_stages
     from quantbench.report.headline import find_baseline, headline_rows
-    from quantbench.results import load_results
+    from quantbench.study_files import load_results
 
     wide = build_tiny_model(tmp_path / "wide", hidden_size=128)
     study = {

@@ -20,14 +20,9 @@ from conftest import VOCAB, run_cli, tiny_study_yaml
 from quantbench import study as study_module
 from quantbench.config import load_study_config
 from quantbench.errors import UserError
-from quantbench.results import (
-    SCHEMA_VERSION,
-    StudyResults,
-    VariantResult,
-    load_results,
-    save_results,
-)
+from quantbench.results import SCHEMA_VERSION, StudyResults, VariantResult
 from quantbench.study import run_study
+from quantbench.study_files import load_results, save_results
 
 SCHEMES: list[object] = ["bf16", {"scheme": "w4a16-gptq", "group_size": 32}]
 EVALUATION = {

@@ -32,8 +32,8 @@ from quantbench.results import (
     StudyResults,
     VariantMetrics,
     VariantResult,
-    save_results,
 )
+from quantbench.study_files import save_results
 
 MIB = 1 << 20
 BASE_PPL = 15.79

@@ -17,9 +17,9 @@ from quantbench import study as study_module
 from quantbench.config import load_study_config
 from quantbench.output import OutputFolder
 from quantbench.remote import RemoteFolder
-from quantbench.results import load_results
 from quantbench.store import MANIFEST, StageRef, StageStore
 from quantbench.study import run_study
+from quantbench.study_files import load_results
 
 REF = StageRef("quantize", "0123456789abcdef")
 

@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from conftest import build_tiny_model, run_cli, tiny_study_yaml
-from quantbench.results import StudyResults, VariantResult, load_results
+from quantbench.results import StudyResults, VariantResult
+from quantbench.study_files import load_results
 
 HIDDEN = 128
 """Hidden size of the tiny model here: head dim 32 lets SpinQuant's Hadamard blocks fit."""

@@ -18,9 +18,9 @@ from rich.console import Console
 from conftest import process_gone, read_json, run_cli, tiny_study_yaml
 from quantbench import study as study_module
 from quantbench.config import load_study_config
-from quantbench.results import load_results
 from quantbench.store import exclusive
 from quantbench.study import LOCK_FILE, run_study
+from quantbench.study_files import load_results
 
 SCHEMES: list[object] = [
     "bf16",

@@ -400,7 +400,8 @@ def test_accuracy_drop_constraint_reads_task_records() -> None:
 
 def test_compare_keeps_tasks_only_when_studies_ran_the_same_items(tmp_path: Path) -> None:
     from quantbench.compare import compare_studies
-    from quantbench.results import StudyResults, VariantMetrics, VariantResult, save_results
+    from quantbench.results import StudyResults, VariantMetrics, VariantResult
+    from quantbench.study_files import save_results
 
     def study(folder: str, limit: int) -> Path:
         settings = {"items_per_subtask": {"gsm8k": limit}, "num_fewshot": {"gsm8k": 5}}

@@ -464,7 +464,8 @@ def report(
     apply where a flag is not given)."""
     from quantbench.recommend import recommend
     from quantbench.report.terminal import results_table
-    from quantbench.results import Constraints, load_results
+    from quantbench.results import Constraints
+    from quantbench.study_files import load_results
 
     flags = _decision(max_kl, max_ppl_increase, max_accuracy_drop, no_default_constraints)
     results = load_results(out)
@@ -496,8 +497,9 @@ def compare(
     from quantbench.compare import compare_studies
     from quantbench.recommend import recommend
     from quantbench.report.terminal import results_table
-    from quantbench.results import Constraints, save_results
+    from quantbench.results import Constraints
     from quantbench.store import ensure_writable_dir
+    from quantbench.study_files import save_results
 
     merged = compare_studies(studies)
     decision = _decision(max_kl, max_ppl_increase, None, no_default_constraints)

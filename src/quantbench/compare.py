@@ -14,7 +14,8 @@ from pathlib import Path
 from quantbench import __version__
 from quantbench.errors import UserError
 from quantbench.remote import is_url
-from quantbench.results import StudyResults, VariantResult, load_results
+from quantbench.results import StudyResults, VariantResult
+from quantbench.study_files import load_results
 
 
 def _labels(outs: list[str]) -> list[str]:

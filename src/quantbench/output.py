@@ -78,9 +78,9 @@ class OutputFolder:
             )
 
     def save(self, results: StudyResults, model_cards: bool = True, logs: bool = False) -> None:
-        """Write results.json and the reports (`results.save_results`) and, with a URL,
+        """Write results.json and the reports (`study_files.save_results`) and, with a URL,
         upload them (and the worker logs, with `logs`)."""
-        from quantbench.results import save_results
+        from quantbench.study_files import save_results
 
         written = save_results(self.local, results, model_cards=model_cards)
         self.publish([p.name for p in written] + ([LOGS_DIR] if logs else []))

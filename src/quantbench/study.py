@@ -225,7 +225,7 @@ def discard_damaged(
 def _note_damaged_results(output: OutputFolder, console: Console) -> None:
     """Say so when the results.json this run replaces cannot be read (cut short, edited):
     the run rebuilds it from the stages, so nothing else has to be done."""
-    from quantbench.results import RESULTS_FILE, DamagedResults, load_results
+    from quantbench.study_files import RESULTS_FILE, DamagedResults, load_results
 
     if output.remote is None and (output.local / RESULTS_FILE).is_file():
         try:
