@@ -18,6 +18,7 @@ from rich.console import Console
 from conftest import process_gone, read_json, run_cli, tiny_study_yaml
 from quantbench import study as study_module
 from quantbench.config import load_study_config
+from quantbench.process.requests import QuantizeRequest
 from quantbench.store import exclusive
 from quantbench.study import LOCK_FILE, run_study
 from quantbench.study_files import load_results
@@ -164,8 +165,8 @@ def test_changing_one_option_reruns_only_that_variant(
     started: list[str] = []
     real = study_module.run_worker
 
-    def spy(request: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        started.append(request["scheme"])
+    def spy(request: QuantizeRequest, *args: Any, **kwargs: Any) -> Any:
+        started.append(request.scheme)
         return real(request, *args, **kwargs)
 
     monkeypatch.setattr(study_module, "run_worker", spy)

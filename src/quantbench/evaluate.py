@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from quantbench.config import EvaluationConfig
 from quantbench.corpus import corpus_ref, read_windows
@@ -23,6 +23,15 @@ from quantbench.executors.base import Launch, Resources
 from quantbench.output import OutputFolder
 from quantbench.plan import StudyPlan, VariantPlan, library_versions
 from quantbench.process.child import die_with_parent, emit
+from quantbench.process.requests import (
+    DivergenceChoice,
+    DivergenceMethod,
+    EvaluateRequest,
+    MetricStage,
+    read_request,
+    request_json,
+    stage_record,
+)
 from quantbench.process.workers import failure, run_python_worker
 from quantbench.quantize import ARTIFACT_DIR
 from quantbench.results import VariantMetrics
@@ -34,7 +43,6 @@ FINISHED = "finished"
 EVALUATE_STAGE_VERSION = 1
 
 
-DivergenceMethod = Literal["exact", "topk_tail"]
 DIVERGENCE_METRICS = ("scores", "divergence")
 """The stages whose figures depend on the divergence method (it is part of their keys)."""
 SCORING_OVERHEAD_BYTES = 1 << 30
@@ -266,26 +274,21 @@ def evaluate_variant(
     if pending:
         logs.mkdir(parents=True, exist_ok=True)
         baseline_refs = eval_plan.stages.get(eval_plan.baseline or "", {})
-        request = {
-            "artifact": [variant.quantize.stage, variant.quantize.key],
-            "variant": variant.name,
-            "is_baseline": variant.name == eval_plan.baseline,
-            "config": eval_plan.config.model_dump(mode="json"),
-            "output": output.location,
-            "pending": pending,
-            "own_keys": {name: ref.key for name, ref in refs.items()},
-            "baseline_keys": {name: ref.key for name, ref in baseline_refs.items()},
-            "corpus_key": eval_plan.corpus.key if eval_plan.corpus else None,
-            "divergence": {
-                "method": eval_plan.divergence.method,
-                "detail": eval_plan.divergence.detail,
-            },
-            "baseline_artifact": (
-                [eval_plan.baseline_artifact.stage, eval_plan.baseline_artifact.key]
-                if eval_plan.baseline_artifact is not None
-                else None
+        request = EvaluateRequest(
+            artifact=variant.quantize,
+            variant=variant.name,
+            is_baseline=variant.name == eval_plan.baseline,
+            config=eval_plan.config,
+            output=output.location,
+            pending=pending,
+            own_keys={name: ref.key for name, ref in refs.items()},
+            baseline_keys={name: ref.key for name, ref in baseline_refs.items()},
+            corpus_key=eval_plan.corpus.key if eval_plan.corpus else None,
+            divergence=DivergenceChoice(
+                method=eval_plan.divergence.method, detail=eval_plan.divergence.detail
             ),
-        }
+            baseline_artifact=eval_plan.baseline_artifact,
+        )
         finished: list[dict[str, str]] = []
 
         def on_event(event: dict[str, Any]) -> None:
@@ -297,7 +300,7 @@ def evaluate_variant(
         log_path = logs / f"eval-{variant.name}.log"
         returncode = launch(
             "quantbench.evaluate",
-            request,
+            request_json(request),
             logs / f"eval-{variant.name}.request.json",
             log_path,
             on_event,
@@ -323,7 +326,7 @@ def collect_metrics(
         if metric == "scores" or metric not in REGISTRY:
             continue
         if store.is_done(ref):
-            record = store.manifest(ref)["record"]
+            record = stage_record(store.manifest(ref), MetricStage).record
             if param is None:
                 records[name] = record
             else:
@@ -336,24 +339,23 @@ def collect_metrics(
 
 def _worker_main(request_path: Path) -> None:
     die_with_parent()
-    request = json.loads(request_path.read_text())
+    request = read_request(request_path, EvaluateRequest)
     from quantbench.backends import get_backend
     from quantbench.backends.base import Backend, LoadInfo
     from quantbench.metrics import REGISTRY, split_stage_name
     from quantbench.metrics import _load as load_metric
     from quantbench.metrics.base import EvalContext
 
-    config = EvaluationConfig.model_validate(request["config"])
-    store = OutputFolder.open(request["output"]).stages()
+    config = request.config
+    store = OutputFolder.open(request.output).stages()
     # Only metrics that load the model read the artifact: the others (perplexity and
     # divergence read the scores) spare its download from a URL.
     loads_model = any(
-        load_metric(REGISTRY[split_stage_name(name)[0]]).needs_model
-        for name, _ in request["pending"]
+        load_metric(REGISTRY[split_stage_name(name)[0]]).needs_model for name, _ in request.pending
     )
-    artifact = store.path(StageRef(*request["artifact"]), fetch=loads_model) / ARTIFACT_DIR
-    is_baseline = bool(request["is_baseline"])
-    corpus_key = request["corpus_key"]
+    artifact = store.path(request.artifact, fetch=loads_model) / ARTIFACT_DIR
+    is_baseline = request.is_baseline
+    corpus_key = request.corpus_key
     windows = read_windows(store.path(StageRef("corpus", corpus_key))) if corpus_key else None
     loaded: dict[str, Any] = {}
     state: dict[str, Any] = {"corpus_key": corpus_key or ""}
@@ -386,13 +388,13 @@ def _worker_main(request_path: Path) -> None:
                 state["rss_loaded_bytes"] = psutil.Process().memory_info().rss
         return loaded["backend"], loaded["info"]
 
-    divergence = request.get("divergence") or {"method": "exact", "detail": ""}
-    baseline_artifact_ref = request.get("baseline_artifact")
+    divergence = request.divergence
+    baseline_artifact_ref = request.baseline_artifact
 
     def baseline_loader() -> Backend:
         """The baseline's artifact in the scores backend, loaded next to the variant."""
         assert baseline_artifact_ref is not None
-        path = store.path(StageRef(*baseline_artifact_ref)) / ARTIFACT_DIR
+        path = store.path(baseline_artifact_ref) / ARTIFACT_DIR
         name = config.backend_for("scores")
         emit(f"loading baseline ({name})")
         backend = get_backend(
@@ -406,11 +408,11 @@ def _worker_main(request_path: Path) -> None:
         return backend
 
     def own_path(name: str) -> Path:
-        return store.path(StageRef(name, request["own_keys"][name]))
+        return store.path(StageRef(name, request.own_keys[name]))
 
     errors: dict[str, str] = {}
     pending = sorted(  # metrics on another backend (speed on vllm) last: one switch at most
-        request["pending"],
+        request.pending,
         key=lambda item: config.backend_for(split_stage_name(item[0])[0]) != config.backend,
     )
     for name, key in pending:
@@ -419,14 +421,14 @@ def _worker_main(request_path: Path) -> None:
         metric_name, param = split_stage_name(name)
         metric = load_metric(REGISTRY[metric_name])
         missing = [
-            n for n in metric.own_inputs if not store.is_done(StageRef(n, request["own_keys"][n]))
+            n for n in metric.own_inputs if not store.is_done(StageRef(n, request.own_keys[n]))
         ]
         own = {n: own_path(n) for n in metric.own_inputs}
         reads = {n: _input_stage(n, metric_name, param) for n in metric.baseline_inputs}
         if is_baseline:
             baseline = {n: own_path(stage) for n, stage in reads.items() if stage != name}
         else:
-            baseline_keys = request["baseline_keys"]
+            baseline_keys = request.baseline_keys
             done = {
                 n: StageRef(stage, baseline_keys[stage])
                 for n, stage in reads.items()
@@ -446,7 +448,7 @@ def _worker_main(request_path: Path) -> None:
 
         with store.build(ref) as work:
             context = EvalContext(
-                variant=request["variant"],
+                variant=request.variant,
                 is_baseline=is_baseline,
                 artifact=artifact,
                 config=config,
@@ -459,8 +461,8 @@ def _worker_main(request_path: Path) -> None:
                 backend_name=config.backend_for(metric_name),
                 param=param,
                 state=state,
-                divergence_method=str(divergence["method"]),
-                divergence_detail=str(divergence["detail"]),
+                divergence_method=divergence.method,
+                divergence_detail=divergence.detail,
                 baseline_loader=(
                     baseline_loader
                     if baseline_artifact_ref is not None and not is_baseline
@@ -473,15 +475,10 @@ def _worker_main(request_path: Path) -> None:
                 traceback.print_exc()
                 errors[name] = f"{type(exc).__name__}: {exc}"
                 continue
-            store.commit(
-                ref,
-                work,
-                {
-                    "metric": name,
-                    "variant": request["variant"],
-                    "record": record.model_dump(mode="json"),
-                },
+            stage = MetricStage(
+                metric=name, variant=request.variant, record=record.model_dump(mode="json")
             )
+            store.commit(ref, work, stage.model_dump(mode="json"))
     if "backend" in loaded:
         loaded["backend"].close()
         loaded.clear()

@@ -24,8 +24,16 @@ from typing import Any
 from quantbench.executors.base import Launch, Resources
 from quantbench.hardware import Hardware, hardware_here
 from quantbench.process.child import die_with_parent, emit
+from quantbench.process.requests import (
+    QuantizedStage,
+    QuantizeRequest,
+    WorkerRequestError,
+    read_request,
+    request_json,
+)
 from quantbench.process.workers import failure, run_python_worker
-from quantbench.store import StageRef, StageStore, dir_bytes
+from quantbench.results import QuantizationRecord
+from quantbench.store import StageStore, dir_bytes
 
 ARTIFACT_DIR = "artifact"
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -45,7 +53,7 @@ class Progress:
 
 
 def run_worker(
-    request: dict[str, Any],
+    request: QuantizeRequest,
     logs: Path,
     on_progress: Callable[[Progress], None],
     launch: Launch = run_python_worker,
@@ -67,11 +75,11 @@ def run_worker(
         on_progress(Progress(phase))
 
     logs.mkdir(parents=True, exist_ok=True)
-    name = request["variant"]
+    name = request.variant
     log_path = logs / f"quantize-{name}.log"
     returncode = launch(
         "quantbench.quantize",
-        request,
+        request_json(request),
         logs / f"quantize-{name}.request.json",
         log_path,
         on_event,
@@ -84,29 +92,29 @@ def run_worker(
 
 def _worker_main(request_path: Path) -> None:
     die_with_parent()
-    request = json.loads(request_path.read_text())
+    request = read_request(request_path, QuantizeRequest)
     from quantbench.output import OutputFolder
 
-    store = OutputFolder.open(request["output"]).stages()
-    ref = StageRef(*request["stage"])
+    store = OutputFolder.open(request.output).stages()
+    ref = request.stage
     if store.is_done(ref):  # an earlier attempt, killed after committing, finished it
         emit("committed")
         return
     with store.build(ref) as work:
         artifact = work / ARTIFACT_DIR
         result = _quantize(request, store, artifact)
-        manifest = {
-            **request["manifest"],
-            "quantization": result,
-            "disk_bytes": dir_bytes(artifact, WEIGHT_SUFFIXES),
-            "artifact_bytes": dir_bytes(artifact),
-        }
+        manifest = QuantizedStage(
+            **request.manifest.model_dump(),
+            quantization=result,
+            disk_bytes=dir_bytes(artifact, WEIGHT_SUFFIXES),
+            artifact_bytes=dir_bytes(artifact),
+        )
         emit("uploading" if store.remote is not None else "saving")
-        store.commit(ref, work, manifest)
+        store.commit(ref, work, manifest.model_dump(mode="json"))
     emit("committed")
 
 
-def _quantize(request: dict[str, Any], store: StageStore, artifact: Path) -> dict[str, Any]:
+def _quantize(request: QuantizeRequest, store: StageStore, artifact: Path) -> QuantizationRecord:
     """Quantize (or, for a baseline, just save) the model into `artifact`; timings and peak
     memory of this process."""
     started = time.perf_counter()
@@ -119,18 +127,16 @@ def _quantize(request: dict[str, Any], store: StageStore, artifact: Path) -> dic
     from quantbench.schemes import get_scheme
     from quantbench.schemes.baseline import Baseline
 
-    scheme = get_scheme(request["scheme"])
+    scheme = get_scheme(request.scheme)
     emit("loading")
     mark = time.perf_counter()
-    model_path = locate_model(request["model"])
-    tokenizer = AutoTokenizer.from_pretrained(locate_tokenizer(request["model"]))
+    model_path = locate_model(request.model)
+    tokenizer = AutoTokenizer.from_pretrained(locate_tokenizer(request.model))
     compute_dtype = scheme.dtype if isinstance(scheme, Baseline) else STORED_FLOAT_DTYPE
     notes: list[str] = []
-    calibrates = scheme.calibrates(request["options"])
+    calibrates = scheme.calibrates(request.options)
     if calibrates:
-        compute_dtype, note = resolve_calibration_dtype(
-            request.get("compute_dtype", "auto"), hardware_here()
-        )
+        compute_dtype, note = resolve_calibration_dtype(request.compute_dtype, hardware_here())
         if note:
             notes.append(note)
     loaded: Any = AutoModelForCausalLM.from_pretrained(
@@ -149,14 +155,18 @@ def _quantize(request: dict[str, Any], store: StageStore, artifact: Path) -> dic
     else:
         from llmcompressor.entrypoints.oneshot import oneshot
 
-        recipe = scheme.recipe(request["options"])
+        recipe = scheme.recipe(request.options)
         kwargs: dict[str, Any] = {}
         if calibrates:
+            if request.calibration is None:
+                raise WorkerRequestError(
+                    f"{request.scheme} calibrates; the request names no samples"
+                )
             from datasets import Dataset
 
             from quantbench.calibration import SAMPLES_FILE, read_samples
 
-            calibration = store.path(StageRef(*request["calibration"]))
+            calibration = store.path(request.calibration)
             samples = read_samples(calibration / SAMPLES_FILE)
             kwargs = {
                 "dataset": Dataset.from_dict(
@@ -166,7 +176,7 @@ def _quantize(request: dict[str, Any], store: StageStore, artifact: Path) -> dic
                     }
                 ),
                 "num_calibration_samples": len(samples),
-                "max_seq_length": int(request["seq_len"]),
+                "max_seq_length": request.seq_len,
                 "shuffle_calibration_samples": False,
             }
         emit("quantizing")
@@ -182,15 +192,15 @@ def _quantize(request: dict[str, Any], store: StageStore, artifact: Path) -> dic
             store_floats_as(artifact, STORED_FLOAT_DTYPE)
     tokenizer.save_pretrained(artifact)
     phases["save_s"] = time.perf_counter() - mark
-    return {
-        "wall_s": time.perf_counter() - started,
-        "phases": phases,
+    return QuantizationRecord(
+        wall_s=time.perf_counter() - started,
+        phases=phases,
         # ru_maxrss is in KiB on Linux.
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "torch_threads": torch.get_num_threads(),
-        "compute_dtype": compute_dtype,
-        "notes": notes,
-    }
+        peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        torch_threads=torch.get_num_threads(),
+        compute_dtype=compute_dtype,
+        notes=notes,
+    )
 
 
 def resolve_calibration_dtype(requested: str, hardware: Hardware) -> tuple[str, str | None]:

@@ -43,6 +43,8 @@ VERIFIED = ".verified.json"
 """Per stage folder: (size, mtime_ns) of each file when its hash last matched the manifest."""
 FILES_KEY = "files"
 """The manifest's list of the stage's files: relative path → {size (bytes), sha256}."""
+STORE_FIELDS = frozenset({"stage", "key", FILES_KEY, "attempt"})
+"""The manifest fields the store writes itself (`commit`); the rest is the stage's record."""
 _TMP_PREFIX = ".tmp-"
 _PROBE_PREFIX = f"{_TMP_PREFIX}probe-"
 """A second run's writability probe: taken before its lock, so never swept."""
@@ -198,6 +200,9 @@ class StageStore:
 
         The manifest lists every file's size and SHA-256, for `verify`. Files added after
         commit (the model card a report writes into an artifact) are not listed."""
+        clash = STORE_FIELDS & manifest.keys()
+        if clash:
+            raise ValueError(f"a stage's record may not set the store's fields {sorted(clash)}")
         files = list_files(work)
         record = {"stage": ref.stage, "key": ref.key, **manifest, FILES_KEY: files}
         if self.remote is not None:

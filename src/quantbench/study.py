@@ -37,12 +37,12 @@ from quantbench.models import inspect_model, resolve_model
 from quantbench.output import LOGS_DIR, STAGES_DIR, OutputFolder
 from quantbench.plan import StudyPlan, VariantPlan, build_plan
 from quantbench.preflight import available_memory_bytes, preflight_variants
+from quantbench.process.requests import QuantizedStage, QuantizePlan, QuantizeRequest, stage_record
 from quantbench.quantize import ARTIFACT_DIR, calibration_dtype_here, run_worker
 from quantbench.quantize import Progress as WorkerProgress
 from quantbench.results import (
     CalibrationRecord,
     Constraints,
-    QuantizationRecord,
     StudyResults,
     VariantResult,
 )
@@ -483,27 +483,27 @@ def _quantize_variant(
     assert preflight is not None, "pending variants always have a pre-flight outcome"
     progress.update(task, phase="starting")
     calibration = variant.calibration
-    request: dict[str, Any] = {
-        "variant": variant.name,
-        "output": output.location,
-        "stage": [variant.quantize.stage, variant.quantize.key],
-        "model": plan.model.describe(),
-        "scheme": variant.scheme.name,
-        "options": preflight.resolved_options,
-        "seq_len": (variant.calibration_config or plan.config.calibration.default).seq_len,
-        "calibration": [calibration.stage, calibration.key] if calibration else None,
-        "compute_dtype": plan.config.calibration.compute_dtype,
-        "manifest": {
-            "scheme": variant.scheme.name,
-            "options_requested": variant.requested,
-            "options": preflight.resolved_options,
-            "decisions": preflight.decisions,
-            "notes": preflight.notes,
-            "needs_calibration": variant.needs_calibration,
-            "calibration_key": calibration.key if calibration else None,
-            "model_fingerprint": plan.model.fingerprint,
-        },
-    }
+    request = QuantizeRequest(
+        variant=variant.name,
+        output=output.location,
+        stage=variant.quantize,
+        model=plan.model.describe(),
+        scheme=variant.scheme.name,
+        options=preflight.resolved_options,
+        seq_len=(variant.calibration_config or plan.config.calibration.default).seq_len,
+        calibration=calibration,
+        compute_dtype=plan.config.calibration.compute_dtype,
+        manifest=QuantizePlan(
+            scheme=variant.scheme.name,
+            options_requested=variant.requested,
+            options=preflight.resolved_options,
+            decisions=preflight.decisions,
+            notes=preflight.notes,
+            needs_calibration=variant.needs_calibration,
+            calibration_key=calibration.key if calibration else None,
+            model_fingerprint=plan.model.fingerprint,
+        ),
+    )
 
     def on_progress(update: WorkerProgress) -> None:
         if update.total is not None:
@@ -591,24 +591,23 @@ def _artifact_copy_at_url(output: OutputFolder, variant: str, ref: StageRef) -> 
 
 def _variant_result(variant: VariantPlan, output: OutputFolder) -> VariantResult:
     store = output.stages()
-    manifest = store.manifest(variant.quantize)
-    quantization = QuantizationRecord.model_validate(manifest["quantization"])
+    stage = stage_record(store.manifest(variant.quantize), QuantizedStage)
     keys = {"quantize": variant.quantize.key}
-    if manifest.get("calibration_key"):
-        keys["calibration"] = manifest["calibration_key"]
+    if stage.calibration_key:
+        keys["calibration"] = stage.calibration_key
     return VariantResult(
         name=variant.name,
-        scheme=manifest["scheme"],
+        scheme=stage.scheme,
         status="ok",
         artifact_path=artifact_location(output, variant.name, variant.quantize),
-        options_requested=manifest["options_requested"],
-        options=manifest["options"],
-        decisions=manifest["decisions"],
-        notes=[*manifest["notes"], *quantization.notes],
-        needs_calibration=manifest["needs_calibration"],
+        options_requested=stage.options_requested,
+        options=stage.options,
+        decisions=stage.decisions,
+        notes=[*stage.notes, *stage.quantization.notes],
+        needs_calibration=stage.needs_calibration,
         axes=variant.axes,
-        quantization=quantization,
-        disk_bytes=manifest["disk_bytes"],
-        artifact_bytes=manifest["artifact_bytes"],
+        quantization=stage.quantization,
+        disk_bytes=stage.disk_bytes,
+        artifact_bytes=stage.artifact_bytes,
         stage_keys=keys,
     )
