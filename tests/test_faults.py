@@ -452,8 +452,11 @@ def _bytes_under(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-FULL_DISK_CASES = [0, *(pytest.param(n, marks=pytest.mark.slow) for n in (1, 2, 3))]
-"""One amount of room by default; the slow suite tries three more."""
+FULL_DISK_CASES = [
+    0,
+    *(pytest.param(n, marks=[pytest.mark.slow, pytest.mark.soak]) for n in (1, 2, 3)),
+]
+"""One amount of room in CI; the soak run (`pytest -m soak`) tries three more."""
 
 
 @pytest.mark.parametrize("case", FULL_DISK_CASES)
@@ -497,6 +500,7 @@ def test_a_full_disk_fails_cleanly_and_a_rerun_recovers(fault_study: FaultStudy,
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_the_builtin_model_survives_kills_in_every_stage_kind(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
