@@ -152,7 +152,8 @@ def test_model_lists_are_checked_and_labelled() -> None:
 def test_a_study_of_several_models_has_a_baseline_each(tiny_model: Path, tmp_path: Path) -> None:
     from conftest import build_tiny_model
     from quantbench.inventory import plan_stages
-    from quantbench.report.headline import find_baseline, headline_rows
+    from quantbench.report.headline import headline_rows
+    from quantbench.results import find_baseline
     from quantbench.study_files import load_results
 
     wide = build_tiny_model(tmp_path / "wide", hidden_size=128)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from quantbench.report.csv_table import csv_header, render_csv, write_csv
-from quantbench.report.headline import HEADLINE_COLUMNS, find_baseline, headline_rows
+from quantbench.report.headline import HEADLINE_COLUMNS, headline_rows
 from quantbench.report.markdown import (
     EMULATED_WARNING,
     escape_cell,
@@ -26,6 +26,7 @@ from quantbench.results import (
     StudyResults,
     VariantMetrics,
     VariantResult,
+    find_baseline,
 )
 from records import MIB
 from records import perplexity_record as _perplexity

@@ -103,3 +103,10 @@ def test_variant_names_encode_only_options_that_differ() -> None:
     skip = SchemeEntry(scheme="w4a16-gptq", on_indivisible="skip-layers")
     assert variant_name(skip, defaults) == "w4a16-gptq-skip-layers"
     assert variant_name(SchemeEntry(scheme="w4a16-gptq", name="mine"), defaults) == "mine"
+
+
+def test_the_results_baseline_schemes_are_the_catalogues_schemes_that_do_not_quantize() -> None:
+    from quantbench.results import BASELINE_SCHEMES
+    from quantbench.schemes import REGISTRY, get_scheme
+
+    assert set(BASELINE_SCHEMES) == {n for n in REGISTRY if not get_scheme(n).quantizes}

@@ -37,7 +37,6 @@ from quantbench.quantize import ARTIFACT_DIR
 from quantbench.results import VariantMetrics
 from quantbench.store import StageRef, StageStore, content_key
 
-BASELINE_SCHEMES = ("bf16", "fp16")
 FINISHED = "finished"
 """The worker's last event; it carries the reason of every metric that failed."""
 EVALUATE_STAGE_VERSION = 1
@@ -78,7 +77,7 @@ class EvalPlan:
 
 
 def baseline_name(variants: tuple[VariantPlan, ...]) -> str | None:
-    return next((v.name for v in variants if v.scheme.name in BASELINE_SCHEMES), None)
+    return next((v.name for v in variants if not v.scheme.quantizes), None)
 
 
 def exact_divergence_bytes(

@@ -28,7 +28,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from quantbench.report.headline import MIB, find_baseline, format_number, weights_bytes
 from quantbench.results import (
     Constraints,
     Interval,
@@ -40,6 +39,8 @@ from quantbench.results import (
     TaskVerdict,
     VariantResult,
     VariantVerdict,
+    find_baseline,
+    weights_bytes,
 )
 from quantbench.stats_pareto import UncertainPoint, uncertain_pareto_front
 from quantbench.stats_tasks import (
@@ -52,6 +53,7 @@ from quantbench.stats_tasks import (
     recovery_ci,
     recovery_from_difference,
 )
+from quantbench.units import MIB, format_number
 
 Objective = Literal["smallest on disk", "lowest latency", "highest throughput"]
 SMALLEST: Final = "smallest on disk"

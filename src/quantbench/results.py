@@ -423,3 +423,32 @@ class StudyResults(_Record):
             if variant.name == name:
                 return variant
         raise KeyError(name)
+
+
+BASELINE_SCHEMES = ("bf16", "fp16")
+"""Schemes whose variant is the reference others are compared with: the catalogue's schemes
+that do not quantize (`Scheme.quantizes` false; a test keeps the two in step)."""
+
+
+def study_group(name: str) -> str:
+    """The study a variant comes from in merged results (`<study>/<variant>`: several
+    models, `quantbench compare`, or both: `<study>/<model>/<variant>`); '' in one study."""
+    return name.rsplit("/", 1)[0] if "/" in name else ""
+
+
+def find_baseline(
+    results: StudyResults, variant: VariantResult | None = None
+) -> VariantResult | None:
+    """The variant deltas are taken against: the first one with a baseline scheme, or, for
+    `variant` in merged results, the first of its own study."""
+    baselines = [v for v in results.variants if v.scheme in BASELINE_SCHEMES]
+    if variant is not None:
+        group = study_group(variant.name)
+        return next((b for b in baselines if study_group(b.name) == group), None)
+    return baselines[0] if baselines else None
+
+
+def weights_bytes(variant: VariantResult) -> int | None:
+    """Bytes of the weight files: the size metric's reading, else the quantizer's."""
+    size = variant.metrics.size
+    return size.weights_bytes if size is not None else variant.disk_bytes

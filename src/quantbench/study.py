@@ -30,7 +30,7 @@ from quantbench.calibration import prepare_calibration
 from quantbench.config import SchemeEntry, StudyConfig
 from quantbench.corpus import prepare_corpus
 from quantbench.errors import StageFailed, UserError
-from quantbench.evaluate import BASELINE_SCHEMES, EvalPlan, evaluate_variant, plan_evaluation
+from quantbench.evaluate import EvalPlan, evaluate_variant, plan_evaluation
 from quantbench.executors import Executor, get_executor
 from quantbench.executors.resources import gpus_visible, stage_resources
 from quantbench.models import inspect_model, resolve_model
@@ -46,7 +46,7 @@ from quantbench.results import (
     StudyResults,
     VariantResult,
 )
-from quantbench.schemes import Preflight
+from quantbench.schemes import Preflight, get_scheme
 from quantbench.store import (
     StageRef,
     StageStore,
@@ -309,7 +309,7 @@ def with_baseline(config: StudyConfig, on_note: Callable[[str], None]) -> StudyC
     comparing = {"perplexity", "divergence", "generations", "tasks"} & set(
         config.evaluation.metric_names()
     )
-    if not comparing or any(e.scheme in BASELINE_SCHEMES for e in config.schemes):
+    if not comparing or any(not get_scheme(e.scheme).quantizes for e in config.schemes):
         return config
     on_note("no baseline scheme listed: adding bf16, the reference for comparisons")
     return config.model_copy(update={"schemes": (SchemeEntry(scheme="bf16"), *config.schemes)})

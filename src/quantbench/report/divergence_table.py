@@ -14,9 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from html import escape
 
-from quantbench.report.headline import Cell, find_baseline, format_interval, format_number
-from quantbench.results import DivergenceRecord, Interval, StudyResults, VariantResult
+from quantbench.report.headline import Cell, format_interval
+from quantbench.results import (
+    DivergenceRecord,
+    Interval,
+    StudyResults,
+    VariantResult,
+    find_baseline,
+)
 from quantbench.stats_divergence import DELTA_P_PERCENTILES, KLD_PERCENTILES
+from quantbench.units import format_number
 
 EMPTY = "–"
 METHOD_NAMES = {"exact": "exact (full vocabulary)", "topk_tail": "top-k + tail (lower bound)"}

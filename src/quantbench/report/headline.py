@@ -28,10 +28,10 @@ from quantbench.results import (
     StudyResults,
     VariantResult,
     VariantVerdict,
+    find_baseline,
+    weights_bytes,
 )
-
-MIB = float(1 << 20)
-BASELINE_SCHEMES = ("bf16", "fp16")
+from quantbench.units import MIB, decimals_for, format_number
 
 CellValue = float | int | str | None
 CellAttribute = Literal["value", "low", "high", "mode", "batch", "detail"]
@@ -104,41 +104,6 @@ class HeadlineRow:
         return column(key).text(self)
 
 
-def study_group(name: str) -> str:
-    """The study a variant comes from in merged results (`<study>/<variant>`: several
-    models, `quantbench compare`, or both: `<study>/<model>/<variant>`); '' in one study."""
-    return name.rsplit("/", 1)[0] if "/" in name else ""
-
-
-def find_baseline(
-    results: StudyResults, variant: VariantResult | None = None
-) -> VariantResult | None:
-    """The variant deltas are taken against: the first one with scheme bf16 or fp16, or,
-    for `variant` in merged results, the first of its own study."""
-    baselines = [v for v in results.variants if v.scheme in BASELINE_SCHEMES]
-    if variant is not None:
-        group = study_group(variant.name)
-        return next((b for b in baselines if study_group(b.name) == group), None)
-    return baselines[0] if baselines else None
-
-
-def decimals_for(value: float, significant: int, minimum: int, maximum: int = 6) -> int:
-    """Decimal places that show `significant` digits of `value`, but at least `minimum`.
-
-    Keeps small figures (a Δppl of 0.004, a KL of 0.0012) from rounding to zero while large
-    ones keep a fixed, readable precision.
-    """
-    if value == 0 or not math.isfinite(value):
-        return minimum
-    magnitude = math.floor(math.log10(abs(value)))
-    return max(minimum, min(maximum, significant - 1 - magnitude))
-
-
-def format_number(value: float, significant: int = 3, minimum: int = 2, sign: bool = False) -> str:
-    places = decimals_for(value, significant, minimum)
-    return f"{value:+,.{places}f}" if sign else f"{value:,.{places}f}"
-
-
 def format_interval(
     cell: Cell, significant: int = 3, minimum: int = 2, sign: bool = False, scale: float = 1.0
 ) -> str:
@@ -157,12 +122,6 @@ def _interval_cell(interval: Interval | None) -> Cell:
     if interval is None:
         return Cell()
     return Cell(interval.estimate, low=interval.low, high=interval.high)
-
-
-def weights_bytes(variant: VariantResult) -> int | None:
-    """Bytes of the weight files: the size metric's reading, else the quantizer's."""
-    size = variant.metrics.size
-    return size.weights_bytes if size is not None else variant.disk_bytes
 
 
 def _speed_point(speed: SpeedRecord | None, batch: int | None) -> SpeedPoint | None:

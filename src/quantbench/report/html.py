@@ -19,7 +19,7 @@ from typing import Any
 from quantbench.recommend import describe_budget, describe_front, format_value
 from quantbench.report import plots
 from quantbench.report.divergence_table import divergence_html
-from quantbench.report.headline import HEADLINE_COLUMNS, find_baseline, headline_rows
+from quantbench.report.headline import HEADLINE_COLUMNS, headline_rows
 from quantbench.report.markdown import EMPTY
 from quantbench.report.recovery_table import recovery_html
 from quantbench.results import (
@@ -28,6 +28,7 @@ from quantbench.results import (
     Recommendation,
     StudyResults,
     VariantResult,
+    find_baseline,
 )
 from quantbench.store import write_text_atomic
 

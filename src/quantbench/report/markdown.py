@@ -15,15 +15,7 @@ from typing import Any, Literal, TypeVar
 
 from quantbench.recommend import describe_budget, describe_front, format_value
 from quantbench.report.divergence_table import divergence_markdown
-from quantbench.report.headline import (
-    HEADLINE_COLUMNS,
-    MIB,
-    Cell,
-    find_baseline,
-    format_interval,
-    format_number,
-    headline_rows,
-)
+from quantbench.report.headline import HEADLINE_COLUMNS, Cell, format_interval, headline_rows
 from quantbench.report.recovery_table import recovery_markdown
 from quantbench.results import (
     DivergenceRecord,
@@ -38,8 +30,10 @@ from quantbench.results import (
     Spread,
     StudyResults,
     VariantResult,
+    find_baseline,
 )
 from quantbench.store import write_text_atomic
+from quantbench.units import MIB, format_number
 
 GENERATION_PROMPTS_PER_CATEGORY = 3
 EMULATED_WARNING = (

@@ -18,9 +18,8 @@ import yaml
 
 from quantbench.errors import UserError
 from quantbench.models import BUILTIN_MODELS
-from quantbench.report.headline import find_baseline
 from quantbench.report.recovery_table import recovery_card
-from quantbench.results import StudyResults, VariantResult
+from quantbench.results import StudyResults, VariantResult, find_baseline
 from quantbench.schemes import REGISTRY, get_scheme
 from quantbench.store import write_text_atomic
 

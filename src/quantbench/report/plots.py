@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from quantbench.recommend import perplexity_figure
-from quantbench.report.headline import MIB, find_baseline, weights_bytes
-from quantbench.results import StudyResults, VariantResult
+from quantbench.results import StudyResults, VariantResult, find_baseline, weights_bytes
 from quantbench.stats_pareto import UncertainPoint, uncertain_pareto_front
+from quantbench.units import MIB
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -14,8 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from html import escape
 
-from quantbench.report.headline import find_baseline
-from quantbench.results import StudyResults, TaskRecord, TaskVerdict
+from quantbench.results import StudyResults, TaskRecord, TaskVerdict, find_baseline
 
 EMPTY = "–"
 

@@ -63,7 +63,7 @@ TASK_HEADERS = (
 
 def task_rows(results: StudyResults) -> list[TaskRow]:
     """Rows grouped by task (in the order tasks first appear), variants in study order."""
-    from quantbench.report.headline import find_baseline
+    from quantbench.results import find_baseline
 
     order: list[str] = []
     for variant in results.variants:

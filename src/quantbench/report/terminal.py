@@ -15,8 +15,9 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from quantbench.report.headline import MIB, Cell, HeadlineRow, headline_rows
+from quantbench.report.headline import Cell, HeadlineRow, headline_rows
 from quantbench.results import StudyResults
+from quantbench.units import MIB
 
 EMULATED_NOTE = (
     "* emulated: transformers decompresses the weights and simulates activation "
