@@ -72,6 +72,9 @@ def test_results_json_names_the_study_files_relative_to_the_folder(finished: Pat
     raw = json.loads((finished / "out" / "results.json").read_text())
     assert raw["schema_version"] == SCHEMA_VERSION
     assert raw["config"]["out"] == "."
+    assert raw["provenance"]["config"]["out"] == "."
+    for name in ("results.json", "report.md", "report.html", "results.csv"):
+        assert str(finished / "out") not in (finished / "out" / name).read_text(), name
     paths = {v["name"]: v["artifact_path"] for v in raw["variants"]}
     assert paths == {"bf16": "artifacts/bf16", "w4a16-gptq-g32": "artifacts/w4a16-gptq-g32"}
     for name in paths:

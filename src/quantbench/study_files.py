@@ -63,10 +63,17 @@ def portable_results(results: StudyResults, out: Path) -> StudyResults:
             return location
         return Path(os.path.relpath(location, base)).as_posix()
 
-    config = results.config
-    if isinstance(config.get("out"), str) and not is_url(config["out"]):
-        config = {**config, "out": "."}
-    return _relocated(results, relative).model_copy(update={"config": config})
+    def here(config: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(config.get("out"), str) and not is_url(config["out"]):
+            return {**config, "out": "."}
+        return config
+
+    provenance = results.provenance
+    if isinstance(provenance.get("config"), dict):  # the config as run, copied into provenance
+        provenance = {**provenance, "config": here(provenance["config"])}
+    return _relocated(results, relative).model_copy(
+        update={"config": here(results.config), "provenance": provenance}
+    )
 
 
 def _located(results: StudyResults, folder: str | Path) -> StudyResults:
