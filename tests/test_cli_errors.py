@@ -162,7 +162,7 @@ def test_run_help_shows_every_default(
         elif blocks:
             blocks[-1] += " " + line.strip()
     assert blocks[-1].startswith("  -h, --help")
-    assert len(blocks[:-1]) == len(STUDY_FLAGS) + 1  # and --config
+    assert len(blocks[:-1]) == len(STUDY_FLAGS) + 2  # and --config, --set
     for block in blocks[:-1]:
         assert "[default: " in block, block
     text = " ".join(out.split())
@@ -239,6 +239,46 @@ def test_flags_override_the_study_file_only_when_given(tmp_path: Path) -> None:
     assert config.allow_pickle is True  # type: ignore[attr-defined]
     result = CliRunner().invoke(app, ["run", "-c", str(study), "--no-allow-pickle"])
     assert seen[-1].allow_pickle is False  # type: ignore[attr-defined]
+
+
+def test_set_reaches_any_config_key_over_the_file_and_the_flags(tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from quantbench.cli import _study_command
+
+    seen = []
+    app = typer.Typer()
+    app.command("run")(_study_command(seen.append))
+    app.command("other")(lambda: None)
+    study = tmp_path / "study.yaml"
+    study.write_text("evaluation: {corpus: {max_tokens: 100, window: 128}}\n")
+    argv = ["run", "-c", str(study), "--max-tokens", "200", "--set"]
+    result = CliRunner().invoke(
+        app,
+        [*argv, "evaluation.corpus.max_tokens=300", "--set", "evaluation.metrics=[size, speed]"],
+    )
+    assert result.exit_code == 0, result.output
+    evaluation = seen[-1].evaluation
+    assert evaluation.corpus.max_tokens == 300 and evaluation.corpus.window == 128
+    assert list(evaluation.metric_names()) == ["size", "speed"]
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("evaluation.corpus.max_tokens", "--set expects KEY=VALUE"),
+        ("evaluation..window=3", "--set expects KEY=VALUE"),
+        ("evaluation.corpus.windows=3", "unknown key 'evaluation.corpus.windows'"),
+        ("evaluation.corpus.window=many", "'evaluation.corpus.window'"),
+    ],
+)
+def test_a_bad_set_is_one_line_and_exit_2(
+    assignment: str, message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    status, _, err = run_here(["plan", "--set", assignment, "--out", str(tmp_path / "o")], capsys)
+    assert status == 2 and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_schemes_is_readable_at_80_columns(

@@ -320,19 +320,35 @@ def _study_command(body: Callable[[Any], None]) -> Callable[..., None]:
     validated study config (the file, then the flags given on the command line)."""
     from quantbench.config import StudyConfig
 
-    def command(ctx: typer.Context, config: Path | None = None, **values: Any) -> None:
-        from quantbench.config import load_study_config
+    def command(
+        ctx: typer.Context,
+        config: Path | None = None,
+        assignments: list[str] | None = None,
+        **values: Any,
+    ) -> None:
+        from quantbench.config import assignment_overrides, load_study_config, merged_overrides
 
         given = {k: v for k, v in values.items() if _given_on_command_line(ctx, k)}
-        body(load_study_config(config, study_overrides(given)))
+        overrides = merged_overrides(
+            study_overrides(given), assignment_overrides(assignments or [])
+        )
+        body(load_study_config(config, overrides))
 
     defaults = StudyConfig().model_dump(mode="json")
     config_option = typer.Option(
         "--config", "-c", help="study YAML; flags override it", show_default="none"
     )
+    set_option = typer.Option(
+        "--set",
+        help="any config key, KEY=VALUE with a dotted key (evaluation.corpus.window=512); "
+        "repeatable, over the file and the flags",
+        show_default="none",
+        metavar="KEY=VALUE",
+    )
     parameters = [
         inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
         _keyword("config", Annotated[Optional[Path], config_option], None),  # noqa: UP045
+        _keyword("assignments", Annotated[Optional[list[str]], set_option], None),  # noqa: UP045
         *(flag.parameter(defaults) for flag in STUDY_FLAGS),
     ]
     command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]

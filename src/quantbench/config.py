@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -646,6 +646,41 @@ def load_study_config(
         return StudyConfig.model_validate(data)
     except ValidationError as exc:
         raise UserError(_explain(exc, origin)) from None
+
+
+def assignment_overrides(assignments: Sequence[str]) -> dict[str, Any]:
+    """`--set` assignments (`evaluation.corpus.max_tokens=4096`) as nested overrides, later
+    ones winning. A value is read as YAML (`4096` an integer, `[size, perplexity]` a list);
+    the key is checked with the rest of the config."""
+    overrides: dict[str, Any] = {}
+    for assignment in assignments:
+        key, equals, text = assignment.partition("=")
+        parts = key.strip().split(".")
+        if not equals or not all(parts):
+            raise UserError(
+                f"--set expects KEY=VALUE with a dotted config key "
+                f"(e.g. evaluation.corpus.max_tokens=4096), not '{assignment}'"
+            )
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text  # not YAML (an unbalanced bracket, say): the text as it is
+        node = overrides
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[parts[-1]] = value
+    return overrides
+
+
+def merged_overrides(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested overrides, each layer over the ones before it."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        _merge(merged, layer)
+    return merged
 
 
 def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> None:
