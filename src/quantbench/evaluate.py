@@ -76,6 +76,18 @@ class EvalPlan:
         return sorted(variants, key=lambda v: v.name != self.baseline)
 
 
+EVALUATION_MEMORY_PER_WEIGHT_BYTE = 3
+"""An evaluation worker's memory request per byte of the artifact's weights, for an executor
+placing it (a Ray task's `memory`): a rule of thumb, not a measured bound, that leaves room
+for the weights as stored, their compute-dtype copy and the activations."""
+
+
+def evaluation_memory_bytes(weights_bytes: int | None) -> int | None:
+    """Memory an evaluation worker asks the executor for, bytes (None: unknown until the
+    artifact exists)."""
+    return EVALUATION_MEMORY_PER_WEIGHT_BYTE * weights_bytes if weights_bytes else None
+
+
 def baseline_name(variants: tuple[VariantPlan, ...]) -> str | None:
     return next((v.name for v in variants if not v.scheme.quantizes), None)
 

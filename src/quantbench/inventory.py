@@ -51,7 +51,7 @@ def plan_stages(
 
 
 def _plan_one(config: StudyConfig, on_status: Callable[[str], None]) -> list[PlannedStage]:
-    from quantbench.evaluate import plan_evaluation
+    from quantbench.evaluate import evaluation_memory_bytes, plan_evaluation
     from quantbench.executors.resources import gpus_visible, stage_resources
     from quantbench.models import inspect_model, resolve_model
     from quantbench.output import OutputFolder
@@ -115,14 +115,14 @@ def _plan_one(config: StudyConfig, on_status: Callable[[str], None]) -> list[Pla
     if eval_plan:
         evaluate_gpu = gpu and config.evaluation.device != "cpu"
         for variant in eval_plan.order(plan.variants):
-            # `run` adds memory (3 × the artifact's weights) once the artifact exists
+            # `run` asks for memory by the artifact's weights once the artifact exists
             disk = (
                 store.manifest(variant.quantize).get("disk_bytes")
                 if done(variant.quantize)
                 else None
             )
             request = stage_resources(
-                "evaluate", config.execution, 3 * disk if disk else None, evaluate_gpu
+                "evaluate", config.execution, evaluation_memory_bytes(disk), evaluate_gpu
             )
             for name, ref in eval_plan.stages.get(variant.name, {}).items():
                 stages.append(

@@ -30,7 +30,7 @@ from quantbench.calibration import prepare_calibration
 from quantbench.config import SchemeEntry, StudyConfig
 from quantbench.corpus import prepare_corpus
 from quantbench.errors import StageFailed, UserError
-from quantbench.evaluate import EvalPlan, evaluate_variant, plan_evaluation
+from quantbench.evaluate import EvalPlan, evaluate_variant, evaluation_memory_bytes, plan_evaluation
 from quantbench.executors import Executor, get_executor
 from quantbench.executors.resources import gpus_visible, stage_resources
 from quantbench.models import inspect_model, resolve_model
@@ -350,7 +350,7 @@ def _evaluate(
                 stage_resources(
                     "evaluate",
                     plan.config.execution,
-                    3 * (result.disk_bytes or 0) or None,
+                    evaluation_memory_bytes(result.disk_bytes),
                     gpus_visible() and eval_plan.config.device != "cpu",
                 ),
             )
