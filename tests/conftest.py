@@ -179,3 +179,33 @@ def process_gone(pid: int, timeout_s: float) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+LONGEST_FILES_FIRST = (
+    "test_e2e_builtin.py",
+    "test_faults.py",
+    "test_matrix.py",
+    "test_study.py",
+    "test_ray.py",
+    "test_remote.py",
+    "test_tasks.py",
+    "test_evaluate.py",
+    "test_damaged_study.py",
+    "test_backend_hf.py",
+)
+"""Files with the longest runs (minutes each on 2 cores), started first: CI runs the files in
+two pytest-xdist processes, which take files in collection order, so a long file left to the
+end would run alone while the other process idles. test_vllm.py stays last: its test waits
+for the vLLM environment that CI builds while the suite runs."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        if name == "test_vllm.py":
+            return len(LONGEST_FILES_FIRST) + 1
+        if name in LONGEST_FILES_FIRST:
+            return LONGEST_FILES_FIRST.index(name)
+        return len(LONGEST_FILES_FIRST)
+
+    items.sort(key=rank)  # stable: each file's own order is kept
