@@ -20,6 +20,7 @@ from quantbench.backends.vllm import (
     UnsupportedOnHardware,
     VLLMBackend,
     cpu_list,
+    kv_cache_dtype,
 )
 from quantbench.backends.vllm_support import (
     Hardware,
@@ -62,7 +63,7 @@ def test_preflight_per_hardware() -> None:
 
 def _artifact(tmp_path: Path, quantization: dict[str, object] | None) -> Path:
     folder = tmp_path / "artifact"
-    folder.mkdir(exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     config: dict[str, object] = {"torch_dtype": "bfloat16"}
     if quantization is not None:
         config["quantization_config"] = quantization
@@ -109,7 +110,8 @@ for line in sys.stdin:
     if mode == "die":
         os._exit(3)
     if request["op"] == "load":
-        result = {"dtype": "bfloat16", "vllm_version": "fake", "kernels": []}
+        result = {"dtype": "bfloat16", "vllm_version": "fake", "kernels": [],
+                  "kv_cache_dtype": request["kv_cache_dtype"], "kv_cache_tokens": 4096}
     elif request["op"] == "timed":  # request r: first token at 0.4 + 0.1 r, then one every 0.1 s
         n = request["max_new_tokens"]
         batch = len(request["prompts"])
@@ -169,6 +171,33 @@ def test_the_protocol_times_and_reports_a_run(
     assert timing.batch_size == 4 and backend.last_texts == ["ok", "ok"]
     backend.close()
     assert _child_gone(tmp_path)
+
+
+def test_an_fp8_kv_cache_artifact_is_served_with_an_fp8_kv_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """llm-compressor's `kv_cache_scheme` (the `kv_cache: fp8` option) becomes vLLM's
+    `kv_cache_dtype=fp8`, which vLLM 0.32 does not infer from a compressed-tensors config;
+    the load detail says what the cache held."""
+    int8 = _group({"type": "int", "num_bits": 8}, {"type": "int", "num_bits": 8})
+    fp8_cache = {**int8, "kv_cache_scheme": {"num_bits": 8, "type": "float", "dynamic": False}}
+    assert kv_cache_dtype(_artifact(tmp_path, int8)) == "auto"
+    assert kv_cache_dtype(_artifact(tmp_path / "a", None)) == "auto"
+    int_cache = {**int8, "kv_cache_scheme": {"num_bits": 8, "type": "int"}}
+    assert kv_cache_dtype(_artifact(tmp_path / "b", int_cache)) == "auto"
+    (tmp_path / "c").mkdir()
+    assert kv_cache_dtype(tmp_path / "c") == "auto"  # no config.json
+    artifact = _artifact(tmp_path / "d", fp8_cache)
+    assert kv_cache_dtype(artifact) == "fp8"
+    backend = _fake_backend(tmp_path, "ok", monkeypatch)
+    info = backend.load(artifact)
+    backend.close()
+    assert info.detail.endswith("; KV cache fp8, 4,096 tokens")
+    backend = _fake_backend(tmp_path, "ok", monkeypatch)
+    assert backend.load(_artifact(tmp_path / "e", int8)).detail.endswith(
+        "; KV cache auto, 4,096 tokens"
+    )
+    backend.close()
 
 
 def test_scores_travel_through_files_with_the_ids_asked_for(

@@ -237,13 +237,14 @@ class VLLMBackend:
             max_logprobs=self.settings.max_logprobs,
             seed=0,
             enforce_eager=self.settings.enforce_eager,
+            kv_cache_dtype=kv_cache_dtype(artifact),
         )
         self.kernels += [k for k in loaded.get("kernels") or [] if k not in self.kernels]
         kernels = f" (vLLM {loaded.get('vllm_version')}: {', '.join(self.kernels)})"
         return LoadInfo(
             load_s=time.perf_counter() - started,
             execution_mode="native",
-            detail=support.describe() + (kernels if self.kernels else ""),
+            detail=support.describe() + (kernels if self.kernels else "") + _kv_cache_note(loaded),
             device=hardware.device,
             dtype=str(loaded.get("dtype")),
         )
@@ -380,6 +381,34 @@ class VLLMBackend:
             with contextlib.suppress(BackendCallFailed):
                 self._call("close", 60)
             self._kill()
+
+
+def kv_cache_dtype(artifact: Path) -> str:
+    """vLLM's `kv_cache_dtype` for an artifact: "fp8" when llm-compressor stored FP8 KV-cache
+    scales in it (a `kv_cache_scheme` of 8-bit floats, the `kv_cache: fp8` option), else
+    "auto" (the model's dtype). vLLM 0.32 reads such a scheme by itself only from ModelOpt
+    checkpoints; from a compressed-tensors one the setting must be passed, or the cache stays
+    in bf16 and the scales go unused."""
+    try:
+        config = json.loads((artifact / "config.json").read_text())
+    except (OSError, ValueError):
+        return "auto"
+    quantization = config.get("quantization_config") or {}
+    scheme = quantization.get("kv_cache_scheme") if isinstance(quantization, dict) else None
+    if isinstance(scheme, dict) and scheme.get("num_bits") == 8 and scheme.get("type") == "float":
+        return "fp8"
+    return "auto"
+
+
+def _kv_cache_note(loaded: dict[str, Any]) -> str:
+    """What the engine's KV cache holds, for the load detail: its dtype and, where vLLM
+    reports it, its capacity in tokens."""
+    dtype = loaded.get("kv_cache_dtype")
+    if not dtype:
+        return ""
+    tokens = loaded.get("kv_cache_tokens")
+    capacity = f", {int(tokens):,} tokens" if isinstance(tokens, int | float) and tokens else ""
+    return f"; KV cache {dtype}{capacity}"
 
 
 def cpu_list(cores: Sequence[int]) -> str:

@@ -61,10 +61,14 @@ class Worker:
             enable_prefix_caching=False,
             seed=int(request.get("seed", 0)),
             enforce_eager=bool(request.get("enforce_eager", False)),
+            kv_cache_dtype=str(request.get("kv_cache_dtype", "auto")),
         )
         load_s = time.perf_counter() - started
         config = self.llm.llm_engine.model_config
+        cache = getattr(getattr(self.llm.llm_engine, "vllm_config", None), "cache_config", None)
         return {
+            "kv_cache_dtype": str(getattr(cache, "cache_dtype", "")) or None,
+            "kv_cache_tokens": getattr(cache, "kv_cache_size_tokens", None),
             "load_s": load_s,
             "dtype": str(config.dtype).removeprefix("torch."),
             "quantization": config.quantization,
