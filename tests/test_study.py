@@ -281,3 +281,26 @@ def test_a_quantize_worker_that_dies_fails_its_variant_and_the_run_exits_1(
     assert failed.error and f"exit code {-signal.SIGKILL}" in failed.error, failed.error
     assert "w4a16-gptq-g32" in (out / "report.md").read_text()
     assert process_gone(killed, 30)
+
+
+def test_a_baseline_is_added_only_when_a_metric_compares_with_one() -> None:
+    """Which metrics compare is each metric's own `baseline_inputs`: size and speed do not,
+    perplexity, divergence, generations and tasks do."""
+    from quantbench.study import with_baseline
+
+    notes: list[str] = []
+
+    def schemes(metrics: list[str], listed: list[str], tasks: list[str] | None = None) -> list[str]:
+        evaluation: dict[str, Any] = {"metrics": metrics}
+        if tasks:
+            evaluation["tasks"] = {"names": tasks}
+        config = load_study_config(None, {"schemes": listed, "evaluation": evaluation})
+        return [entry.scheme for entry in with_baseline(config, notes.append).schemes]
+
+    assert schemes(["size", "speed"], ["fp8-dynamic"]) == ["fp8-dynamic"]
+    assert notes == []
+    for comparing in ("perplexity", "divergence", "generations"):
+        assert schemes(["size", comparing], ["fp8-dynamic"]) == ["bf16", "fp8-dynamic"]
+    assert schemes(["size"], ["fp8-dynamic"], tasks=["gsm8k"]) == ["bf16", "fp8-dynamic"]
+    assert len(notes) == 4 and "adding bf16" in notes[0]
+    assert schemes(["perplexity"], ["fp16", "fp8-dynamic"]) == ["fp16", "fp8-dynamic"]

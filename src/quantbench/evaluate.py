@@ -330,11 +330,12 @@ def collect_metrics(
 ) -> VariantMetrics:
     """Assemble the reported records from finished stage manifests."""
     from quantbench.metrics import REGISTRY, split_stage_name
+    from quantbench.metrics import _load as load_metric
 
     records: dict[str, Any] = {}
     for name, ref in refs.items():
         metric, param = split_stage_name(name)
-        if metric == "scores" or metric not in REGISTRY:
+        if metric not in REGISTRY or not load_metric(REGISTRY[metric]).reported:
             continue
         if store.is_done(ref):
             record = stage_record(store.manifest(ref), MetricStage).record

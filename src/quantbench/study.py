@@ -33,6 +33,7 @@ from quantbench.errors import StageFailed, UserError
 from quantbench.evaluate import EvalPlan, evaluate_variant, evaluation_memory_bytes, plan_evaluation
 from quantbench.executors import Executor, get_executor
 from quantbench.executors.resources import gpus_visible, stage_resources
+from quantbench.metrics import get_metric
 from quantbench.models import inspect_model, resolve_model
 from quantbench.output import LOGS_DIR, STAGES_DIR, OutputFolder
 from quantbench.plan import StudyPlan, VariantPlan, build_plan
@@ -306,9 +307,7 @@ def _finalize(
 
 def with_baseline(config: StudyConfig, on_note: Callable[[str], None]) -> StudyConfig:
     """Add a bf16 baseline when metrics compare against one and the study lists none."""
-    comparing = {"perplexity", "divergence", "generations", "tasks"} & set(
-        config.evaluation.metric_names()
-    )
+    comparing = any(get_metric(name).baseline_inputs for name in config.evaluation.metric_names())
     if not comparing or any(not get_scheme(e.scheme).quantizes for e in config.schemes):
         return config
     on_note("no baseline scheme listed: adding bf16, the reference for comparisons")
