@@ -26,7 +26,6 @@ from quantbench.schemes import get_scheme
 from quantbench.schemes.grouping import (
     MIN_GROUP_SIZE,
     candidate_group_sizes,
-    indivisible,
     largest_valid_group_size,
 )
 from quantbench.store import StageRef, canonical_json, content_key
@@ -69,18 +68,6 @@ def test_largest_valid_group_size_checks_every_width() -> None:
     assert largest_valid_group_size(128, [256, 256]) == 128
     assert largest_valid_group_size(64, []) == 64
     assert largest_valid_group_size(32, [48]) == 16
-
-
-def test_indivisible_names_exactly_the_offending_layers() -> None:
-    widths = {"a": 576, "b": 1536, "c": 100}
-    assert indivisible(widths, 128) == ["a", "c"]
-    assert indivisible(widths, 64) == ["c"]
-    assert indivisible(widths, 4) == []
-
-
-# --------------------------------------------------------------------------------------
-# memory estimate
-# --------------------------------------------------------------------------------------
 
 
 def _info(

@@ -22,6 +22,7 @@ from quantbench.results import (
     TaskVerdict,
     VariantMetrics,
     VariantResult,
+    find_baseline,
 )
 from quantbench.stats_tasks import INFERIOR
 from records import MIB, perplexity_record
@@ -229,13 +230,18 @@ def test_quality_figures_kl_and_perplexity_with_paired_intervals() -> None:
     )
     with_kl = _variant("kl", divergence=divergence)
     study = _study(base, paired, unpaired, with_kl)
-    ppl = rec.quality_figure(study, "perplexity")
+
+    def ppl(v: VariantResult) -> object:
+        return rec.perplexity_figure(v, find_baseline(study, v))
+
+    def kl(v: VariantResult) -> object:
+        return rec.kl_figure(v, find_baseline(study, v))
+
     assert ppl(base) == (10.0, 10.0, 10.0)  # the baseline's own figure is its point
     # The paired difference's interval placed around the estimate: 10.5 - 0.25, 10.5 + 0.5.
     assert ppl(paired) == (10.5, 10.25, 11.0)
     assert ppl(unpaired) == (11.0, 10.7, 11.3)  # records.perplexity_record: +/- 0.3
     assert ppl(with_kl) is None
-    kl = rec.quality_figure(study, "kl_mean")
     assert kl(with_kl) == (0.02, 0.01, 0.03)
     assert kl(base) == (0.0, 0.0, 0.0)
     assert kl(paired) is None

@@ -668,16 +668,6 @@ def _quality(
     return "perplexity", ppl
 
 
-def quality_figure(
-    results: StudyResults, metric: str
-) -> Callable[[VariantResult], QualityFigure | None]:
-    """The quality figure the recommendation's fronts use for `metric` ("kl_mean" or
-    "perplexity"), for the plots."""
-    if metric == "kl_mean":
-        return lambda v: kl_figure(v, find_baseline(results, v))
-    return lambda v: perplexity_figure(v, find_baseline(results, v))
-
-
 # --------------------------------------------------------------------------------------
 # The recommendation
 # --------------------------------------------------------------------------------------

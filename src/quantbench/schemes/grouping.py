@@ -31,8 +31,3 @@ def largest_valid_group_size(requested: int, widths: Sequence[int]) -> int | Non
         if all(width % size == 0 for width in widths):
             return size
     return None
-
-
-def indivisible(widths_by_layer: dict[str, int], group_size: int) -> list[str]:
-    """Names of layers whose input width the group size does not divide."""
-    return [name for name, width in widths_by_layer.items() if width % group_size != 0]

@@ -8,7 +8,6 @@ the pairing with the baseline can be checked rather than assumed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -307,7 +306,3 @@ def files_sha256(files: dict[str, Path]) -> dict[str, str]:
     from quantbench.models import file_sha256
 
     return {split: file_sha256(path) for split, path in sorted(files.items())}
-
-
-def settings_digest(settings: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
