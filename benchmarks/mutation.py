@@ -122,7 +122,14 @@ EQUIVALENT: dict[str, str] = {
         "is listed first either way and its own power is skipped, so the list is the same"
     ),
 }
-"""Surviving mutants that no test can kill, by mutmut's name, with the reason."""
+"""Surviving mutants that no test can kill, by mutmut's name, with the reason (the per-target
+files in EQUIVALENT_DIR add to these)."""
+
+EQUIVALENT_DIR = ROOT / "benchmarks" / "mutation_equivalent"
+"""One JSON file per target (`recommend.json`, ...): mutmut name -> why the mutant is
+equivalent, written beside the target's tests as its survivors are studied."""
+for _file in sorted(EQUIVALENT_DIR.glob("*.json")):
+    EQUIVALENT.update(json.loads(_file.read_text()))
 
 EQUIVALENT_RULES: tuple[tuple[str, str, str], ...] = (
     (
