@@ -24,7 +24,7 @@ PACKAGE = "quantbench"
 
 LAYERS: dict[str, tuple[str, ...]] = {
     # What the layer holds (module names, or prefixes ending in "." or "_"), lowest first.
-    "base": ("quantbench.errors", "quantbench.units"),
+    "base": ("quantbench.errors", "quantbench.units", "quantbench.registry"),
     "storage": ("quantbench.store", "quantbench.remote", "quantbench.jsonl"),
     "catalogue": ("quantbench.models", "quantbench.schemes", "quantbench.schemes."),
     "schema": ("quantbench.results",),
@@ -36,9 +36,9 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     "report": ("quantbench.report", "quantbench.report."),
 }
-"""Layers below the pipeline. `base`: errors every layer may raise, display units.
-`storage`: content-keyed stage folders, fsspec locations, atomic writes (the report writes
-its files with them).
+"""Layers below the pipeline. `base`: errors every layer may raise, display units, the
+registry helper. `storage`: content-keyed stage folders, fsspec locations, atomic writes
+(the report writes its files with them).
 `catalogue`: what a model and a scheme are (names, shapes, options); it runs no stage.
 `schema`: the results records, with no I/O. `analysis`: statistics and the recommendation,
 pure functions of records. `report`: every file and table built from saved results.

@@ -329,17 +329,18 @@ def collect_metrics(
     refs: dict[str, StageRef], store: StageStore, errors: dict[str, str]
 ) -> VariantMetrics:
     """Assemble the reported records from finished stage manifests."""
-    from quantbench.metrics import REGISTRY, split_stage_name
-    from quantbench.metrics import _load as load_metric
+    from quantbench.metrics import REGISTRY, load_metric, split_stage_name
 
     records: dict[str, Any] = {}
     for name, ref in refs.items():
         metric, param = split_stage_name(name)
-        if metric not in REGISTRY or not load_metric(REGISTRY[metric]).reported:
+        if metric not in REGISTRY or not load_metric(metric).reported:
             continue
         if store.is_done(ref):
             record = stage_record(store.manifest(ref), MetricStage).record
-            if param is None:
+            if metric not in VariantMetrics.model_fields:  # a plugin's metric
+                records.setdefault("plugins", {})[name] = record
+            elif param is None:
                 records[name] = record
             else:
                 records.setdefault(metric, {})[param] = record
@@ -354,8 +355,7 @@ def _worker_main(request_path: Path) -> None:
     request = read_request(request_path, EvaluateRequest)
     from quantbench.backends import get_backend
     from quantbench.backends.base import Backend, LoadInfo
-    from quantbench.metrics import REGISTRY, split_stage_name
-    from quantbench.metrics import _load as load_metric
+    from quantbench.metrics import load_metric, split_stage_name
     from quantbench.metrics.base import EvalContext
 
     config = request.config
@@ -363,7 +363,7 @@ def _worker_main(request_path: Path) -> None:
     # Only metrics that load the model read the artifact: the others (perplexity and
     # divergence read the scores) spare its download from a URL.
     loads_model = any(
-        load_metric(REGISTRY[split_stage_name(name)[0]]).needs_model for name, _ in request.pending
+        load_metric(split_stage_name(name)[0]).needs_model for name, _ in request.pending
     )
     artifact = store.path(request.artifact, fetch=loads_model) / ARTIFACT_DIR
     is_baseline = request.is_baseline
@@ -431,7 +431,7 @@ def _worker_main(request_path: Path) -> None:
         if store.is_done(StageRef(name, key)):  # finished by an earlier, killed attempt
             continue
         metric_name, param = split_stage_name(name)
-        metric = load_metric(REGISTRY[metric_name])
+        metric = load_metric(metric_name)
         missing = [
             n for n in metric.own_inputs if not store.is_done(StageRef(n, request.own_keys[n]))
         ]

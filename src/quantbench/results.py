@@ -254,6 +254,12 @@ class VariantMetrics(_Record):
     speed: SpeedRecord | None = None
     generations: GenerationsRecord | None = None
     tasks: dict[str, TaskRecord] = Field(default_factory=dict, description="task name → record")
+    plugins: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        exclude_if=lambda records: not records,
+        description="records of metrics that installed packages register, by metric name "
+        "(left out of results.json when there are none)",
+    )
     errors: dict[str, str] = Field(default_factory=dict, description="metric name → why it failed")
 
 

@@ -458,6 +458,9 @@ def _variant_section(variant: VariantResult, baseline: VariantResult | None) -> 
         lines += _divergence_lines(metrics.divergence)
     if metrics.speed is not None:
         lines += ["", *_speed_lines(metrics.speed)]
+    for name, record in metrics.plugins.items():  # metrics of installed packages, as recorded
+        figures = ", ".join(f"{key} = {json.dumps(value)}" for key, value in record.items())
+        lines.append(f"- `{escape_cell(name)}` (plugin metric): {escape_cell(figures)}")
     if metrics.errors:
         lines += ["", "Metric errors:", ""]
         lines += [f"- `{m}`: {escape_cell(why)}" for m, why in metrics.errors.items()]
@@ -465,7 +468,7 @@ def _variant_section(variant: VariantResult, baseline: VariantResult | None) -> 
         name
         for name in ("size", "perplexity", "divergence", "speed", "generations")
         if getattr(metrics, name) is not None
-    ]
+    ] + list(metrics.plugins)
     if not measured and not metrics.errors:
         lines += ["", "No metrics were recorded for this variant."]
     return [*lines, ""]

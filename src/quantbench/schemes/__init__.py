@@ -1,17 +1,17 @@
 """Registry of quantization schemes: one module per scheme, one line here per scheme.
 
 Entries are lazy "module:attribute" strings so that listing schemes imports no scheme code
-(and never llm-compressor).
+(and never llm-compressor); installed packages add schemes as entry points in the group
+`quantbench.schemes` (see `quantbench.registry`).
 """
 
 from __future__ import annotations
 
-import importlib
-
 from quantbench.errors import UserError, did_you_mean
+from quantbench.registry import Registry
 from quantbench.schemes.base import Preflight, Scheme
 
-REGISTRY: dict[str, str] = {
+BUILTIN: dict[str, str] = {
     "bf16": "quantbench.schemes.baseline:BF16",
     "fp16": "quantbench.schemes.baseline:FP16",
     "fp8-dynamic": "quantbench.schemes.fp8_dynamic:FP8_DYNAMIC",
@@ -26,18 +26,17 @@ REGISTRY: dict[str, str] = {
     "w4a8-int": "quantbench.schemes.w4a8:W4A8_INT",
     "w4afp8": "quantbench.schemes.w4a8:W4AFP8",
 }
+REGISTRY = Registry("schemes", BUILTIN)
 
 
 def get_scheme(name: str) -> Scheme:
     """The scheme registered as `name`, or a user error naming the closest match."""
-    target = REGISTRY.get(name)
-    if target is None:
+    if name not in REGISTRY:
         raise UserError(
             f"unknown scheme '{name}'{did_you_mean(name, REGISTRY)}; "
             f"known schemes: {', '.join(REGISTRY)} (see `quantbench schemes`)"
         )
-    module_name, attribute = target.split(":")
-    scheme: Scheme = getattr(importlib.import_module(module_name), attribute)
+    scheme: Scheme = REGISTRY.load(name)
     return scheme
 
 
