@@ -76,6 +76,24 @@ def task_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ],
         gz=True,
     )
+    subjects = ["biology", "business", "chemistry", "computer science", "economics"]
+    subjects += ["engineering", "health", "history", "law", "math", "other", "philosophy"]
+    subjects += ["physics", "psychology"]  # MMLU-Pro's 14 categories: one lm-eval task each
+    questions = [
+        {
+            "question_id": i,
+            "question": f"Which number is largest ({subject})?",
+            "options": ["1", "7", "3", "2"],
+            "answer": "B",
+            "answer_index": 1,
+            "cot_content": "A: Let's think step by step. 7 is largest. The answer is (B).",
+            "category": subject,
+            "src": "hand-written",
+        }
+        for i, subject in enumerate(subjects)
+    ]
+    _jsonl(root / "mmlu_pro" / "test.jsonl", questions)
+    _jsonl(root / "mmlu_pro" / "validation.jsonl", questions)
     return root
 
 
@@ -266,14 +284,15 @@ def _stage_manifests(out: Path) -> dict[Path, int]:
 def test_study_runs_tasks_offline_pairs_them_and_caches_them(
     tiny_model: Path, task_data: Path, tmp_path: Path
 ) -> None:
-    """GSM8K and IFEval through lm-eval in a real study. They run no generated code, so this
-    test needs no sandbox (it was skipped with the code tasks wherever bubblewrap could not
-    start); HumanEval+ through a study is the next test's."""
+    """GSM8K, IFEval and MMLU-Pro (a group of 14 subject tasks, its answer taken by
+    lm-eval's regex filter) through lm-eval in a real study. They run no generated code, so
+    this test needs no sandbox (it was skipped with the code tasks wherever bubblewrap could
+    not start); HumanEval+ through a study is the next test's."""
     out = tmp_path / "out"
     evaluation = {
         "metrics": [],
         "tasks": {
-            "names": ["gsm8k", "ifeval"],
+            "names": ["gsm8k", "ifeval", "mmlu_pro"],
             "data_dir": str(task_data),
             "limit": 2,
             "num_fewshot": 0,
@@ -289,8 +308,9 @@ def test_study_runs_tasks_offline_pairs_them_and_caches_them(
     variants = {v["name"]: v for v in data["variants"]}  # type: ignore[attr-defined]
     for name in ("bf16", "fp8-dynamic"):
         tasks = variants[name]["metrics"]["tasks"]
-        assert set(tasks) == {"gsm8k", "ifeval"}, variants[name]["metrics"]
+        assert set(tasks) == {"gsm8k", "ifeval", "mmlu_pro"}, variants[name]["metrics"]
         assert tasks["gsm8k"]["n_items"] == 2
+        assert tasks["mmlu_pro"]["n_items"] == 2 and tasks["mmlu_pro"]["metric"] == "exact_match"
         assert tasks["gsm8k"]["settings"]["num_fewshot"] == {"gsm8k": 0}
         assert tasks["gsm8k"]["settings"]["max_gen_tokens"] == 6
         paired = tasks["ifeval"]["vs_baseline"]
@@ -299,6 +319,7 @@ def test_study_runs_tasks_offline_pairs_them_and_caches_them(
     assert 'id="tasks"' in (out / "report.html").read_text()
     header = (out / "results.csv").read_text().splitlines()[0]
     assert "gsm8k_accuracy" in header and "ifeval_mcnemar_p" in header
+    assert "mmlu_pro_accuracy" in header
     assert "task accuracy" in result.stdout
 
     # A rerun computes nothing: every stage manifest is the one the first run wrote, and no
