@@ -20,6 +20,7 @@ from typing import Any
 from quantbench.config import EvaluationConfig
 from quantbench.corpus import corpus_ref, read_windows
 from quantbench.executors.base import Launch, Resources
+from quantbench.hardware import gpus_visible
 from quantbench.output import OutputFolder
 from quantbench.plan import StudyPlan, VariantPlan, library_versions
 from quantbench.process.child import die_with_parent, emit
@@ -157,7 +158,7 @@ def _divergence_plan(plan: StudyPlan, config: EvaluationConfig) -> DivergencePla
 
 def _available_bytes(config: EvaluationConfig) -> int:
     """Free memory where the models will run: the GPU's when the device is one, else RAM."""
-    if config.device.startswith("cuda"):
+    if config.device.startswith("cuda") and gpus_visible():
         import torch
 
         if torch.cuda.is_available():

@@ -9,13 +9,13 @@ are a deterministic function of these, so they need no place in the key.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from quantbench.calibration import calibration_ref
 from quantbench.config import CalibrationConfig, SchemeEntry, StudyConfig
 from quantbench.errors import UserError
+from quantbench.hardware import installed_version
 from quantbench.models import ResolvedModel
 from quantbench.schemes import Scheme, get_scheme
 from quantbench.store import StageRef, content_key
@@ -31,13 +31,7 @@ _NAME_TAGS = {
 
 
 def library_versions(names: tuple[str, ...] = _KEY_LIBRARIES) -> dict[str, str]:
-    versions: dict[str, str] = {}
-    for name in names:
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = "absent"
-    return versions
+    return {name: installed_version(name) or "absent" for name in names}
 
 
 def variant_name(entry: SchemeEntry, defaults: dict[str, Any] | None = None) -> str:

@@ -10,11 +10,11 @@ import os
 import platform
 import shutil
 import subprocess
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from quantbench import __version__
+from quantbench.hardware import CPUINFO, cpu_here, installed_version
 
 LIBRARIES = (
     "torch",
@@ -40,13 +40,7 @@ CPU_FLAGS = (
 
 
 def library_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for name in LIBRARIES:
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = None
-    return versions
+    return {name: installed_version(name) for name in LIBRARIES}
 
 
 def git_commit() -> str | None:
@@ -74,19 +68,11 @@ def git_commit() -> str | None:
     return result.stdout.strip() + ("+dirty" if dirty else "")
 
 
-def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
-    model = platform.processor() or platform.machine()
-    flags: set[str] = set()
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and value.strip():
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
+def cpu_info(cpuinfo: Path = CPUINFO) -> dict[str, Any]:
+    cpu = cpu_here(cpuinfo)
+    flags = cpu.flags
     return {
-        "model": model,
+        "model": cpu.model,
         "logical_cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "flags": {flag: flag in flags for flag in CPU_FLAGS},

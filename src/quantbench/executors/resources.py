@@ -8,36 +8,16 @@ pre-flight estimated, so Ray does not pack two GPTQ runs into one node's RAM. Th
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Literal
 
 from quantbench.config import ExecutionConfig
 from quantbench.executors.base import Resources
+from quantbench.hardware import GPU_DEVICE_NODES, gpus_visible
 
 CPU_STAGE_CORES = 2.0
 """Cores a CPU-only quantize or evaluate stage asks for (torch uses all it is given)."""
 
-
-GPU_DEVICE_NODES = ("nvidia*", "kfd", "dxg")
-"""Device files of NVIDIA's driver, AMD's (ROCm) and WSL's GPU paravirtualization in /dev."""
-
-
-def gpus_visible() -> bool:
-    """Whether torch sees a CUDA (or ROCm) device here. On Linux without any GPU device file
-    it cannot, and the answer spares the driver importing torch (3-7 s on 2-core CPUs) in a
-    run whose workers import it anyway."""
-    if (
-        sys.platform.startswith("linux")
-        and "torch" not in sys.modules
-        and not any(node for pattern in GPU_DEVICE_NODES for node in Path("/dev").glob(pattern))
-    ):
-        return False
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
+__all__ = ["CPU_STAGE_CORES", "GPU_DEVICE_NODES", "gpus_visible", "stage_resources"]
 
 
 def stage_resources(
