@@ -17,14 +17,17 @@ from quantbench.results import (
     Constraints,
     DivergenceRecord,
     Interval,
+    PairedTaskComparison,
     PerplexityRecord,
     StudyResults,
+    TaskRecord,
     TaskVerdict,
     VariantMetrics,
     VariantResult,
+    VariantVerdict,
     find_baseline,
 )
-from quantbench.stats_tasks import INFERIOR
+from quantbench.stats_tasks import INCONCLUSIVE, INFERIOR
 from records import MIB, perplexity_record
 
 
@@ -382,3 +385,575 @@ def test_no_acceptable_variant_names_each_reason() -> None:
         "Under max KL 0.1 nats/token: no variant is acceptable (bf16 failed; w4 breaks KL "
         "0.200 nats/token > max 0.1); unknown counts as not acceptable."
     )
+
+
+# --------------------------------------------------------------------------------------
+# merged results (several studies or models): each variant is judged against its own
+# study's baseline, never the first baseline of the file
+# --------------------------------------------------------------------------------------
+
+
+def _merged() -> StudyResults:
+    """Two models side by side: `a/` and `b/`, each a baseline and a w8 variant. Model b's
+    w8 has no perplexity ratio recorded, so its increase comes from the two estimates."""
+    from test_recommend import _study, _variant
+
+    b_w8 = _variant("b/w8", "w8a8-int8", 60, kl=0.01, ppl=20.5)
+    return _study(
+        _variant("a/bf16", "bf16", 256, ppl=10.0),
+        _variant("a/w8", "w8a8-int8", 130, kl=0.01, ppl=10.1),
+        _variant("b/bf16", "bf16", 128, ppl=20.0),
+        b_w8,
+    )
+
+
+def test_merged_results_judge_each_variant_against_its_own_baseline() -> None:
+    got = rec.recommend(
+        _merged(), Constraints(max_kl=0.05, max_ppl_increase_pct=5.0, default_budget=False)
+    )
+    # b/bf16 is its own baseline (KL 0, +0 %); b/w8 is 20.5 / 20 - 1 = +2.5 % of *its*
+    # baseline (against a/bf16's 10.0 it would be +105 %).
+    assert [(v.variant, v.acceptable, v.broken, v.unknown) for v in got.verdicts] == [
+        ("a/bf16", True, [], []),
+        ("a/w8", True, [], []),
+        ("b/bf16", True, [], []),
+        ("b/w8", True, [], []),
+    ]
+    assert got.quality_metric == "kl_mean"  # every baseline's own KL is 0
+    smallest = next(c for c in got.choices if c.objective == rec.SMALLEST)
+    assert (smallest.variant, smallest.reason) == (
+        "b/w8",
+        "b/w8 is the smallest acceptable variant (60.0 MiB)",
+    )
+    # KL: both w8 0.01 [0.009, 0.011], both baselines exactly 0: b/bf16 dominates a/w8
+    # (smaller, interval below); a/bf16 costs more than b/bf16 for the same 0, a tie.
+    assert got.pareto_size_quality == ["a/bf16", "b/bf16", "b/w8"]
+    assert got.pareto_size_ties == {"a/bf16": ["b/bf16"]}
+
+
+def test_merged_results_with_only_the_baselines_acceptable() -> None:
+    got = rec.recommend(_merged(), Constraints(max_kl=0.0, default_budget=False))
+    smallest = next(c for c in got.choices if c.objective == rec.SMALLEST)
+    assert (smallest.variant, smallest.unit, smallest.reason) == (
+        "b/bf16",
+        "bytes",
+        "only the models' baselines are acceptable; b/bf16 is the smallest (128.0 MiB)",
+    )
+    assert got.summary == (
+        "Under max KL 0 nats/token, only the baselines (a/bf16, b/bf16) are acceptable: "
+        "a/w8 breaks KL 0.0100 nats/token > max 0; b/w8 breaks KL 0.0100 nats/token > max 0."
+    )
+
+
+def test_quality_figure_of_a_second_model_baseline_is_its_own_point() -> None:
+    study = _merged()
+    ok = list(study.variants)
+    name, figure = rec._quality(ok, study)
+    assert name == "kl_mean"
+    assert figure(ok[2]) == (0.0, 0.0, 0.0)
+    # Without KL on one variant: perplexity, each baseline's interval its own point.
+    bare = ok[1].model_copy(
+        update={"metrics": ok[1].metrics.model_copy(update={"divergence": None})}
+    )
+    ok = [ok[0], bare, ok[2], ok[3]]
+    study = study.model_copy(update={"variants": ok})
+    name, figure = rec._quality(ok, study)
+    assert name == "perplexity"
+    assert figure(ok[0]) == (10.0, 10.0, 10.0)
+    assert figure(ok[2]) == (20.0, 20.0, 20.0)
+    assert figure(ok[3]) == (20.5, 20.2, 20.8)  # no paired delta: its own interval
+
+
+def test_quality_falls_back_to_perplexity_when_a_kl_is_not_finite() -> None:
+    study = _merged()
+    nan_kl = DivergenceRecord.model_construct(
+        kl_mean=Interval.model_construct(estimate=float("nan"), low=0.0, high=1.0)
+    )
+    w8 = study.variants[1]
+    w8 = w8.model_copy(update={"metrics": w8.metrics.model_copy(update={"divergence": nan_kl})})
+    ok = [study.variants[0], w8]
+    name, _ = rec._quality(ok, study.model_copy(update={"variants": ok}))
+    assert name == "perplexity"
+
+
+def test_task_verdicts_in_merged_results_pair_each_variant_with_its_own_baseline() -> None:
+    a_base = _task_variant("a/bf16", "bf16", {"t": _task_record(0.5)})
+    a_w8 = _task_variant("a/w8", "w8a8-int8", {"t": _task_record(0.5, paired=(100, 0, 0))})
+    b_base = _task_variant("b/bf16", "bf16", {"t": _task_record(0.8)})
+    b_w8 = _task_variant("b/w8", "w8a8-int8", {"t": _task_record(0.8, paired=(100, 0, 0))})
+    got = rec.task_verdicts(_study(a_base, a_w8, b_base, b_w8), 1.0)
+    assert [(v.variant, v.baseline_accuracy) for v in got] == [("a/w8", 0.5), ("b/w8", 0.8)]
+
+
+# --------------------------------------------------------------------------------------
+# task verdicts
+# --------------------------------------------------------------------------------------
+
+
+def _task_record(
+    accuracy: float,
+    paired: tuple[int, int, int] | None = None,
+    mcnemar: bool = True,
+    p_value: float = 1.0,
+    difference: tuple[float, float, float] = (0.0, -2.0, 2.0),
+) -> TaskRecord:
+    """A task record; `paired` = (n items, right→wrong, wrong→right) against the baseline."""
+    vs = None
+    if paired is not None:
+        n, rw, wr = paired
+        vs = PairedTaskComparison(
+            n_paired=n,
+            difference_points=Interval(
+                estimate=difference[0], low=difference[1], high=difference[2]
+            ),
+            right_to_wrong=rw,
+            wrong_to_right=wr,
+            mcnemar_p=p_value if mcnemar else None,
+        )
+    return TaskRecord(
+        task="t",
+        metric="acc",
+        filter="none",
+        n_items=100,
+        accuracy=Interval(estimate=accuracy, low=accuracy, high=accuracy),
+        vs_baseline=vs,
+        wall_s=1.0,
+    )
+
+
+def _task_variant(
+    name: str, scheme: str, tasks: dict[str, TaskRecord], status: str = "ok"
+) -> VariantResult:
+    return VariantResult(
+        name=name,
+        scheme=scheme,
+        status=status,  # type: ignore[arg-type]
+        error="boom" if status == "failed" else None,
+        metrics=VariantMetrics(tasks=tasks),
+    )
+
+
+def test_graded_scores_take_recovery_from_the_paired_difference() -> None:
+    """No McNemar p (scores not right/wrong): recovery = 100 (1 + d / base points)."""
+    base = _task_variant("bf16", "bf16", {"t": _task_record(0.4)})
+    variant = _task_variant(
+        "v",
+        "w8a8-int8",
+        {"t": _task_record(0.38, paired=(100, 0, 0), mcnemar=False, difference=(-2, -5, 1))},
+    )
+    got = rec._task_verdict(variant, base, "t", 1.0)
+    assert got is not None
+    assert got.recovery_method == "from_difference"
+    # base 40 points: 100 (1 - 2/40) = 95, 100 (1 - 5/40) = 87.5, 100 (1 + 1/40) = 102.5.
+    assert got.recovery_pct is not None
+    assert (got.recovery_pct.estimate, got.recovery_pct.low, got.recovery_pct.high) == (
+        pytest.approx(95.0),
+        pytest.approx(87.5),
+        pytest.approx(102.5),
+    )
+    assert (got.difference_points.estimate, got.difference_points.low) == (-2.0, -5.0)
+    assert got.p_value is None
+
+
+def test_flips_that_do_not_fit_the_items_fall_back_to_the_paired_difference() -> None:
+    base = _task_variant("bf16", "bf16", {"t": _task_record(0.1)})
+    # 30 right -> wrong flips with only 10 of 100 right at the baseline: not a 2x2 table.
+    variant = _task_variant(
+        "v", "w8a8-int8", {"t": _task_record(0.2, paired=(100, 30, 40), difference=(10, 0, 20))}
+    )
+    got = rec._task_verdict(variant, base, "t", 1.0)
+    assert got is not None and got.recovery_method == "from_difference"
+    assert got.recovery_pct is not None and got.recovery_pct.estimate == pytest.approx(200.0)
+
+
+def test_a_baseline_that_scored_zero_has_no_recovery() -> None:
+    base = _task_variant("bf16", "bf16", {"t": _task_record(0.0)})
+    variant = _task_variant(
+        "v", "w8a8-int8", {"t": _task_record(0.1, paired=(100, 0, 10), mcnemar=False)}
+    )
+    got = rec._task_verdict(variant, base, "t", 1.0)
+    assert got is not None
+    assert (got.recovery_pct, got.recovery_method) == (None, None)
+
+
+def test_a_task_the_baseline_did_not_run_gets_no_verdict() -> None:
+    base = _task_variant("bf16", "bf16", {})
+    variant = _task_variant("v", "w8a8-int8", {"t": _task_record(0.5, paired=(100, 0, 0))})
+    assert rec._task_verdict(variant, base, "t", 1.0) is None
+
+
+def test_task_verdicts_cover_every_task_in_first_seen_order() -> None:
+    base = _task_variant("bf16", "bf16", {"a": _task_record(0.5), "b": _task_record(0.5)})
+    only_a = _task_variant("v1", "w8a8-int8", {"a": _task_record(0.5, paired=(100, 0, 0))})
+    only_b = _task_variant("v2", "w8a8-int8", {"b": _task_record(0.5, paired=(100, 0, 0))})
+    failed = _task_variant(
+        "v3", "w8a8-int8", {"a": _task_record(0.5, paired=(100, 0, 0))}, status="failed"
+    )
+    got = rec.task_verdicts(_study(base, only_a, failed, only_b), 1.0)
+    assert [(v.task, v.variant) for v in got] == [("a", "v1"), ("b", "v2")]
+    # With no baseline scheme in the study nothing can be paired.
+    assert rec.task_verdicts(_study(only_a, only_b), 1.0) == []
+
+
+def test_a_mcnemar_p_of_zero_stays_zero_after_holm() -> None:
+    """Exact McNemar p underflows to 0.0 beyond about 1,075 discordant items."""
+    base = _task_variant("bf16", "bf16", {"t": _task_record(0.9)})
+    variant = _task_variant(
+        "v", "w8a8-int8", {"t": _task_record(0.1, paired=(2000, 1600, 0), p_value=0.0)}
+    )
+    (got,) = rec.task_verdicts(_study(base, variant), 1.0)
+    assert (got.p_value, got.p_holm) == (0.0, 0.0)
+
+
+def test_task_margin_prefers_the_non_inferiority_margin() -> None:
+    both = Constraints(non_inferiority_margin=2.0, max_accuracy_drop=3.0)
+    assert rec.task_margin(both) == 2.0
+    assert rec.task_margin(Constraints(max_accuracy_drop=3.0)) == 3.0
+    assert rec.task_margin(Constraints()) == rec.DEFAULT_NON_INFERIORITY_MARGIN
+
+
+def test_the_task_rule_reads_the_baseline_it_is_given() -> None:
+    base = _task_variant("bf16", "bf16", {"t": _task_record(0.5)})
+    variant = _task_variant("v", "w8a8-int8", {})
+    got = rec.verdict(variant, base, Constraints(non_inferiority_margin=1.0), [])
+    assert (got.acceptable, got.broken, got.unknown) == (
+        False,
+        [],
+        ["t unknown (not run; margin 1 point)"],
+    )
+
+
+def test_default_budget_with_tasks_adds_the_margin() -> None:
+    base = _task_variant("bf16", "bf16", {"t": _task_record(0.5)})
+    applied, budget = rec.applied_constraints(_study(base), Constraints(default_budget=True))
+    assert budget == "default"
+    assert applied == Constraints(
+        max_kl=rec.DEFAULT_MAX_KL,
+        max_ppl_increase_pct=rec.DEFAULT_MAX_PPL_INCREASE_PCT,
+        non_inferiority_margin=rec.DEFAULT_NON_INFERIORITY_MARGIN,
+        default_budget=True,
+    )
+    bare = _task_variant("bf16", "bf16", {})
+    applied, _ = rec.applied_constraints(_study(bare), Constraints(default_budget=True))
+    assert applied.non_inferiority_margin is None and applied.default_budget is True
+
+
+# --------------------------------------------------------------------------------------
+# limits, figures and texts at their edges
+# --------------------------------------------------------------------------------------
+
+
+def test_limits_equal_to_the_figure_are_met_and_breaches_are_formatted() -> None:
+    base = _variant("bf16", perplexity=_ppl(10.0))
+    base = base.model_copy(update={"scheme": "bf16"})
+    at_limit = _variant("v", perplexity=_ppl(12.5, ratio=1.25))
+    got = rec.verdict(at_limit, base, Constraints(max_ppl_increase_pct=25.0))
+    assert got.acceptable
+    small = _variant("v", perplexity=_ppl(10.0123, ratio=1.00123))
+    got = rec.verdict(small, base, Constraints(max_ppl_increase_pct=0.1))
+    assert got.broken == ["perplexity increase 0.123% > max 0.1%"]
+    nan = _variant("v", perplexity=_ppl(10.0, ratio=float("nan")))
+    got = rec.verdict(nan, base, Constraints(max_ppl_increase_pct=5.0))
+    assert got.unknown == ["perplexity increase unknown (perplexity increase is nan; max 5%)"]
+    divergence = DivergenceRecord.model_construct(kl_mean=Interval(estimate=0.5, low=0.4, high=0.6))
+    got = rec.verdict(_variant("v", divergence=divergence), base, Constraints(max_kl=0.1))
+    assert got.broken == ["KL 0.500 nats/token > max 0.1"]
+
+
+def test_accuracy_drop_equal_to_the_limit_is_met() -> None:
+    base = _task_variant("bf16", "bf16", {"t": _task_record(0.75)})
+    variant = _task_variant("v", "w8a8-int8", {"t": _task_record(0.5)})
+    # 0.75 - 0.5 = 0.25 exactly: a drop of 25 points, "at most 25" is met.
+    got = rec.verdict(variant, base, Constraints(max_accuracy_drop=25.0))
+    assert (got.acceptable, got.broken) == (True, [])
+    got = rec.verdict(variant, base, Constraints(max_accuracy_drop=24.0))
+    assert got.broken == ["accuracy drop 25.0 points on t > max 24 points"]
+
+
+def test_accuracies_above_one_are_points() -> None:
+    # 2.0 and 1.5 are not fractions: a drop of 0.5 points, not 50.
+    assert rec.accuracy_drop_points(_tasks(a=1.5), _tasks(a=2.0)) == (0.5, "a", "")
+
+
+def test_a_baseline_perplexity_of_one_is_a_valid_reference() -> None:
+    base = _variant("bf16", perplexity=_ppl(1.0))
+    got, why = rec.ppl_increase_pct(_variant(perplexity=_ppl(1.5)), base)
+    assert (got, why) == (pytest.approx(50.0), "")
+
+
+def test_decode_time_per_token_in_milliseconds_rounds_from_the_exact_figure() -> None:
+    assert rec.format_value(0.00995, rec.UNIT_SECONDS_PER_TOKEN) == "9.95 ms/token"
+
+
+def test_task_accuracies_of_odd_shapes() -> None:
+    assert rec.task_accuracies(SimpleNamespace(metrics=SimpleNamespace())) is None  # type: ignore[arg-type]
+    assert rec.task_accuracies(_tasks_as(5)) is None
+    unnamed = _tasks_as([SimpleNamespace(accuracy=0.5), SimpleNamespace(name="a", acc=0.25)])
+    assert rec.task_accuracies(unnamed) == {"a": 0.25}
+
+
+def _tasks_as(tasks: object) -> Any:
+    return SimpleNamespace(metrics=SimpleNamespace(tasks=tasks))
+
+
+def test_why_not_joins_every_reason() -> None:
+    judged = VariantVerdict(
+        variant="v", acceptable=False, broken=["x1", "x2"], unknown=["u1", "u2"]
+    )
+    assert rec._why_not(judged) == "v breaks x1; x2 and cannot be checked: u1; u2"
+
+
+def test_none_acceptable_lists_each_rejection() -> None:
+    assert rec._none_acceptable([]) == (
+        "no variant is acceptable (the study has no variants); unknown counts as not acceptable"
+    )
+    verdicts = [
+        VariantVerdict(variant="a", acceptable=False, broken=[rec.FAILED]),
+        VariantVerdict(variant="b", acceptable=True),
+        VariantVerdict(variant="c", acceptable=False, unknown=["u"]),
+    ]
+    assert rec._none_acceptable(verdicts) == (
+        "no variant is acceptable (a failed; c cannot be checked: u); unknown counts as not "
+        "acceptable"
+    )
+
+
+def test_inconclusive_note_names_only_acceptable_variants() -> None:
+    context = rec._Context(
+        acceptable=[_variant("v1"), _variant("v2")],
+        verdicts=[],
+        only_baseline=False,
+    )
+    tasks = [
+        TaskVerdict.model_construct(task="gsm8k", variant="v1", verdict=INCONCLUSIVE),
+        TaskVerdict.model_construct(task="gsm8k", variant="v2", verdict="non-inferior"),
+        TaskVerdict.model_construct(task="ifeval", variant="v2", verdict=INCONCLUSIVE),
+        TaskVerdict.model_construct(task="gsm8k", variant="other", verdict=INCONCLUSIVE),
+    ]
+    assert rec._inconclusive_note(context, tasks) == (
+        " Too few task items to show these within the accuracy budget (raise --limit): "
+        "v1 on gsm8k, v2 on ifeval."
+    )
+
+
+def test_front_skips_variants_without_figures_and_goes_on() -> None:
+    variants = [_variant("none"), _variant("a"), _variant("b")]
+    x = {"none": None, "a": 1.0, "b": 2.0}
+    quality = {"none": None, "a": (0.2, 0.2, 0.2), "b": (0.1, 0.1, 0.1)}
+    front, ties = rec._front(variants, lambda v: x[v.name], lambda v: quality[v.name])
+    assert (front, ties) == (["a", "b"], {})
+
+
+# --------------------------------------------------------------------------------------
+# choosing: units, ties, missing figures
+# --------------------------------------------------------------------------------------
+
+
+def _context(*names: str, quality: dict[str, float] | None = None) -> Any:
+    return rec._Context(
+        acceptable=[_variant(n) for n in names],
+        verdicts=[],
+        only_baseline=False,
+        quality=quality or {},
+    )
+
+
+def test_pick_on_equal_figures_prefers_a_known_quality() -> None:
+    figures = {"a": 5.0, "b": 5.0}
+    got = rec._pick(
+        rec.SMALLEST,
+        _context("a", "b", quality={"b": 0.1}),
+        lambda v: figures[v.name],
+        rec.UNIT_BYTES,
+        lowest=True,
+        phrase="smallest",
+        missing="a size figure",
+    )
+    assert got.variant == "b"
+
+
+def test_pick_orders_figures_near_the_float_maximum() -> None:
+    figures = {"a": 1.0e308, "b": 1.5e308}
+    for lowest, expected in ((True, "a"), (False, "b")):
+        got = rec._pick(
+            rec.SMALLEST,
+            _context("a", "b", quality={"a": 0.5, "b": 0.1}),
+            lambda v: figures[v.name],
+            rec.UNIT_BYTES,
+            lowest=lowest,
+            phrase="smallest",
+            missing="a size figure",
+        )
+        assert got.variant == expected, lowest
+
+
+def test_pick_names_the_variants_it_could_not_rank() -> None:
+    figures = {"a": 5.0 * MIB, "b": None, "c": None}
+    got = rec._pick(
+        rec.SMALLEST,
+        _context("a", "b", "c"),
+        lambda v: figures[v.name],
+        rec.UNIT_BYTES,
+        lowest=True,
+        phrase="smallest",
+        missing="a size figure",
+    )
+    assert (got.variant, got.unit, got.reason) == (
+        "a",
+        "bytes",
+        "a is the smallest acceptable variant (5.0 MiB); not ranked for want of a size "
+        "figure: b, c",
+    )
+
+
+def test_no_acceptable_variant_keeps_the_unit() -> None:
+    empty = rec._Context(
+        acceptable=[],
+        verdicts=[],
+        only_baseline=False,
+    )
+    got = rec._pick(
+        rec.LOWEST_LATENCY,
+        empty,
+        lambda v: 1.0,
+        rec.UNIT_SECONDS_PER_TOKEN,
+        lowest=True,
+        phrase="fastest",
+        missing="x",
+    )
+    assert (got.variant, got.unit) == (None, "s/token")
+
+
+def test_missing_figures_are_named_per_objective() -> None:
+    from test_recommend import _study
+    from test_recommend import _variant as full_variant
+
+    study = _study(
+        full_variant("bf16", "bf16", None, ppl=10.0),
+        full_variant("w8", "w8a8-int8", None, kl=0.01, ppl=10.1),
+    )
+    got = rec.recommend(study, Constraints(default_budget=False))
+    assert {c.objective: (c.variant, c.unit, c.reason) for c in got.choices} == {
+        rec.SMALLEST: (None, "bytes", "no acceptable variant has a size figure (bf16, w8)"),
+        rec.LOWEST_LATENCY: (
+            None,
+            "s/token",
+            "no acceptable variant has a decode time at batch 1 (bf16, w8)",
+        ),
+        rec.HIGHEST_THROUGHPUT: (
+            None,
+            "tok/s",
+            "no acceptable variant has a throughput figure (bf16, w8)",
+        ),
+    }
+    assert got.summary == (
+        "No constraints set, so every ok variant is acceptable: smallest on disk: no acceptable "
+        "variant has the figure; lowest latency: no acceptable variant has the figure; highest "
+        "throughput: no acceptable variant has the figure."
+    )
+
+
+def test_throughput_without_a_shared_batch_size() -> None:
+    from test_recommend import _speed, _study
+    from test_recommend import _variant as full_variant
+
+    fast = _speed("native", 0.01, 100.0)
+    only_b8 = fast.model_copy(update={"points": [p for p in fast.points if p.batch_size == 8]})
+    only_b1 = fast.model_copy(update={"points": [p for p in fast.points if p.batch_size == 1]})
+    study = _study(
+        full_variant("bf16", "bf16", 256, ppl=10.0, speed=only_b1),
+        full_variant("w8", "w8a8-int8", 128, kl=0.01, ppl=10.1, speed=only_b8),
+    )
+    got = rec.recommend(study, Constraints(default_budget=False))
+    choice = next(c for c in got.choices if c.objective == rec.HIGHEST_THROUGHPUT)
+    assert (choice.objective, choice.variant, choice.unit, choice.judged, choice.reason) == (
+        rec.HIGHEST_THROUGHPUT,
+        None,
+        "tok/s",
+        True,
+        "the acceptable variants share no batch size, so their throughput cannot be compared "
+        "(bf16, w8)",
+    )
+
+
+def test_emulated_speed_choices_keep_their_units() -> None:
+    from test_recommend import _three
+
+    got = rec.recommend(_three("emulated"), Constraints(default_budget=False))
+    speed = [(c.objective, c.unit, c.judged, c.variant) for c in got.choices[1:]]
+    assert speed == [
+        (rec.LOWEST_LATENCY, "s/token", False, None),
+        (rec.HIGHEST_THROUGHPUT, "tok/s", False, None),
+    ]
+    assert got.summary == (
+        "No constraints set, so every ok variant is acceptable: smallest on disk is w4 "
+        "(80.0 MiB); speed cannot be judged here (emulated)."
+    )
+
+
+def test_quality_breaks_ties_on_the_estimate_not_the_interval() -> None:
+    from test_recommend import _study
+    from test_recommend import _variant as full_variant
+
+    wide = full_variant("wide", "w8a8-int8", 100, kl=0.1, ppl=10.0)
+    wide_div = DivergenceRecord.model_construct(kl_mean=Interval(estimate=0.1, low=0.0, high=0.2))
+    wide = wide.model_copy(
+        update={"metrics": wide.metrics.model_copy(update={"divergence": wide_div})}
+    )
+    narrow = full_variant("narrow", "w8a8-int8", 100, kl=0.05, ppl=10.0)
+    got = rec.recommend(
+        _study(full_variant("bf16", "bf16", 256, ppl=10.0), wide, narrow),
+        Constraints(default_budget=False),
+    )
+    assert next(c for c in got.choices if c.objective == rec.SMALLEST).variant == "narrow"
+
+
+# --------------------------------------------------------------------------------------
+# the summary when only baselines are acceptable, or nothing is
+# --------------------------------------------------------------------------------------
+
+
+def test_summary_when_the_study_has_no_variant() -> None:
+    from test_recommend import _study
+
+    got = rec.recommend(_study(), Constraints(max_kl=0.1, default_budget=False))
+    assert got.summary == (
+        "Under max KL 0.1 nats/token: no variant is acceptable; unknown counts as not acceptable."
+    )
+
+
+def test_summary_when_only_the_baseline_is_acceptable() -> None:
+    from test_recommend import _three
+
+    got = rec.recommend(_three("emulated"), Constraints(max_kl=0.0, default_budget=False))
+    assert got.summary == (
+        "Under max KL 0 nats/token, only the baseline (bf16) is acceptable: fp8 breaks KL "
+        "0.0120 nats/token > max 0; w4 breaks KL 0.192 nats/token > max 0. Speed cannot be "
+        "judged here (emulated)."
+    )
+
+
+def test_summary_when_the_baseline_is_the_only_variant() -> None:
+    from test_recommend import _study
+    from test_recommend import _variant as full_variant
+
+    got = rec.recommend(_study(full_variant("bf16", "bf16", 256, ppl=10.0)), Constraints())
+    assert got.summary == (
+        "No constraints set, so every ok variant is acceptable, only the baseline (bf16) is "
+        "acceptable (it is the only variant)."
+    )
+
+
+def test_speed_front_reports_its_ties() -> None:
+    from test_recommend import _speed, _study
+    from test_recommend import _variant as full_variant
+
+    study = _study(
+        full_variant("bf16", "bf16", 256, ppl=10.0, speed=_speed("native", 0.020, 100.0)),
+        full_variant("a", "w8a8-int8", 128, kl=0.02, ppl=10.1, speed=_speed("native", 0.010, 90)),
+        full_variant("b", "w8a8-int8", 128, kl=0.021, ppl=10.1, speed=_speed("native", 0.012, 80)),
+    )
+    got = rec.recommend(study, Constraints(default_budget=False))
+    # b is slower than a and its KL interval [0.0189, 0.0231] overlaps a's [0.018, 0.022].
+    assert got.pareto_speed_quality == ["bf16", "a", "b"]
+    assert got.pareto_speed_ties == {"b": ["a"]}

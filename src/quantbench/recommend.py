@@ -480,7 +480,6 @@ class _Context:
     acceptable: list[VariantResult]
     verdicts: list[VariantVerdict]
     only_baseline: bool
-    baseline: VariantResult | None
     quality: dict[str, float] = field(default_factory=dict)
     """Variant name → quality estimate (lower is better), to break ties on an objective."""
 
@@ -787,7 +786,6 @@ def recommend(results: StudyResults, constraints: Constraints) -> Recommendation
     """
     constraints, budget = applied_constraints(results, constraints)
     tasks = task_verdicts(results, task_margin(constraints))
-    baseline = find_baseline(results)
     verdicts = [verdict(v, find_baseline(results, v), constraints, tasks) for v in results.variants]
     acceptable = [
         v for v, judged in zip(results.variants, verdicts, strict=True) if judged.acceptable
@@ -798,7 +796,7 @@ def recommend(results: StudyResults, constraints: Constraints) -> Recommendation
     ok = [v for v in results.variants if v.status == "ok"]
     quality_metric, quality = _quality(ok, results)
     estimates = {v.name: q[0] for v in ok if (q := quality(v)) is not None}
-    context = _Context(acceptable, verdicts, only_baseline, baseline, estimates)
+    context = _Context(acceptable, verdicts, only_baseline, estimates)
 
     emulated = [
         v.name
