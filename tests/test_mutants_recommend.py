@@ -773,11 +773,17 @@ def test_pick_on_equal_figures_prefers_a_known_quality() -> None:
 
 
 def test_pick_orders_figures_near_the_float_maximum() -> None:
+    """Figures are compared as they are, never scaled: 2 x 1e308 would overflow to inf and
+    turn two different figures into a tie settled by quality."""
     figures = {"a": 1.0e308, "b": 1.5e308}
-    for lowest, expected in ((True, "a"), (False, "b")):
+    # Quality favours the variant that must NOT be picked, so a false tie would show.
+    for lowest, expected, quality in (
+        (True, "a", {"a": 0.5, "b": 0.1}),
+        (False, "b", {"a": 0.1, "b": 0.5}),
+    ):
         got = rec._pick(
             rec.SMALLEST,
-            _context("a", "b", quality={"a": 0.5, "b": 0.1}),
+            _context("a", "b", quality=quality),
             lambda v: figures[v.name],
             rec.UNIT_BYTES,
             lowest=lowest,
