@@ -4,6 +4,7 @@ reads back unchanged, and a file that is not such a record is refused with one l
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -88,11 +89,11 @@ def test_a_request_that_is_not_one_is_refused_naming_the_field(
     edit(raw)  # type: ignore[operator]
     path = tmp_path / "request.json"
     path.write_text(json.dumps(raw))
-    with pytest.raises(WorkerRequestError) as caught:
+    with pytest.raises(WorkerRequestError, match=re.escape(f": {field}:")) as caught:
         read_request(path, QuantizeRequest)
     message = str(caught.value)
     assert "\n" not in message
-    assert str(path) in message and f": {field}:" in message
+    assert str(path) in message
 
 
 def test_a_request_file_that_is_not_json_is_refused(tmp_path: Path) -> None:
