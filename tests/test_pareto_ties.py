@@ -128,7 +128,7 @@ def test_recommendation_marks_ties_in_the_tables() -> None:
     assert rec.pareto_size_quality == ["bf16", "fp8", "w8", "w4"]  # w4b: dominated by w4
     assert rec.pareto_size_ties == {"w8": ["fp8"]}
     section = render_recommendation(rec)
-    assert "weights on disk vs quality: bf16, fp8, w8 (tie with fp8), w4" in section
+    assert "- **weights on disk vs quality**: bf16, fp8, w8 (tie with fp8), w4" in section
     study = study.model_copy(update={"recommendation": rec})
     rows = {r.name: r for r in headline_rows(study)}
     assert rows["w8"].text("size_front") == "tie with fp8 (quality within the intervals)"

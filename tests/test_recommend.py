@@ -335,15 +335,16 @@ def test_render_recommendation_and_markdown_section() -> None:
     assert "Constraints: max KL 0.05 nats/token." in section
     assert "| smallest on disk | fp8 | 155.7 MiB |" in section
     assert "| lowest latency | not judged |" in section
-    assert "- **w4**: breaks KL 0.192 nats/token &gt; max 0.05" in section
-    assert "- **bf16**: acceptable" in section
-    assert "weights on disk vs quality: bf16, fp8, w4" in section
+    assert "| **w4** | not acceptable | KL 0.192 nats/token > max 0.05 | – |" in section
+    assert "| **bf16** | acceptable | – | – |" in section
+    assert "- **weights on disk vs quality**: bf16, fp8, w4" in section
     assert "not drawn: the speed figures are emulated" in section
 
     text = render_markdown(study.model_copy(update={"recommendation": rec}))
     assert section in text
     assert text.index("## Headline") < text.index("## Recommendation") < text.index("## Variants")
-    assert "## Recommendation" not in render_markdown(study)
+    without = render_markdown(study)
+    assert "## Recommendation\n\nNo recommendation was computed for this study." in without
 
     empty = render_recommendation(recommend(study, Constraints()))
     assert "Constraints: none set." in empty

@@ -10,7 +10,6 @@ import pytest
 from quantbench.report.csv_table import csv_header, render_csv, write_csv
 from quantbench.report.headline import HEADLINE_COLUMNS, headline_rows
 from quantbench.report.markdown import (
-    EMULATED_WARNING,
     escape_cell,
     render_markdown,
     write_markdown,
@@ -218,7 +217,7 @@ def test_markdown_report(results: StudyResults, tmp_path: Path) -> None:
     assert "| variant | scheme | status | weights (MiB) |" in text
     for name in ("bf16", "w8a8-int8", "w4a16-gptq"):
         assert f"### {name}" in text
-    assert EMULATED_WARNING in text
+    assert "> ⚠️ **Emulated speed: w8a8-int8.** Speed figures marked emulated" in text
     assert "41.8 ms (emulated)" in text and "20.0 ms (native)" in text
     assert "+0.12 [+0.05, +0.20]" in text
     assert "0.50×" in text
@@ -247,7 +246,7 @@ def test_markdown_without_emulation_or_metrics() -> None:
     assert "⚠️" not in text
     assert "broken** failed: boom" in text
     assert "No metrics were recorded for this variant." in text
-    assert "## Generations" not in text
+    assert "## Generations\n\nNo generations were recorded." in text
     assert render_csv(bare).count("\n") == 3
 
 

@@ -20,15 +20,15 @@ import pytest
 
 from quantbench.recommend import recommend
 from quantbench.report import plots
+from quantbench.report.document import GenerationOutput, Span
 from quantbench.report.headline import HEADLINE_COLUMNS, headline_rows
 from quantbench.report.html import (
     SECTION_IDS,
-    diverging_prefix,
-    highlight_divergence,
     render_html,
     write_html,
 )
 from quantbench.report.markdown import EMPTY
+from quantbench.report.sections import diverging_prefix
 from quantbench.results import (
     Constraints,
     DivergenceRecord,
@@ -286,10 +286,12 @@ def test_every_section_present_in_order(page: str) -> None:
     # The sections a reader is promised, written out: looping over the product's own
     # SECTION_IDS alone passed a page (and a tuple) that had dropped one.
     assert SECTION_IDS == (
+        "measured",
         "warning",
         "headline",
         "recommendation",
         "plots",
+        "variants",
         "generations",
         "provenance",
     )
@@ -390,21 +392,29 @@ def test_generations_side_by_side_with_marks(page: str) -> None:
     assert "from token 3" in section
 
 
+def _marked(reference: str, text: str) -> tuple[Span, ...]:
+    departs = None if text == reference else diverging_prefix(reference, text)
+    return GenerationOutput("v", text, 1, departs_at=departs).marked
+
+
 def test_highlight_helpers() -> None:
-    assert highlight_divergence("same", "same") == "same"
-    assert highlight_divergence("abc", "abd") == "<mark>abd</mark>"  # backs off to the word
-    assert highlight_divergence("Ottawa is", "Ottawa was") == "Ottawa <mark>was</mark>"
-    assert highlight_divergence("<a>", "<b>") == "&lt;<mark>b&gt;</mark>"
+    assert _marked("same", "same") == (Span("same"),)
+    assert _marked("abc", "abd") == (Span("abd", "mark"),)  # backs off to the word
+    assert _marked("Ottawa is", "Ottawa was") == (Span("Ottawa "), Span("was", "mark"))
+    assert _marked("<a>", "<b>") == (Span("<"), Span("b>", "mark"))
     assert diverging_prefix("hello world", "hello") == 5
-    assert "ends here" in highlight_divergence("hello world", "hello")
-    assert highlight_divergence("hi", "hi there") == "hi<mark> there</mark>"
+    assert _marked("hello world", "hello") == (
+        Span("hello"),
+        Span("[ends here; the baseline continues]", "end"),
+    )
+    assert _marked("hi", "hi there") == (Span("hi"), Span(" there", "mark"))
 
 
 def test_provenance_pretty_printed(page: str) -> None:
     section = page[page.index('<section id="provenance">') :]
     assert "<dt>seed</dt>" in section and ">1234<" in section
     versions = json.dumps({"torch": "2.5.1", "transformers": "4.46.0"}, indent=2)
-    assert "<pre>" + versions.replace('"', "&quot;") + "</pre>" in section
+    assert "<pre>" + versions.replace('"', "&#34;") + "</pre>" in section
     assert "Xeon &lt;test&gt;" in section
     bare = render_html(_bare())
     assert "No provenance was recorded" in bare[bare.index('<section id="provenance">') :]

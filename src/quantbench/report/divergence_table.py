@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from html import escape
 
 from quantbench.report.headline import Cell, format_interval
 from quantbench.results import (
@@ -189,49 +188,3 @@ INTRO = (
     "independent). Δp is the variant's probability of the actual next token minus the "
     'baseline\'s; "Same top p" is top-1 agreement.'
 )
-
-
-def _escape_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def divergence_markdown(results: StudyResults) -> list[str]:
-    """The "## Divergence" section of report.md, or nothing when there is no comparison."""
-    names, rows = divergence_rows(results)
-    if not rows:
-        return []
-    header = "| statistic | " + " | ".join(_escape_cell(n) for n in names) + " |"
-    align = "|---|" + "---:|" * len(names)
-    lines = ["## Divergence", "", INTRO, "", header, align]
-    for r in rows:
-        if r.group:
-            lines.append(f"| **{_escape_cell(r.group)}** |" + " |" * len(names))
-        lines.append(f"| {_escape_cell(r.label)} | " + " | ".join(r.cells) + " |")
-    lines += ["", *[f"- {_escape_cell(n)}" for n in divergence_notes(results)], ""]
-    return lines
-
-
-def divergence_html(results: StudyResults) -> str:
-    """The divergence section of report.html (escaped text only), or "" when there is none."""
-    names, rows = divergence_rows(results)
-    if not rows:
-        return ""
-    head = "<th>statistic</th>" + "".join(f'<th class="num">{escape(n)}</th>' for n in names)
-    body: list[str] = []
-    for r in rows:
-        if r.group:
-            body.append(f'<tr><th colspan="{len(names) + 1}">{escape(r.group)}</th></tr>')
-        cells = "".join(f'<td class="num">{escape(c)}</td>' for c in r.cells)
-        body.append(f"<tr><td>{escape(r.label)}</td>{cells}</tr>")
-    notes = "".join(f"<li>{escape(n)}</li>" for n in divergence_notes(results))
-    return "\n".join(
-        [
-            '<section id="divergence">',
-            "<h2>Divergence</h2>",
-            f'<p class="note">{escape(INTRO)}</p>',
-            f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table></div>",
-            f"<ul>{notes}</ul>",
-            "</section>",
-        ]
-    )

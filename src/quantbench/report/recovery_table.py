@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from html import escape
 
 from quantbench.results import StudyResults, TaskRecord, TaskVerdict, find_baseline
 
@@ -183,46 +182,6 @@ def _md_table(
 
     rule = "|" + "|".join("---:" if n else ":---" for n in numeric) + "|"
     return "\n".join([line(headers), rule, *(line(r) for r in rows)])
-
-
-def recovery_markdown(results: StudyResults) -> list[str]:
-    """The "## Recovery against the baseline" section of report.md; [] without task verdicts."""
-    rows = recovery_rows(results)
-    if not rows:
-        return []
-    baselines = sorted({r.baseline_name for r in rows})
-    return [
-        "## Recovery against the baseline",
-        "",
-        f"Baseline: {_md_escape(', '.join(baselines))}. {_md_escape(recovery_notes(results))}",
-        "",
-        _md_table(RECOVERY_HEADERS, (r.cells() for r in rows), NUMERIC),
-        "",
-    ]
-
-
-def recovery_html(results: StudyResults) -> list[str]:
-    """The recovery table for report.html (an `<h3>`, a note and the table); [] without rows."""
-    rows = recovery_rows(results)
-    if not rows:
-        return []
-
-    def cls(i: int) -> str:
-        return ' class="num"' if NUMERIC[i] else ""
-
-    head = "".join(f"<th{cls(i)}>{escape(h)}</th>" for i, h in enumerate(RECOVERY_HEADERS))
-    body = "".join(
-        "<tr>"
-        + "".join(f"<td{cls(i)}>{escape(c, quote=True)}</td>" for i, c in enumerate(r.cells()))
-        + "</tr>"
-        for r in rows
-    )
-    return [
-        "<h3>Recovery against the baseline</h3>",
-        f'<p class="note">{escape(recovery_notes(results))}</p>',
-        f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
-        f"<tbody>{body}</tbody></table></div>",
-    ]
 
 
 def recovery_card(results: StudyResults, variant: str) -> list[str]:
