@@ -13,20 +13,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from quantbench.config import (
     CalibrationConfig,
     CalibrationGrid,
     CorpusConfig,
     EvaluationConfig,
+    PositiveInt,
     SchemeEntry,
     StageResources,
+    StudyConfig,
     VLLMSettings,
+    _explain,
     _field_names,
     _grid,
     _merge,
+    _relevant_errors,
     _union_branch,
+    assignment_overrides,
     load_study_config,
+    merged_overrides,
     model_labels,
 )
 from quantbench.errors import UserError
@@ -260,3 +267,252 @@ def test_model_labels_are_readable_and_distinct() -> None:
     assert model_labels(("x.gguf", "y/")) == ["x", "y"]
     assert model_labels(("..",)) == [Path.cwd().parent.name]
     assert model_labels(("/",)) == ["model"]
+
+
+# --- Survivors of the second run, and the `--set` parsing added since ------------------------
+
+
+def test_a_top_level_problem_is_named_as_such() -> None:
+    """An error with no location (the whole config is not a mapping) reads '(top level)'."""
+    with pytest.raises(ValidationError, match="StudyConfig") as info:
+        StudyConfig.model_validate([1])
+    expected = "cli: '(top level)': Input should be a valid dictionary or instance of StudyConfig"
+    assert _explain(info.value, "cli") == expected
+
+
+def test_field_names_look_past_a_list_index_only() -> None:
+    """A list index is skipped, not the end of the walk: the field after it is still followed
+    (a str field inside a scheme entry has no sub-keys)."""
+    assert _field_names(StudyConfig, ("schemes", 0, "name", "x")) == []
+    assert _field_names(StudyConfig, ("schemes", 0, "x")) == list(SchemeEntry.model_fields)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        # Neither branch fits (a mapping): the scalar branch's type error, not the tuple's.
+        (
+            {"schemes": [{"scheme": "w4a16-gptq", "group_size": {"a": 1}}]},
+            "'schemes.0.group_size': Input should be a valid integer",
+        ),
+        # Every bad element of a list is named, each by position.
+        (
+            {"schemes": [{"scheme": "w4a16-gptq", "group_size": [0, -1]}]},
+            "'schemes.0.group_size.0': Input should be greater than 0; "
+            "'schemes.0.group_size.1': Input should be greater than 0",
+        ),
+        # Two options of one entry: each is reported under its own name, the kept problems
+        # first, then those told by their fallback branch.
+        (
+            {"schemes": [{"scheme": "w4a16-gptq", "group_size": {"a": 1}, "block_size": 0}]},
+            "'schemes.0.block_size': Input should be greater than 0; "
+            "'schemes.0.group_size': Input should be a valid integer",
+        ),
+    ],
+)
+def test_union_errors_keep_each_field_and_each_element(
+    overrides: dict[str, Any], message: str
+) -> None:
+    """Which branch of a value-or-list option speaks, for each field and element."""
+    with pytest.raises(UserError, match="^" + re.escape(f"command line: {message}") + "$"):
+        load_study_config(None, overrides)
+
+
+class _Probe(BaseModel):
+    """Value-or-list fields at the top level, with a tuple and with a list branch."""
+
+    x: PositiveInt | tuple[PositiveInt, ...] = 1
+    y: PositiveInt | list[PositiveInt] = 1
+
+
+def _relevant(error: ValidationError) -> list[tuple[tuple[int | str, ...], str]]:
+    return [(loc, item["msg"]) for loc, item in _relevant_errors(error)]
+
+
+def test_relevant_errors_of_top_level_value_or_list_fields() -> None:
+    """A field's element (field, index) is a failed element, for a tuple or a list branch."""
+    with pytest.raises(ValidationError, match="x") as info:
+        _Probe.model_validate({"x": [0, 0]})
+    assert _relevant(info.value) == [
+        (("x", 0), "Input should be greater than 0"),
+        (("x", 1), "Input should be greater than 0"),
+    ]
+    # A list branch's element of the wrong type is still that element's problem.
+    with pytest.raises(ValidationError, match="y") as info:
+        _Probe.model_validate({"y": [None]})
+    assert _relevant(info.value) == [(("y", 0), "Input should be a valid integer")]
+
+
+def test_relevant_errors_of_a_bare_index_fall_back_to_one() -> None:
+    """An index with no field before it is not taken as a failed element: two list branches
+    failing at the same place are told once."""
+    with pytest.raises(ValidationError, match="0") as info:
+        TypeAdapter(list[PositiveInt] | tuple[PositiveInt, ...]).validate_python([0])
+    assert _relevant(info.value) == [((0,), "Input should be greater than 0")]
+
+
+def test_a_bad_yaml_error_is_pyyamls_text_on_one_line(tmp_path: Path) -> None:
+    """The whole message: PyYAML's own explanation, its whitespace runs made single spaces."""
+    study = tmp_path / "study.yaml"
+    study.write_text("model: [unclosed\n")
+    expected = (
+        f'{study} is not valid YAML: while parsing a flow sequence in "<unicode string>", '
+        "line 1, column 8: model: [unclosed ^ expected ',' or ']', but got '<stream end>' "
+        'in "<unicode string>", line 2, column 1: ^'
+    )
+    with pytest.raises(UserError, match="^" + re.escape(expected) + "$"):
+        load_study_config(study)
+
+
+def test_model_labels_strip_only_trailing_slashes() -> None:
+    """Only '/' is stripped, only at the end; then the last path part is the name."""
+    assert model_labels(("x.gguf/",)) == ["x"]
+    assert model_labels(("hub/ModelX",)) == ["ModelX"]
+    assert model_labels(("model ",)) == ["model-"]
+    assert model_labels(("/models/hub/Model//",)) == ["Model"]
+
+
+def test_scheme_entries_expand_two_axes_and_format_numbers() -> None:
+    """Axes join with '-' in option order; floats print with :g, other values as they are."""
+    two = SchemeEntry(scheme="w4a16-gptq", name="g", group_size=[32, 64], block_size=[64, 128])
+    assert [(e.name, axes) for e, axes in two.expand()] == [
+        ("g-group_size32-block_size64", {"group_size": 32, "block_size": 64}),
+        ("g-group_size32-block_size128", {"group_size": 32, "block_size": 128}),
+        ("g-group_size64-block_size64", {"group_size": 64, "block_size": 64}),
+        ("g-group_size64-block_size128", {"group_size": 64, "block_size": 128}),
+    ]
+    floats = SchemeEntry(scheme="w8a8-int8", name="sq", smoothing_strength=[0.5, 1.0])
+    assert [e.name for e, _ in floats.expand()] == [
+        "sq-smoothing_strength0.5",
+        "sq-smoothing_strength1",
+    ]
+    big = SchemeEntry(scheme="w4a16-gptq", name="g", group_size=[1000000])
+    assert [e.name for e, _ in big.expand()] == ["g-group_size1000000"]
+
+
+def test_scheme_options_expand_into_the_scheme_options_of_each_entry() -> None:
+    """A list-valued scheme option is an axis too, and each entry holds its one value there."""
+    entry = SchemeEntry(scheme="w4a16-gptq", name="g", actorder=["static", "weight"])
+    assert [(e.name, e.scheme_options, e.options(), axes) for e, axes in entry.expand()] == [
+        (
+            "g-actorderstatic",
+            {"actorder": "static"},
+            {"actorder": "static"},
+            {"actorder": "static"},
+        ),
+        (
+            "g-actorderweight",
+            {"actorder": "weight"},
+            {"actorder": "weight"},
+            {"actorder": "weight"},
+        ),
+    ]
+
+
+def test_ignore_lists_are_not_an_axis() -> None:
+    """`ignore` is a list of modules, kept whole on the one entry."""
+    entry = SchemeEntry(scheme="w4a16-gptq", name="g", ignore=["lm_head", "re:.*gate"])
+    assert entry.expand() == [(entry, {})]
+    assert entry.expand()[0][0].ignore == ("lm_head", "re:.*gate")
+
+
+@pytest.mark.parametrize(
+    "assignment",
+    [
+        "max_tokens",
+        "",
+        "=4096",
+        " =1",
+        "a..b=1",
+        ".a=1",
+        "a.=1",
+        "evaluation.corpus.=2",
+        "a..b='x'",
+    ],
+)
+def test_set_refuses_an_assignment_without_a_dotted_key(assignment: str) -> None:
+    """The whole message, with the assignment as given."""
+    expected = (
+        "--set expects KEY=VALUE with a dotted config key "
+        f"(e.g. evaluation.corpus.max_tokens=4096), not '{assignment}'"
+    )
+    with pytest.raises(UserError, match="^" + re.escape(expected) + "$"):
+        assignment_overrides(["out=ok", assignment])
+
+
+@pytest.mark.parametrize(
+    ("assignment", "value"),
+    [
+        ("k=4096", 4096),
+        ("k=0.5", 0.5),
+        ("k=true", True),
+        ("k=[size, perplexity]", ["size", "perplexity"]),
+        ("k={a: 1, b: [2]}", {"a": 1, "b": [2]}),
+        ("k='007'", "007"),
+        ("k=plain text", "plain text"),
+        ("k= 12 ", 12),
+        ("k=", None),
+        ("k=a=b", "a=b"),  # the first '=' splits
+        # Not YAML: the text exactly as written, spaces and all.
+        ("k=[unclosed", "[unclosed"),
+        ("k= {a: ", " {a: "),
+        ("k=a: b: c", "a: b: c"),
+    ],
+)
+def test_set_values_are_read_as_yaml_or_kept_as_text(assignment: str, value: Any) -> None:
+    assert assignment_overrides([assignment]) == {"k": value}
+
+
+def test_set_nests_dotted_keys_and_strips_the_key() -> None:
+    assert assignment_overrides([]) == {}
+    assert assignment_overrides(["  evaluation.corpus.max_tokens  =4096"]) == {
+        "evaluation": {"corpus": {"max_tokens": 4096}}
+    }
+    assert assignment_overrides(["a.b.c=1", "a.b.d=2", "a.e=3", "f=4"]) == {
+        "a": {"b": {"c": 1, "d": 2}, "e": 3},
+        "f": 4,
+    }
+
+
+def test_set_later_assignments_win() -> None:
+    """A later value replaces an earlier one; a scalar on the way to a nested key is replaced
+    by a mapping, and a mapping (given as YAML or built) is extended in place."""
+    assert assignment_overrides(["a=1", "a=2"]) == {"a": 2}
+    assert assignment_overrides(["a=1", "a.b=2"]) == {"a": {"b": 2}}
+    assert assignment_overrides(["a=[1]", "a.b.c=2"]) == {"a": {"b": {"c": 2}}}
+    assert assignment_overrides(["a.b=1", "a=2"]) == {"a": 2}
+    assert assignment_overrides(["a={b: 1, c: 1}", "a.c=2"]) == {"a": {"b": 1, "c": 2}}
+    assert assignment_overrides(["a.b=1", "a.b.c=2"]) == {"a": {"b": {"c": 2}}}
+
+
+def test_set_overrides_load_as_a_study_config() -> None:
+    overrides = assignment_overrides(["evaluation.corpus.max_tokens=4096", "out=o"])
+    config = load_study_config(None, overrides)
+    assert (config.evaluation.corpus.max_tokens, config.out) == (4096, "o")
+
+
+def test_merged_overrides_layer_later_over_earlier() -> None:
+    """Each layer over those before it, nested key by key; None is 'not given'."""
+    assert merged_overrides() == {}
+    first = {"a": {"b": 1, "c": 2}, "d": 3, "e": [1], "f": {"g": 1}}
+    second = {"a": {"c": 5, "h": None}, "d": None, "e": 4, "f": 6}
+    third = {"f": {"i": 7}, "j": None}
+    merged = merged_overrides(first, second, third)
+    assert merged == {"a": {"b": 1, "c": 5}, "d": 3, "e": 4, "f": {"i": 7}}
+    assert merged_overrides(second, first) == {
+        "a": {"b": 1, "c": 2},
+        "d": 3,
+        "e": [1],
+        "f": {"g": 1},
+    }
+
+
+def test_merged_overrides_leave_their_layers_alone() -> None:
+    """The layers are not changed, and the result's mappings are its own."""
+    first = {"a": {"b": 1}, "c": 2}
+    second = {"a": {"d": 3}, "c": None}
+    merged = merged_overrides(first, second)
+    assert merged == {"a": {"b": 1, "d": 3}, "c": 2}
+    assert first == {"a": {"b": 1}, "c": 2}
+    assert second == {"a": {"d": 3}, "c": None}
+    assert merged["a"] is not first["a"] and merged["a"] is not second["a"]
