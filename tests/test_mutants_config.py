@@ -516,3 +516,14 @@ def test_merged_overrides_leave_their_layers_alone() -> None:
     assert first == {"a": {"b": 1}, "c": 2}
     assert second == {"a": {"d": 3}, "c": None}
     assert merged["a"] is not first["a"] and merged["a"] is not second["a"]
+
+
+def test_a_text_or_list_field_names_the_bad_element_not_the_union_tag() -> None:
+    """`model: str | tuple[str, ...]`: pydantic tags the plain-string branch `str`; the message
+    must name the element that failed, never a made-up 'model.str'."""
+    with pytest.raises(
+        UserError, match=r"^command line: 'model\.0': Input should be a valid string$"
+    ):
+        load_study_config(None, {"model": [1]})
+    with pytest.raises(UserError, match=r"^command line: 'model': Input should be a valid string$"):
+        load_study_config(None, {"model": 1})

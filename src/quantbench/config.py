@@ -559,11 +559,16 @@ def _field_names(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str
     return list(current.model_fields)
 
 
+_PLAIN_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "bytes", "dict", "list", "none"})
+"""Union-member tags pydantic writes as a bare type name (the `str` of `str | tuple[str, ...]`),
+which no config field is named."""
+
+
 def _union_branch(loc: tuple[int | str, ...]) -> tuple[str | None, tuple[int | str, ...]]:
     """pydantic names the member of a union in the error location ('constrained-int',
-    'tuple[constrained-int, ...]'); return that tag and the location without it."""
+    'tuple[constrained-int, ...]', 'str'); return that tag and the location without it."""
     for index, part in enumerate(loc):
-        if isinstance(part, str) and not part.isidentifier():
+        if isinstance(part, str) and (not part.isidentifier() or part in _PLAIN_TYPE_TAGS):
             return part, loc[:index] + loc[index + 1 :]
     return None, loc
 
