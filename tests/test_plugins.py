@@ -49,6 +49,7 @@ TOY_W8 = ToyW8(
     weight_format="int8, per channel",
     activation_format="bf16",
     defaults={"ignore": list(DEFAULT_IGNORE)},
+    runtime_family="w8a16",
 )
 
 
@@ -135,6 +136,9 @@ def test_a_plugins_scheme_and_metric_run_in_a_study(tiny_model: Path, tmp_path: 
         timeout=120,
     )
     assert listed.returncode == 0 and "toy-w8" in listed.stdout
+    # The family the scheme declares decides what vLLM is said to do with it.
+    toy_listing = listed.stdout[listed.stdout.index("toy-w8") :]
+    assert "W8A16 weight-only GEMM" in toy_listing.split("\n\n")[0]
 
 
 def test_without_the_plugin_its_names_are_unknown(tiny_model: Path, tmp_path: Path) -> None:

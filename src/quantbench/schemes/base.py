@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from quantbench.models import LinearLayer, ModelInfo
 
@@ -21,6 +21,25 @@ KV_CACHE_CHOICES: tuple[str, ...] = ("none", "fp8")
 (so variants made before it existed keep their stage keys): fp8 stores the attention keys and
 values in FP8 E4M3 with one static scale per tensor per layer, fitted on calibration data,
 following llm-compressor's KV-cache example."""
+
+
+RuntimeFamily = Literal[
+    "bf16",
+    "fp16",
+    "fp8",
+    "int8",
+    "w4a16",
+    "w4a16-asym",
+    "w8a16",
+    "nvfp4a16",
+    "nvfp4",
+    "mxfp4a16",
+    "w4a8",
+    "w4afp8",
+    "unknown",
+]
+"""The precision family a serving runtime picks its kernels by (what vLLM reads from a
+compressed-tensors config): schemes that save the same format share one."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +81,9 @@ class Scheme:
     """Allowed values of the options that take one of a few (e.g. `actorder`)."""
     refused: dict[tuple[str, Any], str] = field(default_factory=dict)
     """(option, value) pairs refused with a reason: values a library no longer offers."""
+    runtime_family: RuntimeFamily = "unknown"
+    """Which runtime kernels serve the saved format (backends/vllm_support.py reads it; an
+    unknown family is never started on vLLM)."""
 
     @property
     def option_names(self) -> tuple[str, ...]:

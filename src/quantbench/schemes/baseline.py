@@ -17,6 +17,7 @@ class Baseline(Scheme):
 
 BF16 = Baseline(
     name="bf16",
+    runtime_family="bf16",
     description="Unquantized baseline in bfloat16: the reference every variant is compared to.",
     needs_calibration=False,
     native_hardware="any (CPU with AVX-512 BF16/AMX, GPUs from Ampere)",
@@ -29,6 +30,7 @@ BF16 = Baseline(
 
 FP16 = Baseline(
     name="fp16",
+    runtime_family="fp16",
     description="Unquantized baseline in float16, for models and GPUs that prefer it.",
     needs_calibration=False,
     native_hardware="any GPU; slow on most CPUs",

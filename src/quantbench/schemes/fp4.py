@@ -65,6 +65,7 @@ FP4_CHOICES: dict[str, tuple[Any, ...]] = {"transform": TRANSFORM_CHOICES}
 
 NVFP4A16 = FP4(
     name="nvfp4a16",
+    runtime_family="nvfp4a16",
     description="NVFP4 weights (FP4 E2M1, one FP8 scale per 16 values, one FP32 global "
     "scale per tensor); activations stay 16-bit. No calibration. About 3.6× smaller linear "
     "weights.",
@@ -81,6 +82,7 @@ NVFP4A16 = FP4(
 
 NVFP4 = FP4(
     name="nvfp4",
+    runtime_family="nvfp4",
     description="NVFP4 weights and activations (FP4 E2M1 in groups of 16 with FP8 scales; "
     "activation global scales fitted on calibration data, group scales at run time).",
     needs_calibration=True,
@@ -96,6 +98,7 @@ NVFP4 = FP4(
 
 MXFP4A16 = FP4(
     name="mxfp4a16",
+    runtime_family="mxfp4a16",
     description="MXFP4 weights (FP4 E2M1, one power-of-two E8M0 scale per 32 values); "
     "activations stay 16-bit. No calibration.",
     needs_calibration=False,

@@ -61,6 +61,7 @@ class FP8Block(Scheme):
 
 FP8_BLOCK = FP8Block(
     name="fp8-block",
+    runtime_family="fp8",
     description="FP8 E4M3 weights with one scale per 128×128 block, FP8 activations "
     "quantized at run time per group of 128; no calibration. About 2× smaller linear weights.",
     needs_calibration=False,

@@ -26,6 +26,7 @@ class FP8Dynamic(Scheme):
 
 FP8_DYNAMIC = FP8Dynamic(
     name="fp8-dynamic",
+    runtime_family="fp8",
     description="FP8 E4M3 weights per channel, dynamic per-token FP8 activations; no "
     "calibration. About 2× smaller linear weights.",
     needs_calibration=False,

@@ -65,6 +65,7 @@ class GPTQWeightOnly(GroupedScheme):
 
 W4A16_GPTQ = GPTQWeightOnly(
     name="w4a16-gptq",
+    runtime_family="w4a16",
     description="INT4 weights in groups (symmetric, one scale per group) fitted by GPTQ; "
     "activations stay 16-bit. About 4× smaller linear weights.",
     needs_calibration=True,
@@ -90,6 +91,7 @@ W4A16_GPTQ = GPTQWeightOnly(
 
 W8A16_GPTQ = GPTQWeightOnly(
     name="w8a16-gptq",
+    runtime_family="w8a16",
     description="INT8 weights per output channel fitted by GPTQ; activations stay 16-bit. "
     "About 2× smaller linear weights with little quality loss.",
     needs_calibration=True,

@@ -55,6 +55,7 @@ W4A8_CHOICES = {k: v for k, v in GPTQ_CHOICES.items() if k != "symmetric"}
 
 W4A8_INT = W4A8(
     name="w4a8-int",
+    runtime_family="w4a8",
     description="INT4 weights in symmetric groups fitted by GPTQ; INT8 activations per "
     "token at run time (compressed-tensors W4A8). About 4× smaller linear weights.",
     needs_calibration=True,
@@ -70,6 +71,7 @@ W4A8_INT = W4A8(
 
 W4AFP8 = W4A8(
     name="w4afp8",
+    runtime_family="w4afp8",
     description="INT4 weights in symmetric groups fitted by GPTQ; FP8 E4M3 activations per "
     "token at run time (compressed-tensors W4AFP8). About 4× smaller linear weights.",
     needs_calibration=True,

@@ -32,6 +32,7 @@ class W8A8Int8(Scheme):
 
 W8A8_INT8 = W8A8Int8(
     name="w8a8-int8",
+    runtime_family="int8",
     description="SmoothQuant (alpha 0.8) then GPTQ INT8 weights per channel; dynamic "
     "per-token INT8 activations. About 2× smaller linear weights, integer matmuls.",
     needs_calibration=True,
