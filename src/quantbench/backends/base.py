@@ -37,6 +37,9 @@ class LoadInfo:
     """Compute dtype of the loaded weights, e.g. "bfloat16"."""
     warmup_s: float = 0.0
     """Seconds of the one tiny forward run after loading (it includes any lazy decompression)."""
+    rss_after_load_bytes: int | None = None
+    """Resident memory of the process right after loading, bytes (set by the evaluation
+    worker for the metrics' own backend: what the size metric reports)."""
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ record (see `quantbench.results`) and may write files into its stage folder.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,8 +41,11 @@ class EvalContext:
     """The backend this metric runs through (`EvaluationConfig.backend_for`)."""
     param: str | None = None
     """For a metric with one stage per parameter (the tasks metric: per task), this stage's."""
-    state: dict[str, Any] = field(default_factory=dict)
-    """Measurements shared between metrics of one worker (e.g. memory after load)."""
+    corpus_key: str = ""
+    """The key of the corpus stage the windows come from ("" when no metric reads them)."""
+    task_manager: Callable[[Callable[[], Any]], Any] | None = None
+    """The worker's lm-eval task index, built once by the first task stage that asks
+    (`task_manager(build)` returns it, calling `build` only the first time)."""
     divergence_method: str = "exact"
     """How a variant is compared with the baseline: "exact" (the baseline's full
     distribution, recomputed in this worker) or "topk_tail" (its stored top-k + tail)."""

@@ -61,7 +61,7 @@ class PerplexityMetric:
         corpus = ctx.config.corpus
         return PerplexityRecord(
             corpus=corpus.source,
-            corpus_key=ctx.state.get("corpus_key", ""),
+            corpus_key=ctx.corpus_key,
             tokens_sha256=tokens_hash,
             window=corpus.window,
             stride=corpus.stride,

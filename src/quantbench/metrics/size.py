@@ -13,6 +13,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from quantbench.backends.base import LoadInfo
 from quantbench.config import EvaluationConfig
 from quantbench.metrics.base import EvalContext
 from quantbench.results import SizeRecord
@@ -90,9 +91,15 @@ class SizeMetric:
             artifact_bytes=artifact_bytes(ctx.artifact),
             param_bytes_by_dtype=safetensors_bytes_by_dtype(ctx.artifact),
             load_s=load.load_s,
-            rss_loaded_bytes=int(ctx.state["rss_loaded_bytes"]),
+            rss_loaded_bytes=_rss_after_load(load),
             rss_peak_generating_bytes=peak_rss_bytes(),
             gpu_peak_bytes=gpu_peak,
             backend=ctx.config.backend,
             device=load.device,
         )
+
+
+def _rss_after_load(load: LoadInfo) -> int:
+    if load.rss_after_load_bytes is None:
+        raise RuntimeError("the evaluation worker did not record the memory after loading")
+    return load.rss_after_load_bytes

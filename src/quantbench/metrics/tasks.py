@@ -82,12 +82,13 @@ class TasksMetric:
         settings = ctx.config.tasks
         use_punkt_tab(_nltk_data_dir())
         backend, _ = ctx.backend()
-        if "task_manager" not in ctx.state:
-            ctx.state["task_manager"] = _task_manager(settings)
+        if ctx.task_manager is None:
+            raise RuntimeError("the evaluation worker gives task stages its lm-eval task index")
+        manager = ctx.task_manager(lambda: _task_manager(settings))
         relay = _ProgressRelay(ctx, task)
         lm = backend.lm_eval_model(settings.batch_size, relay)
         start = time.perf_counter()
-        run = run_task(task, lm, settings, ctx.state["task_manager"], relay)
+        run = run_task(task, lm, settings, manager, relay)
         wall_s = time.perf_counter() - start
         (ctx.work / ITEMS_FILE).write_text(
             json.dumps(
