@@ -129,3 +129,44 @@ def test_a_modified_calibration_file(finished: Path, tmp_path: Path) -> None:
     redone = {name for name in after if after[name] != before.get(name)}
     assert redone == {str(stage.relative_to(study))}
     assert figures(study) == figures(finished / "out")
+
+
+def test_merged_results_written_before_the_study_field_keep_their_baselines(
+    tmp_path: Path,
+) -> None:
+    """Merged results of an earlier version named a variant's study only in its name
+    (`<study>/<variant>`); loading them fills `study`, so each variant keeps its own
+    baseline, and a single study's names stay without one."""
+    from quantbench.results import find_baseline
+
+    def variant(name: str, scheme: str) -> dict[str, object]:
+        return {"name": name, "scheme": scheme, "status": "ok"}
+
+    record = {
+        "schema_version": 2,
+        "quantbench_version": "0.1.0",
+        "created_at": "2026-01-01T00:00:00+00:00",
+        "model": {},
+        "config": {},
+        "variants": [
+            variant("a/bf16", "bf16"),
+            variant("a/w8", "w8a8-int8"),
+            variant("b/x/bf16", "bf16"),
+            variant("b/x/w8", "w8a8-int8"),
+        ],
+    }
+    (tmp_path / "results.json").write_text(json.dumps(record))
+    loaded = load_results(tmp_path)
+    assert [v.study for v in loaded.variants] == ["a", "a", "b/x", "b/x"]
+    baselines = [find_baseline(loaded, v) for v in loaded.variants]
+    assert [b.name if b else None for b in baselines] == [
+        "a/bf16",
+        "a/bf16",
+        "b/x/bf16",
+        "b/x/bf16",
+    ]
+    single = {**record, "variants": [variant("bf16", "bf16"), variant("w8", "w8a8-int8")]}
+    (tmp_path / "results.json").write_text(json.dumps(single))
+    assert [v.study for v in load_results(tmp_path).variants] == ["", ""]
+    # A single study's results.json has no `study` key at all (unchanged from before).
+    assert '"study"' not in load_results(tmp_path).model_dump_json()

@@ -398,13 +398,13 @@ def _merged() -> StudyResults:
     w8 has no perplexity ratio recorded, so its increase comes from the two estimates."""
     from test_recommend import _study, _variant
 
-    b_w8 = _variant("b/w8", "w8a8-int8", 60, kl=0.01, ppl=20.5)
-    return _study(
+    variants = [
         _variant("a/bf16", "bf16", 256, ppl=10.0),
         _variant("a/w8", "w8a8-int8", 130, kl=0.01, ppl=10.1),
         _variant("b/bf16", "bf16", 128, ppl=20.0),
-        b_w8,
-    )
+        _variant("b/w8", "w8a8-int8", 60, kl=0.01, ppl=20.5),
+    ]
+    return _study(*(v.model_copy(update={"study": v.name.split("/")[0]}) for v in variants))
 
 
 def test_merged_results_judge_each_variant_against_its_own_baseline() -> None:
@@ -481,7 +481,10 @@ def test_task_verdicts_in_merged_results_pair_each_variant_with_its_own_baseline
     a_w8 = _task_variant("a/w8", "w8a8-int8", {"t": _task_record(0.5, paired=(100, 0, 0))})
     b_base = _task_variant("b/bf16", "bf16", {"t": _task_record(0.8)})
     b_w8 = _task_variant("b/w8", "w8a8-int8", {"t": _task_record(0.8, paired=(100, 0, 0))})
-    got = rec.task_verdicts(_study(a_base, a_w8, b_base, b_w8), 1.0)
+    merged = [
+        v.model_copy(update={"study": v.name.split("/")[0]}) for v in (a_base, a_w8, b_base, b_w8)
+    ]
+    got = rec.task_verdicts(_study(*merged), 1.0)
     assert [(v.variant, v.baseline_accuracy) for v in got] == [("a/w8", 0.5), ("b/w8", 0.8)]
 
 

@@ -104,7 +104,13 @@ def compare_studies(outs: list[str]) -> StudyResults:
                 update={**{name: None for name in drop}, "tasks": tasks}
             )
             variants.append(
-                variant.model_copy(update={"name": f"{label}/{variant.name}", "metrics": metrics})
+                variant.model_copy(
+                    update={
+                        "name": f"{label}/{variant.name}",
+                        "study": _joined(label, variant.study),
+                        "metrics": metrics,
+                    }
+                )
             )
     specs = list(dict.fromkeys(str(s.model.get("spec")) for s in studies))
     return StudyResults(
@@ -128,6 +134,12 @@ def compare_studies(outs: list[str]) -> StudyResults:
     )
 
 
+def _joined(label: str, study: str) -> str:
+    """The study of a variant merged under `label` (compared studies of several models nest:
+    `<study>/<model>`)."""
+    return f"{label}/{study}" if study else label
+
+
 def merge_model_studies(
     labels: list[str], studies: list[StudyResults], config: dict[str, object]
 ) -> StudyResults:
@@ -139,7 +151,11 @@ def merge_model_studies(
     models only when they scored the same tokens, which a note says when they did not."""
     variants = [
         variant.model_copy(
-            update={"name": f"{label}/{variant.name}", "axes": {"model": label, **variant.axes}}
+            update={
+                "name": f"{label}/{variant.name}",
+                "study": _joined(label, variant.study),
+                "axes": {"model": label, **variant.axes},
+            }
         )
         for label, study in zip(labels, studies, strict=True)
         for variant in study.variants

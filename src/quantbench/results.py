@@ -266,6 +266,12 @@ class VariantMetrics(_Record):
 class VariantResult(_Record):
     name: str
     scheme: str
+    study: str = Field(
+        default="",
+        exclude_if=lambda study: not study,
+        description="in merged results (several models, `quantbench compare`): the study the "
+        "variant comes from, whose baseline it is compared with; '' in one study",
+    )
     status: Literal["ok", "failed"]
     error: str | None = None
     log_path: str | None = Field(
@@ -436,12 +442,6 @@ BASELINE_SCHEMES = ("bf16", "fp16")
 that do not quantize (`Scheme.quantizes` false; a test keeps the two in step)."""
 
 
-def study_group(name: str) -> str:
-    """The study a variant comes from in merged results (`<study>/<variant>`: several
-    models, `quantbench compare`, or both: `<study>/<model>/<variant>`); '' in one study."""
-    return name.rsplit("/", 1)[0] if "/" in name else ""
-
-
 def find_baseline(
     results: StudyResults, variant: VariantResult | None = None
 ) -> VariantResult | None:
@@ -449,8 +449,7 @@ def find_baseline(
     `variant` in merged results, the first of its own study."""
     baselines = [v for v in results.variants if v.scheme in BASELINE_SCHEMES]
     if variant is not None:
-        group = study_group(variant.name)
-        return next((b for b in baselines if study_group(b.name) == group), None)
+        return next((b for b in baselines if b.study == variant.study), None)
     return baselines[0] if baselines else None
 
 

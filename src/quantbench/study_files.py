@@ -119,6 +119,21 @@ def _migrated_from_v1(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "schema_version": SCHEMA_VERSION, "variants": variants, "config": config}
 
 
+def _with_study_groups(data: dict[str, Any]) -> dict[str, Any]:
+    """Merged results written before variants recorded their `study` named it only as the
+    part of the variant's name before its last '/' (`<study>/<variant>`): read it from there.
+    A single study's variant names have no '/' (config names are checked)."""
+    if not isinstance(data.get("variants"), list):
+        return data
+    variants = [
+        {**v, "study": str(v["name"]).rsplit("/", 1)[0]}
+        if isinstance(v, dict) and "study" not in v and "/" in str(v.get("name", ""))
+        else v
+        for v in data["variants"]
+    ]
+    return {**data, "variants": variants}
+
+
 class DamagedResults(UserError):
     """A results.json that is cut short, or edited into something that is not a record."""
 
@@ -164,6 +179,7 @@ def load_results(out: str | Path) -> StudyResults:
         raise UserError(
             f"{path} has schema version {version}; this quantbench reads version {SCHEMA_VERSION}"
         )
+    data = _with_study_groups(data)
     try:
         results = StudyResults.model_validate(data)
     except ValidationError as exc:
