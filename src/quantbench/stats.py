@@ -853,9 +853,7 @@ def rouge_l_f1(candidate: Sequence[int], reference: Sequence[int]) -> float:
     n_c, n_r = len(candidate), len(reference)
     if n_c == 0 and n_r == 0:
         return 1.0
-    if n_c == 0 or n_r == 0:
-        return 0.0
-    lcs = _lcs_length(candidate, reference)
+    lcs = _lcs_length(candidate, reference)  # checks both are 1-D, even next to an empty one
     return 2.0 * lcs / (n_c + n_r)
 
 
