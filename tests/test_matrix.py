@@ -151,9 +151,9 @@ def test_model_lists_are_checked_and_labelled() -> None:
 
 def test_a_study_of_several_models_has_a_baseline_each(tiny_model: Path, tmp_path: Path) -> None:
     from conftest import build_tiny_model
-    from quantbench.inventory import plan_stages
     from quantbench.report.headline import headline_rows
     from quantbench.results import find_baseline
+    from quantbench.stages import inventory
     from quantbench.study_files import load_results
 
     wide = build_tiny_model(tmp_path / "wide", hidden_size=128)
@@ -168,7 +168,7 @@ def test_a_study_of_several_models_has_a_baseline_each(tiny_model: Path, tmp_pat
     }
     config = tmp_path / "models.yaml"
     config.write_text(yaml.safe_dump(study))
-    planned = plan_stages(load_study_config(config))
+    planned = inventory(load_study_config(config))
     assert {s.variant for s in planned if s.stage == "quantize"} == {
         "model/bf16",
         "model/fp8-dynamic",

@@ -286,7 +286,7 @@ def test_a_quantize_worker_that_dies_fails_its_variant_and_the_run_exits_1(
 def test_a_baseline_is_added_only_when_a_metric_compares_with_one() -> None:
     """Which metrics compare is each metric's own `baseline_inputs`: size and speed do not,
     perplexity, divergence, generations and tasks do."""
-    from quantbench.study import with_baseline
+    from quantbench.stages import with_baseline
 
     notes: list[str] = []
 

@@ -380,10 +380,10 @@ def plan_study_command(study: Any) -> None:
     """Print every stage the study needs (matrix expanded), its key, whether it is done and
     the resources it will request, without running anything. It takes every flag `run`
     takes, and prints the keys `run` would use with them."""
-    from quantbench.inventory import plan_stages
+    from quantbench.stages import inventory
 
     err = Console(stderr=True)
-    stages = plan_stages(study, on_status=lambda s: err.print(f"[dim]{escape(s)}"))
+    stages = inventory(study, on_status=lambda s: err.print(f"[dim]{escape(s)}"))
     table = Table(title=f"quantbench plan · {study.out}", title_justify="left")
     for column in ("stage", "variant", "key", "state", "runs on", "resources"):
         table.add_column(column, no_wrap=column in ("stage", "key"))

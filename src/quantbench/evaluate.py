@@ -221,7 +221,7 @@ def plan_evaluation(plan: StudyPlan, config: EvaluationConfig) -> EvalPlan:
                 baseline_keys: Any = "self"
                 if variant.name != baseline and baseline is not None:
                     baseline_keys = {
-                        n: stages[baseline][_input_stage(n, metric.name, param)].key
+                        n: stages[baseline][input_stage(n, metric.name, param)].key
                         for n in metric.baseline_inputs
                     }
                 stage_config = configs[(metric.name, param)]
@@ -264,7 +264,7 @@ def _with_runtime(key: dict[str, Any], runtimes: dict[str, str]) -> dict[str, An
     return {**key, "runtime": runtime} if runtime else key
 
 
-def _input_stage(input_metric: str, metric: str, param: str | None) -> str:
+def input_stage(input_metric: str, metric: str, param: str | None) -> str:
     """The stage a metric reads: its own parameter's stage when it reads its own metric."""
     from quantbench.metrics import stage_name
 
@@ -445,7 +445,7 @@ def _worker_main(request_path: Path) -> None:
             n for n in metric.own_inputs if not store.is_done(StageRef(n, request.own_keys[n]))
         ]
         own = {n: own_path(n) for n in metric.own_inputs}
-        reads = {n: _input_stage(n, metric_name, param) for n in metric.baseline_inputs}
+        reads = {n: input_stage(n, metric_name, param) for n in metric.baseline_inputs}
         if is_baseline:
             baseline = {n: own_path(stage) for n, stage in reads.items() if stage != name}
         else:

@@ -27,16 +27,14 @@ from rich.progress import (
 
 from quantbench import __version__
 from quantbench.calibration import prepare_calibration
-from quantbench.config import SchemeEntry, StudyConfig
+from quantbench.config import StudyConfig
 from quantbench.corpus import prepare_corpus
 from quantbench.errors import StageFailed, UserError
-from quantbench.evaluate import EvalPlan, evaluate_variant, evaluation_memory_bytes, plan_evaluation
+from quantbench.evaluate import EvalPlan, evaluate_variant
 from quantbench.executors import Executor, get_executor
-from quantbench.executors.resources import gpus_visible, stage_resources
-from quantbench.metrics import get_metric
 from quantbench.models import inspect_model, resolve_model
 from quantbench.output import LOGS_DIR, STAGES_DIR, OutputFolder
-from quantbench.plan import StudyPlan, VariantPlan, build_plan
+from quantbench.plan import StudyPlan, VariantPlan
 from quantbench.preflight import available_memory_bytes, preflight_variants
 from quantbench.process.requests import QuantizedStage, QuantizePlan, QuantizeRequest, stage_record
 from quantbench.quantize import ARTIFACT_DIR, calibration_dtype_here, run_worker
@@ -47,7 +45,8 @@ from quantbench.results import (
     StudyResults,
     VariantResult,
 )
-from quantbench.schemes import Preflight, get_scheme
+from quantbench.schemes import Preflight
+from quantbench.stages import StudyStages, plan_study
 from quantbench.store import (
     StageRef,
     StageStore,
@@ -132,16 +131,10 @@ def _run(config: StudyConfig, output: OutputFolder, console: Console) -> StudyRe
     )
     for note in model.notes:
         console.print(f"[dim]model: {note}")
-    config = with_baseline(config, lambda note: console.print(f"[dim]{note}"))
-    plan = build_plan(config, model)
-    eval_plan = (
-        plan_evaluation(plan, config.evaluation) if config.evaluation.metric_names() else None
-    )
+    study = plan_study(config, model, lambda note: console.print(f"[dim]{note}"))
+    config, plan, eval_plan = study.config, study.plan, study.evaluation
     damaged = discard_damaged(
-        store,
-        planned_stages(plan, eval_plan),
-        output,
-        lambda line: console.print(line, soft_wrap=True),
+        store, study.refs(), output, lambda line: console.print(line, soft_wrap=True)
     )
     pending = [v for v in plan.variants if not store.is_done(v.quantize)]
     preflights = _preflight(plan, pending, console)
@@ -164,7 +157,7 @@ def _run(config: StudyConfig, output: OutputFolder, console: Console) -> StudyRe
 
             def job(variant: VariantPlan) -> VariantResult:
                 return _quantize_variant(
-                    plan,
+                    study,
                     variant,
                     output,
                     preflights.get(variant.name),
@@ -175,7 +168,7 @@ def _run(config: StudyConfig, output: OutputFolder, console: Console) -> StudyRe
 
             variants = runner.map(job, list(plan.variants))
         if eval_plan:
-            variants = _evaluate(plan, eval_plan, variants, output, console, runner)
+            variants = _evaluate(study, eval_plan, variants, output, console, runner)
         results = StudyResults(
             quantbench_version=__version__,
             created_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -191,16 +184,6 @@ def _run(config: StudyConfig, output: OutputFolder, console: Console) -> StudyRe
     finally:
         runner.close()
     return results
-
-
-def planned_stages(plan: StudyPlan, eval_plan: EvalPlan | None) -> list[StageRef]:
-    """Every stage the study reads or writes: calibrations, corpus, artifacts, metrics."""
-    refs = [ref for ref, _ in plan.calibrations.values()]
-    refs += [v.quantize for v in plan.variants]
-    if eval_plan is not None:
-        refs += [eval_plan.corpus] if eval_plan.corpus else []
-        refs += [ref for stages in eval_plan.stages.values() for ref in stages.values()]
-    return refs
 
 
 def discard_damaged(
@@ -305,17 +288,8 @@ def _finalize(
     return results.model_copy(update={"provenance": block, "recommendation": recommendation})
 
 
-def with_baseline(config: StudyConfig, on_note: Callable[[str], None]) -> StudyConfig:
-    """Add a bf16 baseline when metrics compare against one and the study lists none."""
-    comparing = any(get_metric(name).baseline_inputs for name in config.evaluation.metric_names())
-    if not comparing or any(not get_scheme(e.scheme).quantizes for e in config.schemes):
-        return config
-    on_note("no baseline scheme listed: adding bf16, the reference for comparisons")
-    return config.model_copy(update={"schemes": (SchemeEntry(scheme="bf16"), *config.schemes)})
-
-
 def _evaluate(
-    plan: StudyPlan,
+    study: StudyStages,
     eval_plan: EvalPlan,
     variants: list[VariantResult],
     output: OutputFolder,
@@ -323,7 +297,7 @@ def _evaluate(
     runner: Executor,
 ) -> list[VariantResult]:
     by_name = {v.name: v for v in variants}
-    ordered = [v for v in eval_plan.order(plan.variants) if by_name[v.name].status == "ok"]
+    ordered = [v for v in eval_plan.order(study.plan.variants) if by_name[v.name].status == "ok"]
     logs = output.local / LOGS_DIR
     console.print(f"[bold]evaluate[/] ({', '.join(eval_plan.config.metric_names())})")
     with _progress(console) as progress:
@@ -346,12 +320,7 @@ def _evaluate(
                 logs,
                 on_progress,
                 runner.launch,
-                stage_resources(
-                    "evaluate",
-                    plan.config.execution,
-                    evaluation_memory_bytes(result.disk_bytes),
-                    gpus_visible() and eval_plan.config.device != "cpu",
-                ),
+                study.worker_resources("evaluate", weights_bytes=result.disk_bytes),
             )
             failed = ", ".join(metrics.errors)
             progress.update(
@@ -467,7 +436,7 @@ def _progress(console: Console) -> Progress:
 
 
 def _quantize_variant(
-    plan: StudyPlan,
+    study: StudyStages,
     variant: VariantPlan,
     output: OutputFolder,
     preflight: Preflight | None,
@@ -475,6 +444,7 @@ def _quantize_variant(
     task: TaskID,
     runner: Executor,
 ) -> VariantResult:
+    plan = study.plan
     store = output.stages()
     if store.is_done(variant.quantize):
         progress.update(task, total=1, completed=1, phase="cached")
@@ -510,9 +480,7 @@ def _quantize_variant(
         else:
             progress.update(task, phase=update.phase)
 
-    resources = stage_resources(
-        "quantize", plan.config.execution, preflight.memory_bytes, gpus_visible()
-    )
+    resources = study.worker_resources("quantize", memory_bytes=preflight.memory_bytes)
     try:
         run_worker(request, output.local / LOGS_DIR, on_progress, runner.launch, resources)
     except StageFailed as exc:
