@@ -1,4 +1,4 @@
-"""Golden values for the llama.cpp divergence statistics of quantbench.stats_divergence.
+"""Golden values for the llama.cpp divergence statistics of quantbench.stats.divergence.
 
 Every expected value is computed here by another route: hand arithmetic, scipy, explicit
 Python loops over the bootstrap draws, written-out linear interpolation.
@@ -14,7 +14,7 @@ import scipy.special
 import scipy.stats
 
 from quantbench.stats import kl_divergence_per_token
-from quantbench.stats_divergence import (
+from quantbench.stats.divergence import (
     DELTA_P_PERCENTILES,
     KLD_PERCENTILES,
     distribution_summary,

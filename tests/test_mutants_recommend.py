@@ -27,7 +27,7 @@ from quantbench.results import (
     VariantVerdict,
     find_baseline,
 )
-from quantbench.stats_tasks import INCONCLUSIVE, INFERIOR
+from quantbench.stats.tasks import INCONCLUSIVE, INFERIOR
 from records import MIB, perplexity_record
 
 

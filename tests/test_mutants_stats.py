@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from fractions import Fraction
 from statistics import NormalDist
 
 import numpy as np
 import pytest
 
 from quantbench import stats
+from quantbench.stats import divergence as stats_divergence
+from quantbench.stats import intervals as stats_intervals
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -40,7 +41,7 @@ def test_kl_in_small_chunks_equals_kl_at_once(
     # Hand formula, token by token: sum_v P (log P - log Q).
     direct = (np.exp(base) * (base - variant)).sum(axis=1)
     np.testing.assert_allclose(whole, direct, rtol=1e-9, atol=1e-12)
-    monkeypatch.setattr(stats, "_MAX_CHUNK_ELEMENTS", 12)  # 2 rows of 5 per chunk
+    monkeypatch.setattr(stats_divergence, "_MAX_CHUNK_ELEMENTS", 12)  # 2 rows of 5 per chunk
     chunked = stats.kl_divergence_per_token(base, variant, renormalize=renormalize)
     np.testing.assert_allclose(chunked, whole, rtol=1e-9, atol=1e-12)
     assert chunked.dtype == np.float64 and chunked.shape == (7,)
@@ -52,7 +53,7 @@ def test_kl_topk_tail_in_small_chunks_equals_at_once(
     base, variant = rows
     top_base, top_variant = base[:, :3], variant[:, :3]
     whole = stats.kl_topk_tail(top_base, top_variant)
-    monkeypatch.setattr(stats, "_MAX_CHUNK_ELEMENTS", 4)  # 1 row of 3 per chunk
+    monkeypatch.setattr(stats_divergence, "_MAX_CHUNK_ELEMENTS", 4)  # 1 row of 3 per chunk
     chunked = stats.kl_topk_tail(top_base, top_variant)
     np.testing.assert_allclose(chunked, whole, rtol=1e-12, atol=1e-15)
     assert chunked.dtype == np.float64 and chunked.shape == (7,)
@@ -78,14 +79,6 @@ def test_reference_prob_delta_refuses_nan_on_either_side() -> None:
     got = stats.reference_prob_delta([-2], [-1])
     assert got.dtype == np.float64
     assert got[0] == pytest.approx(math.exp(-1) - math.exp(-2), rel=1e-15)
-
-
-def test_pareto_front_refuses_what_is_not_pairs() -> None:
-    with pytest.raises(ValueError, match=r"^points must be a sequence of \(x, y\) pairs, got "):
-        stats.pareto_front([(1.0, 2.0, 3.0)])  # type: ignore[list-item]
-    with pytest.raises(ValueError, match=r"^points must be a sequence of \(x, y\) pairs, got "):
-        stats.pareto_front([1.0, 2.0])  # type: ignore[list-item]
-    assert stats.pareto_front([(1, 2), (2, 1), (2, 2)]) == [0, 1]  # integers are fine
 
 
 def test_mcnemar_names_the_bad_count() -> None:
@@ -181,7 +174,7 @@ def _reference_interval(
 
 def test_inputs_are_converted_to_float64_before_any_arithmetic() -> None:
     """float32 samples are summed in float64: 1e8 + 1 - 1e8 keeps its 1 (float32 loses it)."""
-    s = stats.summarize(np.array([1e8, 1.0, -1e8], dtype=np.float32))
+    s = stats.spread(np.array([1e8, 1.0, -1e8], dtype=np.float32))
     assert s.mean == 1.0 / 3.0
     assert stats.percentiles(np.array([1, 2], dtype=np.int8), [50]) == {"p50": 1.5}
 
@@ -191,7 +184,7 @@ def test_two_dimensional_values_are_refused_with_their_shape() -> None:
     with pytest.raises(ValueError, match=r"^values must be 1-D, got shape \(2, 2\)$"):
         stats.percentiles([[1.0, 2.0], [3.0, 4.0]])
     with pytest.raises(ValueError, match=r"^samples must be 1-D, got shape \(1, 3\)$"):
-        stats.summarize([[1.0, 2.0, 3.0]])
+        stats.spread([[1.0, 2.0, 3.0]])
 
 
 # _check_n_resamples -------------------------------------------------------------------
@@ -281,18 +274,22 @@ def test_resample_indices_come_in_bounded_chunks_that_add_up(
 ) -> None:
     """Chunks hold at most _MAX_CHUNK_ELEMENTS // n_units rows (at least 1) and exactly
     n_resamples rows in all; the stream is the same as one draw of all rows."""
-    monkeypatch.setattr(stats, "_MAX_CHUNK_ELEMENTS", 10)
+    monkeypatch.setattr(stats_intervals, "_MAX_CHUNK_ELEMENTS", 10)
     rng = np.random.default_rng(0)
-    chunks = list(itertools.islice(stats._resample_indices(rng, 3, 5), 50))
+    chunks = list(itertools.islice(stats_intervals._resample_indices(rng, 3, 5), 50))
     assert [c.shape for c in chunks] == [(3, 3), (2, 3)]  # 10 // 3 = 3 rows per chunk
     assert all(c.dtype == np.intp for c in chunks)
     whole = np.random.default_rng(0).integers(0, 3, size=(5, 3))
     np.testing.assert_array_equal(np.concatenate(chunks), whole)
     # 10 // 6 = 1 row per chunk.
-    chunks = list(itertools.islice(stats._resample_indices(np.random.default_rng(0), 6, 3), 50))
+    chunks = list(
+        itertools.islice(stats_intervals._resample_indices(np.random.default_rng(0), 6, 3), 50)
+    )
     assert [c.shape for c in chunks] == [(1, 6)] * 3
     # More units than the bound: still one row at a time.
-    chunks = list(itertools.islice(stats._resample_indices(np.random.default_rng(0), 11, 2), 50))
+    chunks = list(
+        itertools.islice(stats_intervals._resample_indices(np.random.default_rng(0), 11, 2), 50)
+    )
     assert [c.shape for c in chunks] == [(1, 11)] * 2
 
 
@@ -300,7 +297,7 @@ def test_chunked_bootstrap_equals_unchunked(monkeypatch: pytest.MonkeyPatch) -> 
     """Shrinking the chunk bound leaves every bootstrap result unchanged."""
     values = np.array([0.5, 1.5, 2.0, 7.0, 3.25, 4.0])
     whole = stats.bootstrap_ci(values, n_resamples=50, seed=9)
-    monkeypatch.setattr(stats, "_MAX_CHUNK_ELEMENTS", 20)  # 3 rows of 6 per chunk
+    monkeypatch.setattr(stats_intervals, "_MAX_CHUNK_ELEMENTS", 20)  # 3 rows of 6 per chunk
     assert stats.bootstrap_ci(values, n_resamples=50, seed=9) == whole
     assert whole == pytest.approx(_reference_interval(values, 0.95, 50, 9), rel=1e-14)
 
@@ -394,7 +391,7 @@ def test_paired_window_ppl_diff_matches_the_spelled_out_bootstrap() -> None:
     assert (lo, hi) == pytest.approx(tuple(np.quantile(reps, [0.05, 0.95])), rel=1e-12)
 
 
-# perplexity / summarize / wilson_interval ---------------------------------------------
+# perplexity / spread / wilson_interval ---------------------------------------------
 
 
 def test_perplexity_of_a_single_token_and_the_nonfinite_message() -> None:
@@ -404,10 +401,9 @@ def test_perplexity_of_a_single_token_and_the_nonfinite_message() -> None:
         stats.perplexity(math.nan, 3)
 
 
-def test_summarize_two_samples_has_the_sample_std() -> None:
+def test_spread_of_two_samples_uses_the_sample_std() -> None:
     """n = 2 already uses ddof=1: std of (1, 3) is sqrt(2), cv = sqrt(2) / 2."""
-    s = stats.summarize([1.0, 3.0])
-    assert s.std == pytest.approx(math.sqrt(2.0), rel=1e-15)
+    s = stats.spread([1.0, 3.0])
     assert s.cv == pytest.approx(math.sqrt(2.0) / 2.0, rel=1e-15)
 
 
@@ -557,7 +553,7 @@ def test_renormalised_kl_in_chunks_fills_every_row(monkeypatch: pytest.MonkeyPat
     base = _log_softmax(rng.normal(size=(9, 4)))
     variant = _log_softmax(rng.normal(size=(9, 4)))
     expected = (np.exp(base) * (base - variant)).sum(axis=1)
-    monkeypatch.setattr(stats, "_MAX_CHUNK_ELEMENTS", 8)  # 2 rows of 4 per chunk
+    monkeypatch.setattr(stats_divergence, "_MAX_CHUNK_ELEMENTS", 8)  # 2 rows of 4 per chunk
     for _ in range(3):
         got = stats.kl_divergence_per_token(base, variant, renormalize=True)
         np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
@@ -589,7 +585,10 @@ def test_default_tail_atol_treats_integer_inputs_as_float64() -> None:
     """Integer log-probabilities (0 = probability 1) use float64's epsilon, no finfo error."""
     got = stats.kl_topk_tail(np.array([[0]]), np.array([[0]]))
     assert got.tolist() == [0.0]
-    assert stats._default_tail_atol(np.dtype(np.int64), np.dtype(np.int32)) == 64.0 * 2.0**-52
+    assert (
+        stats_divergence._default_tail_atol(np.dtype(np.int64), np.dtype(np.int32))
+        == 64.0 * 2.0**-52
+    )
 
 
 # kl_topk_tail_from_full ---------------------------------------------------------------
@@ -635,23 +634,6 @@ def test_rouge_l_f1_refuses_non_1d_sequences(
     """Either input (or both) not 1-D is refused, both shapes named."""
     with pytest.raises(ValueError, match=rf"^token sequences must be 1-D, got shapes {shapes}$"):
         stats.rouge_l_f1(candidate, reference)  # type: ignore[arg-type]
-
-
-# pareto_front -------------------------------------------------------------------------
-
-
-def test_pareto_front_converts_any_real_numbers_to_float() -> None:
-    """Exact rationals are accepted (converted to float64 like everything else)."""
-    assert stats.pareto_front([(Fraction(1, 3), 1), (Fraction(1, 2), 1)]) == [0]  # type: ignore[list-item]
-
-
-def test_pareto_front_orders_coordinates_near_the_float_limit() -> None:
-    """Sign flips only, no scaling: 1e308 still beats 1.5e308 when minimising and loses when
-    maximising (a factor of 2 would overflow both to the same infinity)."""
-    points = [(1e308, 0.0), (1.5e308, 0.0)]
-    assert stats.pareto_front(points) == [0]
-    assert stats.pareto_front(points, minimize=(False, True)) == [1]
-    assert stats.pareto_front([(0.0, -1e308), (0.0, -1.5e308)], minimize=(True, False)) == [0]
 
 
 def test_rouge_l_checks_a_malformed_sequence_next_to_an_empty_one() -> None:

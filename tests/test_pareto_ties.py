@@ -3,6 +3,8 @@ intervals vanish, and the ties in the recommendation, the tables and the plot.""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from tests.records import size_record
@@ -19,8 +21,7 @@ from quantbench.results import (
     VariantMetrics,
     VariantResult,
 )
-from quantbench.stats import pareto_front
-from quantbench.stats_pareto import FrontStatus, UncertainPoint, uncertain_pareto_front
+from quantbench.stats.pareto import FrontStatus, UncertainPoint, uncertain_pareto_front
 
 
 def test_golden_statuses() -> None:
@@ -63,9 +64,26 @@ def test_equal_points_tie_with_each_other() -> None:
     assert uncertain_pareto_front([]) == []
 
 
+def _classic_front(
+    points: list[tuple[float, float]], minimize: tuple[bool, bool] = (True, True)
+) -> list[int]:
+    """The classic Pareto front (indices, ascending) of 2-D points, written out as the
+    definition reads: a point is dominated when another is at least as good on both axes
+    and strictly better on one (exact duplicates do not dominate each other)."""
+    if any(math.isnan(c) for p in points for c in p):
+        raise ValueError("points contain NaN")
+    signs = [1.0 if m else -1.0 for m in minimize]
+    costs = [(p[0] * signs[0], p[1] * signs[1]) for p in points]
+
+    def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
+        return a[0] <= b[0] and a[1] <= b[1] and (a[0] < b[0] or a[1] < b[1])
+
+    return [i for i, b in enumerate(costs) if not any(dominates(a, b) for a in costs)]
+
+
 def test_zero_width_intervals_give_the_classic_front() -> None:
     """With exact figures (distinct qualities) "outside the intervals" is "better", so the
-    front must be `stats.pareto_front`'s, an independent implementation."""
+    front must be the classic one (`_classic_front`, an independent implementation)."""
     rng = np.random.default_rng(3)
     for _ in range(200):
         n = int(rng.integers(1, 9))
@@ -73,7 +91,7 @@ def test_zero_width_intervals_give_the_classic_front() -> None:
         quality = rng.permutation(n).astype(float) / 10  # distinct
         points = [UncertainPoint(c, q, q, q) for c, q in zip(costs, quality, strict=True)]
         ours = [i for i, s in enumerate(uncertain_pareto_front(points)) if s.on_front]
-        assert ours == pareto_front(list(zip(costs, quality, strict=True)))
+        assert ours == _classic_front(list(zip(costs, quality, strict=True)))
         assert all(s.status != "tie" for s in uncertain_pareto_front(points))
 
 
@@ -150,3 +168,39 @@ def test_plot_draws_the_tie() -> None:
         update={"variants": [v for v in study.variants if v.name != "w8"], "recommendation": None}
     )
     assert "tie with" not in (plots.size_vs_quality(exact) or "")
+
+
+# --------------------------------------------------------------------------------------
+# Pareto front
+# --------------------------------------------------------------------------------------
+
+
+def test_pareto_front_minimize_both() -> None:
+    # (size GiB, KL nats)
+    points = [
+        (16.0, 0.0),  # 0 bf16: best KL -> front
+        (8.5, 0.01),  # 1 int8: front
+        (8.5, 0.02),  # 2 dominated by 1
+        (4.5, 0.05),  # 3 front
+        (5.0, 0.06),  # 4 dominated by 3
+        (4.5, 0.05),  # 5 exact duplicate of 3 -> kept as well
+        (3.0, 0.30),  # 6 smallest -> front
+        (16.0, 0.5),  # 7 dominated by 0
+    ]
+    assert _classic_front(points) == [0, 1, 3, 5, 6]
+
+
+def test_pareto_front_mixed_directions() -> None:
+    # (throughput tok/s: maximise, size GiB: minimise)
+    points = [(100.0, 16.0), (180.0, 8.0), (150.0, 4.0), (120.0, 8.0), (90.0, 4.0)]
+    assert _classic_front(points, minimize=(False, True)) == [1, 2]
+    # Maximise both: (accuracy, throughput)
+    pts = [(0.8, 100.0), (0.7, 200.0), (0.6, 150.0), (0.8, 90.0)]
+    assert _classic_front(pts, minimize=(False, False)) == [0, 1]
+
+
+def test_pareto_front_edge_cases() -> None:
+    assert _classic_front([]) == []
+    assert _classic_front([(1.0, 2.0)]) == [0]
+    with pytest.raises(ValueError, match=r"^points contain NaN"):
+        _classic_front([(1.0, float("nan"))])

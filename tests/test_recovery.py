@@ -25,7 +25,7 @@ from quantbench.results import (
     VariantMetrics,
     VariantResult,
 )
-from quantbench.stats_tasks import (
+from quantbench.stats.tasks import (
     INCONCLUSIVE,
     INFERIOR,
     NON_INFERIOR,

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from quantbench.stats import (
-    Summary,
     bootstrap_ci,
     exact_match_rate,
     first_difference,
@@ -24,7 +23,6 @@ from quantbench.stats import (
     mcnemar_exact_p,
     paired_bootstrap_diff_ci,
     paired_window_ppl_diff_ci,
-    pareto_front,
     percentiles,
     perplexity,
     perplexity_ci,
@@ -32,7 +30,6 @@ from quantbench.stats import (
     reference_prob_delta,
     rouge_l_f1,
     spread,
-    summarize,
     top1_agreement,
     wilson_interval,
 )
@@ -229,36 +226,27 @@ def test_percentiles_validation() -> None:
         percentiles([1.0], qs=(101,))
 
 
-def test_summarize_hand_values() -> None:
-    s = summarize([1.0, 2.0, 3.0, 4.0, 10.0])
-    assert isinstance(s, Summary)
+def test_spread_hand_values() -> None:
+    s = spread([1.0, 2.0, 3.0, 4.0, 10.0])
     assert s.n == 5
     assert s.mean == pytest.approx(4.0)
     assert s.median == pytest.approx(3.0)
-    # rank 0.9*4 = 3.6 -> 4 + 0.6*(10-4); rank 0.99*4 = 3.96 -> 4 + 0.96*6
+    # rank 0.9*4 = 3.6 -> 4 + 0.6*(10-4)
     assert s.p90 == pytest.approx(7.6)
-    assert s.p99 == pytest.approx(9.76)
     assert s.min == 1.0 and s.max == 10.0
     # squared deviations 9+4+1+0+36 = 50, ddof=1 -> var 12.5
-    assert s.std == pytest.approx(math.sqrt(12.5))
     assert s.cv == pytest.approx(math.sqrt(12.5) / 4.0)
 
 
-def test_summarize_single_sample_and_zero_mean() -> None:
-    one = summarize([0.25])
-    assert (one.n, one.mean, one.median, one.std, one.cv) == (1, 0.25, 0.25, 0.0, 0.0)
-    assert one.p90 == one.p99 == one.min == one.max == 0.25
-    zero = summarize([-1.0, 1.0])
+def test_spread_single_sample_and_zero_mean() -> None:
+    one = spread([0.25])
+    assert (one.n, one.mean, one.median, one.cv) == (1, 0.25, 0.25, 0.0)
+    assert one.p90 == one.min == one.max == 0.25
+    zero = spread([-1.0, 1.0])
     assert zero.mean == 0.0
     assert math.isnan(zero.cv)
     with pytest.raises(ValueError, match=r"^samples must not be empty"):
-        summarize([])
-
-
-def test_summary_is_frozen() -> None:
-    s = summarize([1.0, 2.0])
-    with pytest.raises(AttributeError, match=r"^cannot assign to field 'mean'"):
-        s.mean = 3.0  # type: ignore[misc]
+        spread([])
 
 
 # --------------------------------------------------------------------------------------
@@ -500,42 +488,6 @@ def test_wilson_interval_wider_at_higher_confidence_and_validation() -> None:
         wilson_interval(11, 10)
     with pytest.raises(ValueError, match=r"^successes must be in \[0, 10\], got -1"):
         wilson_interval(-1, 10)
-
-
-# --------------------------------------------------------------------------------------
-# Pareto front
-# --------------------------------------------------------------------------------------
-
-
-def test_pareto_front_minimize_both() -> None:
-    # (size GiB, KL nats)
-    points = [
-        (16.0, 0.0),  # 0 bf16: best KL -> front
-        (8.5, 0.01),  # 1 int8: front
-        (8.5, 0.02),  # 2 dominated by 1
-        (4.5, 0.05),  # 3 front
-        (5.0, 0.06),  # 4 dominated by 3
-        (4.5, 0.05),  # 5 exact duplicate of 3 -> kept as well
-        (3.0, 0.30),  # 6 smallest -> front
-        (16.0, 0.5),  # 7 dominated by 0
-    ]
-    assert pareto_front(points) == [0, 1, 3, 5, 6]
-
-
-def test_pareto_front_mixed_directions() -> None:
-    # (throughput tok/s: maximise, size GiB: minimise)
-    points = [(100.0, 16.0), (180.0, 8.0), (150.0, 4.0), (120.0, 8.0), (90.0, 4.0)]
-    assert pareto_front(points, minimize=(False, True)) == [1, 2]
-    # Maximise both: (accuracy, throughput)
-    pts = [(0.8, 100.0), (0.7, 200.0), (0.6, 150.0), (0.8, 90.0)]
-    assert pareto_front(pts, minimize=(False, False)) == [0, 1]
-
-
-def test_pareto_front_edge_cases() -> None:
-    assert pareto_front([]) == []
-    assert pareto_front([(1.0, 2.0)]) == [0]
-    with pytest.raises(ValueError, match=r"^points contain NaN"):
-        pareto_front([(1.0, float("nan"))])
 
 
 # --------------------------------------------------------------------------------------
@@ -804,18 +756,13 @@ def test_exact_match_rate() -> None:
         exact_match_rate([])
 
 
-def test_spread_hand_values() -> None:
+def test_spread_is_the_results_record() -> None:
+    """One summary type: the speed records store exactly what `spread` returns."""
+    from quantbench.results import Spread
+
     got = spread([1.0, 2.0, 3.0, 4.0, 10.0])
-    assert set(got) == {"n", "median", "p90", "mean", "min", "max", "cv"}
-    assert got["n"] == 5
-    assert got["median"] == pytest.approx(3.0)
-    assert got["p90"] == pytest.approx(7.6)  # rank 3.6 -> 4 + 0.6 * 6
-    assert got["mean"] == pytest.approx(4.0)
-    assert (got["min"], got["max"]) == (1.0, 10.0)
-    assert got["cv"] == pytest.approx(math.sqrt(12.5) / 4.0)  # var (9+4+1+0+36)/4
-    assert spread([0.5])["cv"] == 0.0
-    with pytest.raises(ValueError, match=r"^samples must not be empty"):
-        spread([])
+    assert isinstance(got, Spread)
+    assert set(got.model_dump()) == {"n", "median", "p90", "mean", "min", "max", "cv"}
 
 
 # --------------------------------------------------------------------------------------

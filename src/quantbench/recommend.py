@@ -18,7 +18,7 @@ docs/recommendation.md) and the summary says so in its first sentence; `Constrai
 `default_budget=False` (`--no-default-constraints`) makes every ok variant acceptable. Task
 results are judged per task and variant (recovery, Holm-adjusted McNemar p, non-inferiority),
 and the Pareto fronts call a variant dominated only beyond the quality intervals
-(`quantbench.stats_pareto`).
+(`quantbench.stats.pareto`).
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from quantbench.results import (
     find_baseline,
     weights_bytes,
 )
-from quantbench.stats_pareto import UncertainPoint, uncertain_pareto_front
-from quantbench.stats_tasks import (
+from quantbench.stats.pareto import UncertainPoint, uncertain_pareto_front
+from quantbench.stats.tasks import (
     INCONCLUSIVE,
     INFERIOR,
     PairedCounts,

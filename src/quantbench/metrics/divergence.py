@@ -5,7 +5,7 @@ top-1 agreement ("same top p"), Δp of the actual next token (mean and RMS with 
 percentiles, min, max), and the perplexity comparison llama.cpp prints next to them: mean
 ln(PPL(variant)/PPL(baseline)) and the PPL ratio with intervals, and the correlation of the
 two models' ln PPL over tokens and over windows. Intervals are bootstrapped over windows
-(tokens within a window are correlated); the statistics are `quantbench.stats_divergence`'s.
+(tokens within a window are correlated); the statistics are `quantbench.stats.divergence`'s.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from quantbench import stats_divergence
 from quantbench.config import EvaluationConfig
 from quantbench.metrics.base import EvalContext
 from quantbench.metrics.scores import SCORES_FILE
 from quantbench.results import DivergenceRecord, Interval
+from quantbench.stats import divergence as stats_divergence
 from quantbench.store import MANIFEST
 
 

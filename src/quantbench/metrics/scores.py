@@ -28,10 +28,11 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from quantbench import stats, stats_divergence
+from quantbench import stats
 from quantbench.backends.base import WindowScores
 from quantbench.config import EvaluationConfig
 from quantbench.metrics.base import EvalContext
+from quantbench.stats import divergence as stats_divergence
 
 SCORES_FILE = "scores.npz"
 REFERENCE_FILE = "reference.npz"

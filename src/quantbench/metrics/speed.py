@@ -19,7 +19,7 @@ from quantbench.results import SpeedPoint, SpeedRecord, Spread
 
 
 def _spread(samples: list[float]) -> Spread:
-    return Spread.model_validate(stats.spread(samples))
+    return stats.spread(samples)
 
 
 def fixed_prompts(tokenizer: Any, batch_size: int, prompt_tokens: int) -> list[list[int]]:

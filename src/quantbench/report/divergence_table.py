@@ -21,7 +21,7 @@ from quantbench.results import (
     VariantResult,
     find_baseline,
 )
-from quantbench.stats_divergence import DELTA_P_PERCENTILES, KLD_PERCENTILES
+from quantbench.stats.divergence import DELTA_P_PERCENTILES, KLD_PERCENTILES
 from quantbench.units import format_number
 
 EMPTY = "–"

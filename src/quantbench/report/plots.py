@@ -11,7 +11,7 @@ variant has it, the baseline's being 0, else perplexity), and the Pareto fronts 
 recommendation's when one was computed, so the plots agree with the recommendation section.
 Perplexity's error bars are the paired interval of its difference from the baseline (the one
 the front is judged with), and a variant on the front only because its quality difference is
-within the intervals (a tie, see `quantbench.stats_pareto`) is ringed with a dotted line and
+within the intervals (a tie, see `quantbench.stats.pareto`) is ringed with a dotted line and
 labelled with the variants it ties with.
 """
 
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Literal
 
 from quantbench.recommend import perplexity_figure
 from quantbench.results import StudyResults, VariantResult, find_baseline, weights_bytes
-from quantbench.stats_pareto import UncertainPoint, uncertain_pareto_front
+from quantbench.stats.pareto import UncertainPoint, uncertain_pareto_front
 from quantbench.units import MIB
 
 if TYPE_CHECKING:
