@@ -101,7 +101,7 @@ def test_native_load_info(
     """By default bf16 stays bf16 where the CPU computes it in hardware, and runs in float32
     (saying so) where it does not."""
     cpu = Hardware("cpu", "test CPU", cpu_flags=frozenset(cpu_flags))
-    monkeypatch.setattr("quantbench.hardware.hardware_here", lambda device: cpu)
+    monkeypatch.setattr("quantbench.backends.hf.hardware_here", lambda device: cpu)
     backend = get_backend("hf", device="cpu", threads=2)
     info = backend.load(sharp_model)
     assert info.execution_mode == "native"
@@ -121,7 +121,7 @@ def test_compute_dtype_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     from quantbench.backends.hf import resolve_compute_dtype
 
     avx2 = Hardware("cpu", "test CPU", cpu_flags=frozenset({"avx2"}))
-    monkeypatch.setattr("quantbench.hardware.hardware_here", lambda device: avx2)
+    monkeypatch.setattr("quantbench.backends.hf.hardware_here", lambda device: avx2)
     assert resolve_compute_dtype("auto", "cpu", "bfloat16")[0] == torch.float32
     assert resolve_compute_dtype("auto", "cpu", "float32") == ("auto", "")
     assert resolve_compute_dtype("auto", "cuda", "bfloat16") == ("auto", "")

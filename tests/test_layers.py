@@ -317,3 +317,49 @@ def test_a_report_importing_the_pipeline_and_a_schema_doing_io_are_breaches(
     assert cycles(import_graph(root)) == [
         ["quantbench.report.table", "quantbench.study", "quantbench.report.table"]
     ]
+
+
+LAZY_COMMAND_IMPORTS = {"quantbench.cli"}
+"""The entry point imports each command's modules when that command runs, so `quantbench
+--help` and `--version` start without loading the pipeline (the one deliberate exception)."""
+
+
+def function_level_project_imports(root: Path = SOURCE, package: str = PACKAGE) -> list[str]:
+    """`module:line` of every import of a project module inside a function."""
+    found = []
+    for name, (path, _) in project_modules(root, package).items():
+        for function in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(function):
+                module = (
+                    node.module
+                    if isinstance(node, ast.ImportFrom)
+                    else next((a.name for a in node.names), None)
+                    if isinstance(node, ast.Import)
+                    else None
+                )
+                if module and (module == package or module.startswith(package + ".")):
+                    found.append(f"{name}:{node.lineno}")
+    return sorted(set(found))
+
+
+def test_project_modules_are_imported_at_the_top_of_a_module() -> None:
+    """Layers read from the imports: no project import hides inside a function (heavy
+    libraries such as torch are imported lazily, project modules are not), except the
+    command line's per-command imports."""
+    inside = [
+        where
+        for where in function_level_project_imports()
+        if where.split(":")[0] not in LAZY_COMMAND_IMPORTS
+    ]
+    assert inside == []
+
+
+def test_the_function_level_import_finder_sees_one(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("def f():\n    from pkg import b\n    return b\n")
+    (package / "b.py").write_text("import os\n\n\ndef g():\n    import json\n")
+    assert function_level_project_imports(tmp_path, "pkg") == ["pkg.a:2"]

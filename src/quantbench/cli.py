@@ -52,6 +52,11 @@ MaxAccuracyDrop = Annotated[
 ]
 
 
+# Each command imports the modules it needs when it runs (the functions below), so that
+# `quantbench --help` and `--version` answer without loading the pipeline: the one place
+# where project modules are imported inside functions (tests/test_layers.py allows it here).
+
+
 def _show_version(value: bool) -> None:
     if value:
         print(f"quantbench {__version__}")

@@ -23,7 +23,10 @@ from pydantic import (
     model_validator,
 )
 
+from quantbench.backends import REGISTRY as BACKENDS
 from quantbench.errors import UserError, did_you_mean
+from quantbench.schemes import REGISTRY as SCHEMES
+from quantbench.schemes import get_scheme
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_SCHEMES = ("bf16", "fp8-dynamic", "w4a16-gptq", "w8a8-int8")
@@ -109,9 +112,8 @@ class SchemeEntry(_Strict):
     def _known_to_the_scheme(self) -> SchemeEntry:
         """A registered scheme refuses an option it does not declare here, with its hint
         (unknown scheme names are the planner's to report)."""
-        from quantbench.schemes import REGISTRY, get_scheme
 
-        if self.scheme_options and self.scheme in REGISTRY:
+        if self.scheme_options and self.scheme in SCHEMES:
             scheme = get_scheme(self.scheme)
             for key in self.scheme_options:
                 if key not in scheme.option_names:
@@ -362,11 +364,10 @@ class EvaluationConfig(_Strict):
     @field_validator("backend", "speed_backend")
     @classmethod
     def _known_backend(cls, value: str | None) -> str | None:
-        from quantbench.backends import REGISTRY
 
-        if value is not None and value not in REGISTRY:
-            hint = did_you_mean(value, REGISTRY)
-            raise ValueError(f"unknown backend '{value}'{hint}; known: {', '.join(REGISTRY)}")
+        if value is not None and value not in BACKENDS:
+            hint = did_you_mean(value, BACKENDS)
+            raise ValueError(f"unknown backend '{value}'{hint}; known: {', '.join(BACKENDS)}")
         return value
 
     @model_validator(mode="after")
@@ -514,9 +515,7 @@ class StudyConfig(_Strict):
     @classmethod
     def _accept_plain_names(cls, value: Any) -> Any:
         if isinstance(value, str) and value.strip() == "all":
-            from quantbench.schemes import REGISTRY
-
-            value = list(REGISTRY)
+            value = list(SCHEMES)
         if isinstance(value, str):
             value = [s.strip() for s in value.split(",") if s.strip()]
         if isinstance(value, list | tuple):

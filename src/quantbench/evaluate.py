@@ -18,12 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from quantbench.backends import get_backend
+from quantbench.backends.base import Backend, LoadInfo
+from quantbench.backends.vllm import PROTOCOL
 from quantbench.config import EvaluationConfig
 from quantbench.corpus import corpus_ref, read_windows
+from quantbench.envs import vllm_python, vllm_version
 from quantbench.executors.base import Launch, Resources
 from quantbench.hardware import gpus_visible
+from quantbench.metrics import REGISTRY, load_metric, split_stage_name, stage_name, stages_for
+from quantbench.metrics.base import EvalContext
 from quantbench.output import OutputFolder
 from quantbench.plan import StudyPlan, VariantPlan, library_versions
+from quantbench.preflight import available_memory_bytes
 from quantbench.process.child import die_with_parent, emit
 from quantbench.process.requests import (
     DivergenceChoice,
@@ -165,7 +172,6 @@ def _available_bytes(config: EvaluationConfig) -> int:
         if torch.cuda.is_available():
             free, _ = torch.cuda.mem_get_info()
             return int(free)
-    from quantbench.preflight import available_memory_bytes
 
     return available_memory_bytes()
 
@@ -183,7 +189,6 @@ def with_absolute_paths(config: EvaluationConfig) -> EvaluationConfig:
 
 
 def plan_evaluation(plan: StudyPlan, config: EvaluationConfig) -> EvalPlan:
-    from quantbench.metrics import stage_name, stages_for
 
     config = with_absolute_paths(config)
     metrics = stages_for(config.metric_names())
@@ -192,9 +197,6 @@ def plan_evaluation(plan: StudyPlan, config: EvaluationConfig) -> EvalPlan:
     versions = library_versions(("torch", "transformers", "compressed-tensors"))
     runtimes: dict[str, str] = {}
     if any(config.backend_for(m.name) == "vllm" for m in metrics):
-        from quantbench.backends.vllm import PROTOCOL
-        from quantbench.envs import vllm_python, vllm_version
-
         version = vllm_version(vllm_python(config.vllm.python))
         runtimes["vllm"] = f"{version}, worker protocol {PROTOCOL}"
     stages: dict[str, dict[str, StageRef]] = {}
@@ -266,7 +268,6 @@ def _with_runtime(key: dict[str, Any], runtimes: dict[str, str]) -> dict[str, An
 
 def input_stage(input_metric: str, metric: str, param: str | None) -> str:
     """The stage a metric reads: its own parameter's stage when it reads its own metric."""
-    from quantbench.metrics import stage_name
 
     return stage_name(input_metric, param if input_metric == metric else None)
 
@@ -331,7 +332,6 @@ def collect_metrics(
     refs: dict[str, StageRef], store: StageStore, errors: dict[str, str]
 ) -> VariantMetrics:
     """Assemble the reported records from finished stage manifests."""
-    from quantbench.metrics import REGISTRY, load_metric, split_stage_name
 
     records: dict[str, Any] = {}
     for name, ref in refs.items():
@@ -355,10 +355,6 @@ def collect_metrics(
 def _worker_main(request_path: Path) -> None:
     die_with_parent()
     request = read_request(request_path, EvaluateRequest)
-    from quantbench.backends import get_backend
-    from quantbench.backends.base import Backend, LoadInfo
-    from quantbench.metrics import load_metric, split_stage_name
-    from quantbench.metrics.base import EvalContext
 
     config = request.config
     store = OutputFolder.open(request.output).stages()

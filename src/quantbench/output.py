@@ -15,8 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from quantbench.errors import UserError
+from quantbench.models import cache_dir
 from quantbench.remote import RemoteFolder, is_url
-from quantbench.store import StageStore
+from quantbench.store import StageRef, StageStore
+from quantbench.study_files import save_results
 
 if TYPE_CHECKING:
     from quantbench.results import StudyResults
@@ -36,8 +39,6 @@ class OutputFolder:
     @classmethod
     def open(cls, location: str | Path) -> OutputFolder:
         if is_url(location):
-            from quantbench.models import cache_dir
-
             url = str(location).rstrip("/")
             digest = hashlib.sha256(url.encode()).hexdigest()[:16]
             return cls(url, cache_dir() / "outputs" / digest, RemoteFolder(url))
@@ -60,8 +61,6 @@ class OutputFolder:
         """Refuse, naming the first damaged file, when a stage the saved results came from
         no longer matches its manifest (artifacts, calibration samples, corpus); the
         results themselves are intact, so a report built from them stands."""
-        from quantbench.errors import UserError
-        from quantbench.store import StageRef
 
         refs: dict[StageRef, None] = {}
         for variant in results.variants:
@@ -80,7 +79,6 @@ class OutputFolder:
     def save(self, results: StudyResults, model_cards: bool = True, logs: bool = False) -> None:
         """Write results.json and the reports (`study_files.save_results`) and, with a URL,
         upload them (and the worker logs, with `logs`)."""
-        from quantbench.study_files import save_results
 
         written = save_results(self.local, results, model_cards=model_cards)
         self.publish([p.name for p in written] + ([LOGS_DIR] if logs else []))

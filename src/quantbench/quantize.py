@@ -21,8 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from quantbench.calibration import SAMPLES_FILE, read_samples
 from quantbench.executors.base import Launch, Resources
 from quantbench.hardware import Hardware, hardware_here
+from quantbench.models import check_loading_info, locate_model, locate_tokenizer
+from quantbench.output import OutputFolder
 from quantbench.process.child import die_with_parent, emit
 from quantbench.process.requests import (
     QuantizedStage,
@@ -33,6 +36,8 @@ from quantbench.process.requests import (
 )
 from quantbench.process.workers import failure, run_python_worker
 from quantbench.results import QuantizationRecord
+from quantbench.schemes import get_scheme
+from quantbench.schemes.baseline import Baseline
 from quantbench.store import StageStore, dir_bytes
 
 ARTIFACT_DIR = "artifact"
@@ -93,7 +98,6 @@ def run_worker(
 def _worker_main(request_path: Path) -> None:
     die_with_parent()
     request = read_request(request_path, QuantizeRequest)
-    from quantbench.output import OutputFolder
 
     store = OutputFolder.open(request.output).stages()
     ref = request.stage
@@ -122,10 +126,6 @@ def _quantize(request: QuantizeRequest, store: StageStore, artifact: Path) -> Qu
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from quantbench.models import check_loading_info, locate_model, locate_tokenizer
-    from quantbench.schemes import get_scheme
-    from quantbench.schemes.baseline import Baseline
 
     scheme = get_scheme(request.scheme)
     emit("loading")
@@ -163,8 +163,6 @@ def _quantize(request: QuantizeRequest, store: StageStore, artifact: Path) -> Qu
                     f"{request.scheme} calibrates; the request names no samples"
                 )
             from datasets import Dataset
-
-            from quantbench.calibration import SAMPLES_FILE, read_samples
 
             calibration = store.path(request.calibration)
             samples = read_samples(calibration / SAMPLES_FILE)

@@ -16,6 +16,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from quantbench.errors import UserError
+
 URL_MARK = "://"
 
 
@@ -29,8 +31,6 @@ class RemoteFolder:
 
     def __init__(self, url: str) -> None:
         import fsspec.core
-
-        from quantbench.errors import UserError
 
         self.url = url.rstrip("/")
         try:

@@ -16,14 +16,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from quantbench.config import SchemeEntry, StudyConfig
+from quantbench.config import SchemeEntry, StudyConfig, model_labels
 from quantbench.evaluate import EvalPlan, evaluation_memory_bytes, input_stage, plan_evaluation
 from quantbench.executors.base import Resources
 from quantbench.executors.resources import stage_resources
 from quantbench.hardware import gpus_visible
 from quantbench.metrics import get_metric, load_metric, split_stage_name
-from quantbench.models import ResolvedModel
+from quantbench.models import ResolvedModel, inspect_model, resolve_model
+from quantbench.output import OutputFolder
 from quantbench.plan import StudyPlan, build_plan
+from quantbench.preflight import available_memory_bytes, preflight_variants
+from quantbench.quantize import calibration_dtype_here
 from quantbench.schemes import get_scheme
 from quantbench.store import StageRef
 
@@ -159,8 +162,6 @@ def inventory(
     after model, variants named `<model label>/<variant>`, for a study of several models).
     Resolving the model converts the built-in GGUF once into the cache (keys hash its files);
     shapes are read on the meta device for pre-flight's memory estimates."""
-    from quantbench.config import model_labels
-    from quantbench.output import OutputFolder
 
     if len(config.models()) == 1:
         return _inventory_one(config, on_status)
@@ -173,10 +174,6 @@ def inventory(
 
 
 def _inventory_one(config: StudyConfig, on_status: Callable[[str], None]) -> list[PlannedStage]:
-    from quantbench.models import inspect_model, resolve_model
-    from quantbench.output import OutputFolder
-    from quantbench.preflight import available_memory_bytes, preflight_variants
-    from quantbench.quantize import calibration_dtype_here
 
     output = OutputFolder.open(config.out)
     store = output.stages()

@@ -25,9 +25,12 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from quantbench import __version__
+from quantbench import __version__, provenance
+from quantbench.backends.vllm import VLLMBackend
+from quantbench.backends.vllm_support import hardware_here, support_for_scheme
 from quantbench.calibration import prepare_calibration
-from quantbench.config import StudyConfig
+from quantbench.compare import merge_model_studies
+from quantbench.config import StudyConfig, model_labels
 from quantbench.corpus import prepare_corpus
 from quantbench.errors import StageFailed, UserError
 from quantbench.evaluate import EvalPlan, evaluate_variant
@@ -39,6 +42,7 @@ from quantbench.preflight import available_memory_bytes, preflight_variants
 from quantbench.process.requests import QuantizedStage, QuantizePlan, QuantizeRequest, stage_record
 from quantbench.quantize import ARTIFACT_DIR, calibration_dtype_here, run_worker
 from quantbench.quantize import Progress as WorkerProgress
+from quantbench.recommend import recommend
 from quantbench.results import (
     CalibrationRecord,
     Constraints,
@@ -54,6 +58,7 @@ from quantbench.store import (
     exclusive,
     sweep_temporary_files,
 )
+from quantbench.study_files import RESULTS_FILE, DamagedResults, load_results
 
 LOCK_FILE = ".quantbench.lock"
 ARTIFACTS_DIR = "artifacts"
@@ -79,9 +84,6 @@ def _run_models(config: StudyConfig, output: OutputFolder, console: Console) -> 
     """A study of several models: one study per model in `<out>/<label>/` (its own baseline,
     calibration and corpus, since tokens differ), one after the other, then one merged
     results.json and report in `<out>/` with `model` as a study axis."""
-    from quantbench.compare import merge_model_studies
-    from quantbench.config import model_labels
-    from quantbench.recommend import recommend
 
     labels = model_labels(config.models())
     studies = []
@@ -209,7 +211,6 @@ def discard_damaged(
 def _note_damaged_results(output: OutputFolder, console: Console) -> None:
     """Say so when the results.json this run replaces cannot be read (cut short, edited):
     the run rebuilds it from the stages, so nothing else has to be done."""
-    from quantbench.study_files import RESULTS_FILE, DamagedResults, load_results
 
     if output.remote is None and (output.local / RESULTS_FILE).is_file():
         try:
@@ -251,8 +252,6 @@ def _finalize(
     results: StudyResults, config: StudyConfig, store: StageStore, eval_plan: EvalPlan | None
 ) -> StudyResults:
     """Add the provenance block and the recommendation under the configured constraints."""
-    from quantbench import provenance
-    from quantbench.recommend import recommend
 
     inputs: dict[str, Any] = {}
     if results.calibration:
@@ -368,8 +367,6 @@ def _runtime_preflight(plan: StudyPlan, eval_plan: EvalPlan, console: Console) -
     uses = sorted({m for m in config.metric_names() if config.backend_for(m) == "vllm"})
     if not uses:
         return
-    from quantbench.backends.vllm import VLLMBackend
-    from quantbench.backends.vllm_support import hardware_here, support_for_scheme
 
     python = VLLMBackend(settings=config.vllm)._python()  # a user error when there is none
     hardware = hardware_here(config.device)

@@ -31,7 +31,9 @@ from quantbench.backends.base import (
 )
 from quantbench.config import ComputeDtype
 from quantbench.errors import UserError
+from quantbench.hardware import hardware_here
 from quantbench.models import check_loading_info
+from quantbench.tasks.harness import in_chunks
 
 COMPUTE_DTYPES: tuple[str, ...] = get_args(ComputeDtype)
 
@@ -43,14 +45,11 @@ def resolve_compute_dtype(requested: str, device_type: str, saved_dtype: str) ->
     noise: KL about 0.002 nats between the two on the built-in model)."""
     if requested != "auto":
         return getattr(torch, requested), f"computed in {requested} (as configured)"
-    if device_type == "cpu" and saved_dtype != "float32":
-        from quantbench.hardware import hardware_here
-
-        if not hardware_here("cpu").native_bf16():
-            return torch.float32, (
-                "computed in float32: this CPU has no bf16 matmuls in hardware "
-                "(AVX-512 BF16/AMX), where bf16 ran 4-5x slower"
-            )
+    if device_type == "cpu" and saved_dtype != "float32" and not hardware_here("cpu").native_bf16():
+        return torch.float32, (
+            "computed in float32: this CPU has no bf16 matmuls in hardware "
+            "(AVX-512 BF16/AMX), where bf16 ran 4-5x slower"
+        )
     return "auto", ""
 
 
@@ -403,8 +402,6 @@ class HFBackend:
         """The loaded model as an lm-eval `HFLM` (same weights, no second load) that reports
         progress every few batches."""
         from lm_eval.models.huggingface import HFLM
-
-        from quantbench.tasks.harness import in_chunks
 
         chunk = batch_size * 4  # batches stay those of every other variant: same sort, same cuts
 

@@ -39,6 +39,7 @@ from quantbench.backends.base import (
 )
 from quantbench.backends.vllm_support import Support, hardware_here, support_for_artifact
 from quantbench.config import VLLMSettings
+from quantbench.envs import vllm_python
 
 PROTOCOL = 2
 WORKER = Path(__file__).with_name("vllm_worker.py")
@@ -91,7 +92,6 @@ class VLLMBackend:
     # -- process and protocol -----------------------------------------------------------
 
     def _python(self) -> str:
-        from quantbench.envs import vllm_python
 
         return vllm_python(self.settings.python)
 

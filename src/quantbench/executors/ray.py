@@ -27,6 +27,7 @@ from ray.util.queue import Empty, Queue
 
 from quantbench.errors import UserError
 from quantbench.executors.base import Resources
+from quantbench.process.workers import run_python_worker
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -40,7 +41,6 @@ WORKER_DIED = -9
 @ray.remote
 def _run_worker(module: str, request: dict[str, Any], events: Queue) -> tuple[int, str]:
     """Run the worker in a temporary folder of this node; (exit status, its whole log)."""
-    from quantbench.process.workers import run_python_worker
 
     def on_event(event: dict[str, Any]) -> None:
         events.put(("event", event))

@@ -16,6 +16,7 @@ from typing import Any
 from quantbench.backends.base import LoadInfo
 from quantbench.config import EvaluationConfig
 from quantbench.metrics.base import EvalContext
+from quantbench.report.model_card import CARD_FILE
 from quantbench.results import SizeRecord
 from quantbench.store import dir_bytes
 
@@ -55,7 +56,6 @@ def artifact_bytes(folder: Path) -> int:
     """Bytes of the artifact as quantization saved it: the model card the report writes into
     the folder later is not counted, so the figure does not depend on whether a report was
     written before this stage ran (a rerun after a kill, a metric added to a finished study)."""
-    from quantbench.report.model_card import CARD_FILE
 
     card = folder / CARD_FILE
     return dir_bytes(folder) - (card.stat().st_size if card.is_file() else 0)

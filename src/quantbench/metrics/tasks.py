@@ -21,7 +21,11 @@ from quantbench import stats
 from quantbench.config import EvaluationConfig, TasksConfig
 from quantbench.errors import UserError
 from quantbench.metrics.base import EvalContext
+from quantbench.models import cache_dir
 from quantbench.results import Interval, PairedTaskComparison, TaskRecord
+from quantbench.tasks.data import OFFLINE_LAYOUTS
+from quantbench.tasks.harness import check_task, data_files, files_sha256, run_task, runs_code
+from quantbench.tasks.punkt import use_punkt_tab
 
 ITEMS_FILE = "items.json"
 BOOTSTRAP_RESAMPLES = 2000
@@ -50,7 +54,6 @@ class TasksMetric:
         return config.tasks.names
 
     def key_config(self, config: EvaluationConfig, param: str | None = None) -> dict[str, Any]:
-        from quantbench.tasks.harness import check_task, data_files, files_sha256, runs_code
 
         settings = config.tasks
         if param is None:
@@ -73,8 +76,6 @@ class TasksMetric:
         return key
 
     def compute(self, ctx: EvalContext) -> TaskRecord:
-        from quantbench.tasks.harness import run_task
-        from quantbench.tasks.punkt import use_punkt_tab
 
         task = ctx.param
         if task is None:
@@ -212,7 +213,6 @@ def compare_items(
 
 
 def _nltk_data_dir() -> Path:
-    from quantbench.models import cache_dir
 
     return cache_dir() / "nltk_data"
 
@@ -220,8 +220,6 @@ def _nltk_data_dir() -> Path:
 def _task_manager(settings: TasksConfig) -> Any:
     """lm-eval's task index; skipped (≈ 9 s) when every task runs from local files."""
     from lm_eval.tasks import TaskManager
-
-    from quantbench.tasks.data import OFFLINE_LAYOUTS
 
     local = settings.data_dir is not None and all(n in OFFLINE_LAYOUTS for n in settings.names)
     return TaskManager(include_defaults=not local)

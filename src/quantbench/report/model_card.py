@@ -18,6 +18,7 @@ import yaml
 
 from quantbench.errors import UserError
 from quantbench.models import BUILTIN_MODELS
+from quantbench.remote import RemoteFolder, is_url
 from quantbench.report.recovery_table import recovery_card
 from quantbench.results import StudyResults, VariantResult, find_baseline
 from quantbench.schemes import REGISTRY, get_scheme
@@ -193,7 +194,6 @@ def write_model_cards(results: StudyResults, study: Path) -> list[Path]:
     """A README.md in every artifact of the study in `study` (at its URL when the output
     folder is one); the local files written. `results` name artifacts relative to `study`;
     an artifact outside the study folder (another study's) is left alone."""
-    from quantbench.remote import RemoteFolder, is_url
 
     written = []
     inside = study.resolve()

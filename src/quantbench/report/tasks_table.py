@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from quantbench.results import StudyResults, TaskRecord
+from quantbench.results import StudyResults, TaskRecord, find_baseline
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,6 @@ TASK_HEADERS = (
 
 def task_rows(results: StudyResults) -> list[TaskRow]:
     """Rows grouped by task (in the order tasks first appear), variants in study order."""
-    from quantbench.results import find_baseline
 
     order: list[str] = []
     for variant in results.variants:

@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from quantbench.report.headline import Cell, HeadlineRow, headline_rows
+from quantbench.report.tasks_table import TASK_HEADERS, task_cells, task_rows
 from quantbench.results import StudyResults
 from quantbench.units import MIB
 
@@ -77,7 +78,6 @@ def _acceptable_text(row: HeadlineRow) -> str:
 
 
 def _task_table(results: StudyResults) -> Table | None:
-    from quantbench.report.tasks_table import TASK_HEADERS, task_cells, task_rows
 
     rows = task_rows(results)
     if not rows:

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from quantbench.errors import UserError, did_you_mean
 from quantbench.models import LinearLayer, ModelInfo
 
 DEFAULT_IGNORE: tuple[str, ...] = ("lm_head",)
@@ -105,7 +106,6 @@ class Scheme:
 
     def resolve_options(self, requested: dict[str, Any]) -> dict[str, Any]:
         """Defaults overlaid with the user's options; unknown options are a user error."""
-        from quantbench.errors import UserError, did_you_mean
 
         for key in requested:
             if key not in self.option_names:

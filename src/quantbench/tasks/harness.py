@@ -16,7 +16,8 @@ from typing import Any
 
 from quantbench.config import TasksConfig
 from quantbench.errors import UserError, did_you_mean
-from quantbench.sandbox import SandboxLimits
+from quantbench.models import file_sha256
+from quantbench.sandbox import SandboxLimits, describe_sandbox, sandbox_available
 from quantbench.tasks.code import CODE_TASKS, PASS_METRIC, code_task_config
 from quantbench.tasks.data import OFFLINE_LAYOUTS, dataset_overrides, resolve_files
 
@@ -83,7 +84,6 @@ def check_task(name: str, config: TasksConfig, known: Callable[[], Sequence[str]
                 "it inside quantbench's sandbox (no network, read-only filesystem, time and "
                 "memory limits)"
             )
-        from quantbench.sandbox import sandbox_available
 
         reason = sandbox_available()
         if reason is not None:
@@ -249,8 +249,6 @@ def run_task(
         "lm_eval_version": lm_eval.__version__,
     }
     if runs_code(name):
-        from quantbench.sandbox import describe_sandbox
-
         settings["sandbox"] = describe_sandbox(sandbox_limits(config))
     files = {split: str(path) for split, path in data_files(name, config).items()}
     return TaskRun(name, metric, filter_name, items, aggregates, settings, files)
@@ -303,6 +301,5 @@ def _item(leaf: str, sample: dict[str, Any], metric: str) -> dict[str, Any]:
 
 def files_sha256(files: dict[str, Path]) -> dict[str, str]:
     """Content hashes of a task's local data files (part of the task stage's key)."""
-    from quantbench.models import file_sha256
 
     return {split: file_sha256(path) for split, path in sorted(files.items())}
