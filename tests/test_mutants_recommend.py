@@ -658,9 +658,9 @@ def test_limits_equal_to_the_figure_are_met_and_breaches_are_formatted() -> None
     nan = _variant("v", perplexity=_ppl(10.0, ratio=float("nan")))
     got = rec.verdict(nan, base, Constraints(max_ppl_increase_pct=5.0))
     assert got.unknown == ["perplexity increase unknown (perplexity increase is nan; max 5%)"]
-    divergence = DivergenceRecord.model_construct(kl_mean=Interval(estimate=0.5, low=0.4, high=0.6))
+    divergence = DivergenceRecord.model_construct(kl_mean=Interval(estimate=1.5, low=1.4, high=1.6))
     got = rec.verdict(_variant("v", divergence=divergence), base, Constraints(max_kl=0.1))
-    assert got.broken == ["KL 0.500 nats/token > max 0.1"]
+    assert got.broken == ["KL 1.500 nats/token > max 0.1"]  # at least three decimals
 
 
 def test_accuracy_drop_equal_to_the_limit_is_met() -> None:
