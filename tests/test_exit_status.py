@@ -104,10 +104,16 @@ def test_a_usage_error_exits_2_with_one_line() -> None:
 def test_an_interrupted_study_exits_130_and_leaves_nothing_trusted(
     tiny_model: Path, tmp_path: Path
 ) -> None:
-    """Ctrl-C (SIGINT to the foreground process group) while the quantize stage runs."""
+    """Ctrl-C (SIGINT to the foreground process group) while the quantize stage runs.
+
+    The stage is GPTQ on 64 × 256 calibration tokens, interrupted once its worker reports
+    the quantizing phase: a bf16 copy of the tiny model was done within milliseconds of its
+    stage folder appearing, so the signal could land after the run had finished (exit 0)."""
     out = tmp_path / "out"
     command = [sys.executable, "-m", "quantbench", "run", "--model", str(tiny_model)]
-    command += ["--schemes", "bf16", "--metrics", "none", "--out", str(out)]
+    command += ["--schemes", "w4a16-gptq", "--metrics", "none", "--out", str(out)]
+    command += ["--calibration-samples", "64", "--calibration-seq-len", "256"]
+    command += ["--set", "schemes=[{scheme: w4a16-gptq, group_size: 32}]"]
     process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
@@ -117,9 +123,10 @@ def test_an_interrupted_study_exits_130_and_leaves_nothing_trusted(
     )
     deadline = time.monotonic() + 300
     quantize = out / "stages" / "quantize"
+    log = out / "logs" / "quantize-w4a16-gptq-g32.log"
     while time.monotonic() < deadline and process.poll() is None:
-        if quantize.is_dir() and any(p.name.startswith(".tmp-") for p in quantize.iterdir()):
-            break  # a stage is being built
+        if log.is_file() and '"phase": "quantizing"' in log.read_text(errors="replace"):
+            break  # the worker is inside GPTQ
         time.sleep(0.05)
     assert process.poll() is None, process.communicate()[1][-3000:]
     os.killpg(process.pid, signal.SIGINT)
