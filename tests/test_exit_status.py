@@ -120,6 +120,9 @@ def test_an_interrupted_study_exits_130_and_leaves_nothing_trusted(
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own process group, as a shell gives a job
+        # A pytest-xdist worker runs with SIGINT ignored, which a child inherits (Python then
+        # keeps ignoring it); a terminal's foreground job has the default disposition.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 300
     quantize = out / "stages" / "quantize"
