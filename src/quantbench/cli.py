@@ -1,4 +1,5 @@
-"""The `quantbench` command line: `run`, `plan`, `schemes`, `report`, `compare`, `env`.
+"""The `quantbench` command line: `run`, `plan`, `sensitivity`, `schemes`, `report`, `compare`,
+`env`.
 
 Exit statuses: 0 when every variant and metric finished, 1 when some failed (each recorded
 in results.json), 2 for bad input (a `UserError` or a usage error: one line on stderr, no
@@ -105,6 +106,8 @@ class StudyFlag:
     unset: str = "none"
     """What an unset value means, for a config field whose default is None or empty."""
     convert: Callable[[Any], Any] | None = None
+    repeatable: bool = False
+    """The flag may be given several times; its values are gathered into a list."""
 
     @property
     def option(self) -> str:
@@ -114,6 +117,11 @@ class StudyFlag:
         default: Any = defaults
         for part in self.path:
             default = default[part]
+        if self.repeatable:
+            info = typer.Option(
+                self.option, help=self.help, show_default=self.unset, metavar="TEXT"
+            )
+            return _keyword(self.name, Annotated[Optional[list[str]], info], None)  # noqa: UP045
         if self.kind is bool:
             declaration = f"{self.option}/--no-{self.option[2:]}"
             info = typer.Option(declaration, help=self.help)
@@ -150,6 +158,14 @@ STUDY_FLAGS: tuple[StudyFlag, ...] = (
     ),
     StudyFlag(
         "schemes", str, "comma-separated scheme names (see `quantbench schemes`)", ("schemes",)
+    ),
+    StudyFlag(
+        "mixed",
+        str,
+        "mixed-precision budget, target_size=119MiB or max_kl=0.014; comma-separated or "
+        "repeated, each adds a variant",
+        ("mixed",),
+        repeatable=True,
     ),
     StudyFlag("out", str, "output folder or fsspec URL (s3://...)", ("out",)),
     StudyFlag(
@@ -320,10 +336,17 @@ def _given_on_command_line(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
 
 
-def _study_command(body: Callable[[Any], None]) -> Callable[..., None]:
-    """A command taking `--config` plus every `STUDY_FLAGS` flag, calling `body` with the
-    validated study config (the file, then the flags given on the command line)."""
+def _study_command(
+    body: Callable[..., None],
+    flags: tuple[StudyFlag, ...] = STUDY_FLAGS,
+    extra: tuple[inspect.Parameter, ...] = (),
+) -> Callable[..., None]:
+    """A command taking `--config` plus every flag of `flags` (by default `STUDY_FLAGS`),
+    calling `body` with the validated study config (the file, then the flags given on the
+    command line) and the values of the `extra` parameters by name."""
     from quantbench.config import StudyConfig
+
+    own = {parameter.name for parameter in extra}
 
     def command(
         ctx: typer.Context,
@@ -333,11 +356,11 @@ def _study_command(body: Callable[[Any], None]) -> Callable[..., None]:
     ) -> None:
         from quantbench.config import assignment_overrides, load_study_config, merged_overrides
 
-        given = {k: v for k, v in values.items() if _given_on_command_line(ctx, k)}
+        given = {k: v for k, v in values.items() if k not in own and _given_on_command_line(ctx, k)}
         overrides = merged_overrides(
             study_overrides(given), assignment_overrides(assignments or [])
         )
-        body(load_study_config(config, overrides))
+        body(load_study_config(config, overrides), **{k: values[k] for k in own})
 
     defaults = StudyConfig().model_dump(mode="json")
     config_option = typer.Option(
@@ -354,7 +377,8 @@ def _study_command(body: Callable[[Any], None]) -> Callable[..., None]:
         inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
         _keyword("config", Annotated[Optional[Path], config_option], None),  # noqa: UP045
         _keyword("assignments", Annotated[Optional[list[str]], set_option], None),  # noqa: UP045
-        *(flag.parameter(defaults) for flag in STUDY_FLAGS),
+        *(flag.parameter(defaults) for flag in flags),
+        *extra,
     ]
     command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in parameters}
@@ -409,6 +433,78 @@ def plan_study_command(study: Any) -> None:
 
 app.command("run")(_study_command(run_study_command))
 app.command("plan")(_study_command(plan_study_command))
+
+
+def sensitivity_command(
+    study: Any, candidates: str, granularity: str, search_tokens: int, top: int
+) -> None:
+    """Measure how much KL quantizing each group of layers alone adds, per candidate scheme,
+    and print the most sensitive groups. The screen is a cached stage of the study's output
+    folder: `run --mixed ...` with the same folder and settings reuses it, and a rerun is
+    instant. Writes OUT/sensitivity.json and OUT/sensitivity.svg (the heatmap)."""
+    from quantbench.report.sections import most_sensitive
+    from quantbench.study import run_sensitivity
+
+    err = Console(stderr=True)
+    screen = {
+        "candidates": [c.strip() for c in candidates.split(",") if c.strip()],
+        "granularity": granularity,
+        "search_tokens": search_tokens,
+    }
+    record = run_sensitivity(study, screen, err)
+    table = Table(
+        title=f"the {top} most sensitive groups · KL added by quantizing one group alone, "
+        "nats/token",
+        title_justify="left",
+    )
+    table.add_column("group")
+    for name in record.candidates:
+        table.add_column(name, justify="right")
+    for group in most_sensitive(record, top):
+        table.add_row(group.name, *(f"{v:.2e}" for v in group.kl_increase))
+    _stdout().print(table)
+    err.print(
+        f"{len(record.groups)} groups × {len(record.candidates)} candidates on "
+        f"{record.search_tokens:,} search tokens, screened in {record.wall_s:,.0f} s; "
+        f"{study.out}/sensitivity.json, {study.out}/sensitivity.svg"
+    )
+
+
+_SCREEN_FLAGS = tuple(flag for flag in STUDY_FLAGS if flag.name not in ("schemes", "mixed"))
+_SCREEN_OPTIONS = (
+    _keyword(
+        "candidates",
+        Annotated[
+            str,
+            typer.Option(
+                "--schemes", help="candidate schemes to screen, comma-separated", show_default=True
+            ),
+        ],
+        "w4a16-gptq,w8a16-gptq",
+    ),
+    _keyword(
+        "granularity",
+        Annotated[
+            str,
+            typer.Option(
+                help="fused: a decoder layer's q/k/v and gate/up share a format, as vLLM "
+                "fuses them; linear: every Linear alone",
+                show_default=True,
+            ),
+        ],
+        "fused",
+    ),
+    _keyword(
+        "search_tokens",
+        Annotated[
+            int,
+            typer.Option(help="tokens of the calibration samples the KL is measured on"),
+        ],
+        512,
+    ),
+    _keyword("top", Annotated[int, typer.Option(help="groups to print")], 10),
+)
+app.command("sensitivity")(_study_command(sensitivity_command, _SCREEN_FLAGS, _SCREEN_OPTIONS))
 
 
 @app.command("schemes")

@@ -127,8 +127,14 @@ class SchemeEntry(_Strict):
         return {**dumped, **self.scheme_options}
 
     def expand(self) -> list[tuple[SchemeEntry, dict[str, Any]]]:
-        """One entry per combination of list-valued options, with that combination."""
-        gridded = {k: v for k, v in self.options().items() if k != "ignore"}
+        """One entry per combination of list-valued options, with that combination. An
+        option whose default is a list (`ignore`, the mixed scheme's `candidates`) takes a
+        list as its value: it is no axis."""
+        takes_list = {"ignore"}
+        if self.scheme in SCHEMES:
+            defaults = get_scheme(self.scheme).defaults
+            takes_list |= {k for k, v in defaults.items() if isinstance(v, list | tuple)}
+        gridded = {k: v for k, v in self.options().items() if k not in takes_list}
         out = []
         for values, axes in _grid(gridded):
             name = self.name
@@ -479,6 +485,11 @@ class StudyConfig(_Strict):
     schemes: tuple[SchemeEntry, ...] = Field(
         default=tuple(SchemeEntry(scheme=s) for s in DEFAULT_SCHEMES), min_length=1
     )
+    mixed: tuple[str, ...] = Field(
+        default=(),
+        description="mixed-precision budgets, each adding a `mixed` variant searched from the "
+        "study's sensitivity screen: target_size=119MiB or max_kl=0.014",
+    )
     calibration: CalibrationGrid = CalibrationGrid()
     evaluation: EvaluationConfig = EvaluationConfig()
     decision: DecisionConfig = DecisionConfig()
@@ -511,6 +522,21 @@ class StudyConfig(_Strict):
     def _path_as_text(cls, value: Any) -> Any:
         return str(value) if isinstance(value, Path) else value
 
+    @field_validator("mixed", mode="before")
+    @classmethod
+    def _split_budgets(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list | tuple):
+            value = [b.strip() for v in value for b in str(v).split(",") if b.strip()]
+            for budget in value:
+                mixed_entry(budget)
+        return value
+
+    def scheme_entries(self) -> tuple[SchemeEntry, ...]:
+        """The variants to build: `schemes`, then one `mixed` entry per budget of `mixed`."""
+        return (*self.schemes, *(mixed_entry(budget) for budget in self.mixed))
+
     @field_validator("schemes", mode="before")
     @classmethod
     def _accept_plain_names(cls, value: Any) -> Any:
@@ -521,6 +547,27 @@ class StudyConfig(_Strict):
         if isinstance(value, list | tuple):
             return [{"scheme": v} if isinstance(v, str) else v for v in value]
         return value
+
+
+MIXED_BUDGETS = ("target_size", "max_kl")
+
+
+def mixed_entry(budget: str) -> SchemeEntry:
+    """The `mixed` scheme entry for one budget written as `target_size=119MiB` or
+    `max_kl=0.014`; ValueError naming the accepted forms."""
+    key, _, value = budget.partition("=")
+    key, value = key.strip(), value.strip()
+    if key not in MIXED_BUDGETS or not value:
+        raise ValueError(
+            f"mixed budget {budget!r}: write target_size=SIZE (e.g. 119MiB) or max_kl=NATS "
+            "(e.g. 0.014)"
+        )
+    if key == "max_kl":
+        try:
+            return SchemeEntry(scheme="mixed", scheme_options={"max_kl": float(value)})
+        except ValueError:
+            raise ValueError(f"mixed budget {budget!r}: max_kl takes a number") from None
+    return SchemeEntry(scheme="mixed", scheme_options={"target_size": value})
 
 
 def model_labels(specs: tuple[str, ...]) -> list[str]:

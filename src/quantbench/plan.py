@@ -21,6 +21,7 @@ from quantbench.schemes import Scheme, get_scheme
 from quantbench.store import StageRef, content_key
 
 QUANTIZE_STAGE_VERSION = 1
+SENSITIVITY_STAGE_VERSION = 1
 _KEY_LIBRARIES = ("torch", "transformers", "llmcompressor", "compressed-tensors")
 _NAME_TAGS = {
     "group_size": "g",
@@ -83,6 +84,8 @@ class VariantPlan:
     quantize: StageRef
     calibration: StageRef | None = None
     calibration_config: CalibrationConfig | None = None
+    sensitivity: StageRef | None = None
+    """The sensitivity stage a mixed-precision variant's allocation is searched from."""
     axes: dict[str, Any] = field(default_factory=dict)
     """The study-matrix coordinates of this variant, e.g. {'group_size': 32,
     'calibration.num_samples': 16}; empty outside a matrix."""
@@ -112,7 +115,7 @@ def build_plan(config: StudyConfig, model: ResolvedModel) -> StudyPlan:
     problems: list[str] = []
     settings = config.calibration.settings()
     resolved: list[tuple[str, Scheme, dict[str, Any], dict[str, Any], dict[str, Any]]] = []
-    for grid_entry in config.schemes:
+    for grid_entry in config.scheme_entries():
         for entry, axes in grid_entry.expand():
             try:
                 scheme = get_scheme(entry.scheme)
@@ -152,6 +155,23 @@ def build_plan(config: StudyConfig, model: ResolvedModel) -> StudyPlan:
             }
             if ref:
                 payload["compute_dtype"] = config.calibration.compute_dtype
+            screen = scheme.sensitivity_settings(options)
+            sensitivity = None
+            if screen is not None and ref is not None:
+                sensitivity = StageRef(
+                    "sensitivity",
+                    content_key(
+                        {
+                            "stage": "sensitivity",
+                            "v": SENSITIVITY_STAGE_VERSION,
+                            "model": model.fingerprint,
+                            "calibration": ref.key,
+                            "versions": versions,
+                            **screen,
+                        }
+                    ),
+                )
+                payload["sensitivity"] = sensitivity.key
             variants.append(
                 VariantPlan(
                     variant,
@@ -161,6 +181,7 @@ def build_plan(config: StudyConfig, model: ResolvedModel) -> StudyPlan:
                     StageRef("quantize", content_key(payload)),
                     calibration=ref,
                     calibration_config=calibration_config if ref else None,
+                    sensitivity=sensitivity,
                     axes={**axes, **calibration_axes},
                 )
             )

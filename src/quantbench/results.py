@@ -263,6 +263,63 @@ class VariantMetrics(_Record):
     errors: dict[str, str] = Field(default_factory=dict, description="metric name → why it failed")
 
 
+class SensitivityGroup(_Record):
+    """One group of Linear layers that always shares a format, and what each candidate costs."""
+
+    name: str = Field(description="e.g. layers.3.qkv")
+    layer: int | None = Field(description="decoder layer index; None outside the layers")
+    kind: str = Field(description="qkv, o, gate_up, down, or a Linear's own name")
+    linears: list[str] = Field(description="the Linear modules of the group")
+    sizes_bytes: list[int] = Field(description="bytes of the group's weights per candidate")
+    kl_increase: list[float] = Field(
+        description="per candidate: KL(baseline ‖ model) on the search sample with only this "
+        "group quantized, round-to-nearest, nats per token"
+    )
+
+
+class SensitivityRecord(_Record):
+    """The sensitivity screen of a study: per group and candidate, bytes and the KL that
+    quantizing just that group adds (`sensitivity.json`, beside results.json)."""
+
+    stage_key: str
+    candidates: list[str]
+    granularity: str
+    search_tokens: int = Field(description="tokens of the search sample the KL is measured on")
+    search_source: str = Field(description="where the search sample comes from")
+    disjoint_from_evaluation: bool | None = Field(
+        default=None,
+        description="the search sample shares no 32-token span with the evaluation windows "
+        "(None: the study has no evaluation corpus)",
+    )
+    compute_dtype: str
+    fixed_bytes: int = Field(description="bytes no choice changes: embeddings, norms, ignored")
+    wall_s: float
+    peak_rss_bytes: int
+    torch_threads: int | None = None
+    method: str = Field(description="what the screen measures, in words")
+    groups: list[SensitivityGroup]
+
+
+class FrontPoint(_Record):
+    size_bytes: int
+    predicted_kl: float = Field(description="nats per token, the sum of per-group increases")
+
+
+class MixedSearchRecord(_Record):
+    """How a mixed-precision variant was chosen: its budget, the allocation, the prediction
+    (additive over groups, from the sensitivity screen) and the predicted front around it."""
+
+    budget: Literal["target_size", "max_kl"]
+    budget_value: float = Field(description="bytes for target_size, nats/token for max_kl")
+    candidates: list[str]
+    allocation: dict[str, str] = Field(description="group name -> candidate")
+    counts: dict[str, int] = Field(description="candidate -> groups allocated to it")
+    predicted_kl: float = Field(description="nats per token")
+    predicted_size_bytes: int
+    front: list[FrontPoint] = Field(default_factory=list)
+    sensitivity_key: str
+
+
 class VariantResult(_Record):
     name: str
     scheme: str
@@ -297,6 +354,11 @@ class VariantResult(_Record):
     disk_bytes: int | None = Field(default=None, description="bytes of the weight files")
     artifact_bytes: int | None = Field(default=None, description="bytes of the whole artifact")
     stage_keys: dict[str, str] = Field(default_factory=dict)
+    mixed: MixedSearchRecord | None = Field(
+        default=None,
+        exclude_if=lambda mixed: mixed is None,
+        description="a mixed-precision variant's search: allocation and prediction",
+    )
     metrics: VariantMetrics = Field(default_factory=VariantMetrics)
 
 
@@ -421,6 +483,11 @@ class StudyResults(_Record):
         default_factory=list, description="every calibration setting of the study"
     )
     variants: list[VariantResult]
+    sensitivity: SensitivityRecord | None = Field(
+        default=None,
+        exclude_if=lambda record: record is None,
+        description="the per-group sensitivity screen, when the study has one",
+    )
     recommendation: Recommendation | None = None
     provenance: dict[str, Any] = Field(
         default_factory=dict,

@@ -1,7 +1,8 @@
 """The study's stages as one plan: what `quantbench run` executes and `quantbench plan` prints.
 
 `plan_study` turns a resolved config and model into every stage of the study, in the order
-`run` executes them: calibration sets, the evaluation corpus, one quantize stage per variant,
+`run` executes them: calibration sets, the evaluation corpus, the sensitivity screen that
+mixed-precision variants are searched from, one quantize stage per variant,
 then, the baseline first, each variant's metric stages (one per task for the tasks metric).
 Each `Stage` carries its content key, the stages it reads (`inputs`), whether it reads the
 baseline's stages, where it runs (this process, or a worker an executor places) and, through
@@ -106,8 +107,18 @@ def plan_study(
         stages.append(Stage("calibration", label, ref, "driver"))
     if evaluation is not None and evaluation.corpus is not None:
         stages.append(Stage("corpus", "(shared)", evaluation.corpus, "driver"))
+    screens: dict[str, Stage] = {}
     for variant in plan.variants:
-        inputs = (variant.calibration,) if variant.calibration else ()
+        if variant.sensitivity is not None and variant.calibration is not None:
+            screens.setdefault(
+                variant.sensitivity.key,
+                Stage(
+                    "sensitivity", "(shared)", variant.sensitivity, "worker", (variant.calibration,)
+                ),
+            )
+    stages += screens.values()
+    for variant in plan.variants:
+        inputs = tuple(ref for ref in (variant.calibration, variant.sensitivity) if ref)
         stages.append(
             Stage("quantize", variant.name, variant.quantize, "worker", inputs, axes=variant.axes)
         )
@@ -209,6 +220,9 @@ def _inventory_one(config: StudyConfig, on_status: Callable[[str], None]) -> lis
             return {}
         if stage.kind == "quantize":
             return study.worker_resources("quantize", memory_bytes=memory.get(stage.variant))
+        if stage.kind == "sensitivity":
+            peak = max((m for m in memory.values() if m is not None), default=None)
+            return study.worker_resources("quantize", memory_bytes=peak)
         # `run` asks for memory by the artifact's weights once the artifact exists
         artifact = quantize[stage.variant]
         weights = store.manifest(artifact).get("disk_bytes") if done(artifact) else None

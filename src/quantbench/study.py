@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +31,7 @@ from quantbench.backends.vllm import VLLMBackend
 from quantbench.backends.vllm_support import hardware_here, support_for_scheme
 from quantbench.calibration import prepare_calibration
 from quantbench.compare import merge_model_studies
-from quantbench.config import StudyConfig, model_labels
+from quantbench.config import SchemeEntry, StudyConfig, model_labels
 from quantbench.corpus import prepare_corpus
 from quantbench.errors import StageFailed, UserError
 from quantbench.evaluate import EvalPlan, evaluate_variant
@@ -43,13 +44,22 @@ from quantbench.process.requests import QuantizedStage, QuantizePlan, QuantizeRe
 from quantbench.quantize import ARTIFACT_DIR, calibration_dtype_here, run_worker
 from quantbench.quantize import Progress as WorkerProgress
 from quantbench.recommend import recommend
+from quantbench.report.files import write_sensitivity
 from quantbench.results import (
     CalibrationRecord,
     Constraints,
+    SensitivityRecord,
     StudyResults,
     VariantResult,
 )
 from quantbench.schemes import Preflight
+from quantbench.schemes.mixed import MixedPrecision
+from quantbench.sensitivity import (
+    read_sensitivity,
+    run_sensitivity_worker,
+    screen_request,
+    search_allocation,
+)
 from quantbench.stages import StudyStages, plan_study
 from quantbench.store import (
     StageRef,
@@ -179,6 +189,7 @@ def _run(config: StudyConfig, output: OutputFolder, console: Console) -> StudyRe
             calibration=calibrations[0] if calibrations else None,
             calibrations=calibrations,
             variants=variants,
+            sensitivity=study_sensitivity(plan, store),
         )
         results = _finalize(results, config, store, eval_plan)
         results.provenance["executor"] = runner.describe()
@@ -186,6 +197,70 @@ def _run(config: StudyConfig, output: OutputFolder, console: Console) -> StudyRe
     finally:
         runner.close()
     return results
+
+
+SCREEN_ONLY_BUDGET = 1.0
+"""`quantbench sensitivity` plans a mixed variant only to find its screen; the screen's key
+leaves the budget out, so any budget finds the same stage."""
+
+
+def run_sensitivity(
+    config: StudyConfig, screen: dict[str, Any], console: Console
+) -> SensitivityRecord:
+    """Screen the study's model (or read the screen the output folder holds) for the
+    candidates and settings in `screen` (options of the `mixed` scheme), preparing the
+    calibration samples it is drawn from and the evaluation corpus it must be disjoint
+    from; writes sensitivity.json and sensitivity.svg into the output folder."""
+    entry = SchemeEntry(scheme="mixed", scheme_options={**screen, "max_kl": SCREEN_ONLY_BUDGET})
+    config = config.model_copy(update={"schemes": (entry,), "mixed": ()})
+    if len(config.models()) > 1:
+        raise UserError("quantbench sensitivity screens one model at a time")
+    output = OutputFolder.open(config.out)
+    ensure_writable_dir(output.local)
+    with exclusive(output.local / LOCK_FILE, what=str(output)):
+        store = output.stages()
+        (spec,) = config.models()
+        model = resolve_model(
+            spec,
+            on_status=lambda s: console.print(f"[dim]{s}"),
+            allow_pickle=config.allow_pickle,
+            tokenizer=config.tokenizer,
+        )
+        study = plan_study(config, model, lambda _: None)
+        (variant,) = [v for v in study.plan.variants if v.sensitivity is not None]
+        assert variant.sensitivity is not None
+        discard_damaged(store, [variant.sensitivity], output, console.print)
+        preflights = _preflight(study.plan, [variant], console)
+        if not store.is_done(variant.sensitivity):
+            _calibration(study.plan, [variant], [], store, console)
+            corpus = study.evaluation.corpus if study.evaluation else None
+            if corpus is not None and not store.is_done(corpus):
+                with console.status("tokenizing the evaluation corpus"):
+                    assert study.evaluation is not None
+                    prepare_corpus(store, corpus, study.config.evaluation.corpus, model)
+            runner = _executor(config)
+            try:
+                with _progress(console) as progress:
+                    task = progress.add_task("sensitivity", total=None, phase="starting")
+                    record = _sensitivity(
+                        study, variant, preflights[variant.name], output, progress, task, runner
+                    )
+            finally:
+                runner.close()
+        else:
+            record = read_sensitivity(store.path(variant.sensitivity))
+        written = write_sensitivity(record, output.local)
+        output.publish([path.name for path in written])
+    return record
+
+
+def study_sensitivity(plan: StudyPlan, store: StageStore) -> SensitivityRecord | None:
+    """The study's sensitivity table, when one of its variants has been searched from one
+    (the first, should variants ask for different screens)."""
+    for variant in plan.variants:
+        if variant.sensitivity is not None and store.is_done(variant.sensitivity):
+            return read_sensitivity(store.path(variant.sensitivity))
+    return None
 
 
 def discard_damaged(
@@ -449,13 +524,31 @@ def _quantize_variant(
     assert preflight is not None, "pending variants always have a pre-flight outcome"
     progress.update(task, phase="starting")
     calibration = variant.calibration
+    worker_options = preflight.resolved_options
+    mixed = None
+    if variant.sensitivity is not None:
+        try:
+            record = _sensitivity(study, variant, preflight, output, progress, task, runner)
+            mixed, layers = search_allocation(record, preflight.resolved_options)
+        except (StageFailed, UserError) as exc:
+            progress.update(task, phase="[red]failed")
+            return _failed(plan, variant, preflight, exc)
+        scheme = variant.scheme
+        assert isinstance(scheme, MixedPrecision)
+        own = scheme.candidate_options(inspect_model(plan.model.path), worker_options)
+        worker_options = {
+            **worker_options,
+            "allocation": layers,
+            "candidate_options": own.resolved_options,
+        }
+        progress.update(task, phase="starting")
     request = QuantizeRequest(
         variant=variant.name,
         output=output.location,
         stage=variant.quantize,
         model=plan.model.describe(),
         scheme=variant.scheme.name,
-        options=preflight.resolved_options,
+        options=worker_options,
         seq_len=(variant.calibration_config or plan.config.calibration.default).seq_len,
         calibration=calibration,
         compute_dtype=plan.config.calibration.compute_dtype,
@@ -468,6 +561,7 @@ def _quantize_variant(
             needs_calibration=variant.needs_calibration,
             calibration_key=calibration.key if calibration else None,
             model_fingerprint=plan.model.fingerprint,
+            mixed=mixed,
         ),
     )
 
@@ -482,22 +576,70 @@ def _quantize_variant(
         run_worker(request, output.local / LOGS_DIR, on_progress, runner.launch, resources)
     except StageFailed as exc:
         progress.update(task, phase="[red]failed")
-        return VariantResult(
-            name=variant.name,
-            scheme=variant.scheme.name,
-            status="failed",
-            error=str(exc),
-            log_path=exc.log_path,
-            options_requested=variant.requested,
-            options=preflight.resolved_options,
-            decisions=preflight.decisions,
-            notes=preflight.notes,
-            needs_calibration=variant.needs_calibration,
-            axes=variant.axes,
-            stage_keys=_stage_keys(plan, variant),
-        )
+        return _failed(plan, variant, preflight, exc)
     progress.update(task, total=1, completed=1, phase="done")
     return _variant_result(variant, output)
+
+
+def _failed(
+    plan: StudyPlan, variant: VariantPlan, preflight: Preflight, exc: StageFailed | UserError
+) -> VariantResult:
+    return VariantResult(
+        name=variant.name,
+        scheme=variant.scheme.name,
+        status="failed",
+        error=str(exc),
+        log_path=exc.log_path if isinstance(exc, StageFailed) else None,
+        options_requested=variant.requested,
+        options=preflight.resolved_options,
+        decisions=preflight.decisions,
+        notes=preflight.notes,
+        needs_calibration=variant.needs_calibration,
+        axes=variant.axes,
+        stage_keys=_stage_keys(plan, variant),
+    )
+
+
+_SENSITIVITY_LOCK = threading.Lock()
+
+
+def _sensitivity(
+    study: StudyStages,
+    variant: VariantPlan,
+    preflight: Preflight,
+    output: OutputFolder,
+    progress: Progress,
+    task: TaskID,
+    runner: Executor,
+) -> SensitivityRecord:
+    """The sensitivity table a mixed variant is searched from: the stage's, or screened now
+    in a worker (once, whichever mixed variant asks first)."""
+    assert variant.sensitivity is not None
+    store = output.stages()
+    with _SENSITIVITY_LOCK:
+        if not store.is_done(variant.sensitivity):
+            progress.update(task, phase="sensitivity")
+            request = screen_request(
+                variant,
+                preflight.resolved_options,
+                inspect_model(study.plan.model.path),
+                study.plan.model.describe(),
+                store,
+                output.location,
+                study.evaluation.corpus if study.evaluation else None,
+            )
+
+            def on_progress(done: int, total: int) -> None:
+                progress.update(task, total=total, completed=done, phase="sensitivity")
+
+            run_sensitivity_worker(
+                request,
+                output.local / LOGS_DIR,
+                on_progress,
+                runner.launch,
+                study.worker_resources("quantize", memory_bytes=preflight.memory_bytes),
+            )
+        return read_sensitivity(store.path(variant.sensitivity))
 
 
 def _stage_keys(plan: StudyPlan, variant: VariantPlan) -> dict[str, str]:
@@ -559,6 +701,8 @@ def _variant_result(variant: VariantPlan, output: OutputFolder) -> VariantResult
     keys = {"quantize": variant.quantize.key}
     if stage.calibration_key:
         keys["calibration"] = stage.calibration_key
+    if stage.mixed is not None:
+        keys["sensitivity"] = stage.mixed.sensitivity_key
     return VariantResult(
         name=variant.name,
         scheme=stage.scheme,
@@ -574,4 +718,5 @@ def _variant_result(variant: VariantPlan, output: OutputFolder) -> VariantResult
         disk_bytes=stage.disk_bytes,
         artifact_bytes=stage.artifact_bytes,
         stage_keys=keys,
+        mixed=stage.mixed,
     )

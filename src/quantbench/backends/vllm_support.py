@@ -125,7 +125,7 @@ def _cpu_support(family: Family, flags: frozenset[str]) -> Support:
         # int8 GEMM, and W8A8 ran there, correct but slower than bf16 at batch 1.
         isa = "AVX-512" if avx512 else "AVX2"
         return Support("native", f"W8A8 INT8 GEMM (oneDNN, {isa})")
-    if family in ("w4a16", "w8a16", "w4a16-asym"):
+    if family in ("w4a16", "w8a16", "w4a16-asym", "wna16-mixed"):
         # w4a16-asym (AWQ's zero points) was served by the same CPUWNA16LinearKernel on an
         # AVX-512 EPYC, its log-probabilities matching transformers' to bf16 noise.
         if avx512:
@@ -179,7 +179,7 @@ def _gpu_support(family: Family, capability: tuple[int, int]) -> Support:
         if capability >= (7, 5):
             return Support("native", "W8A8 INT8 GEMM (CUTLASS)")
         return Support("unsupported", "", "INT8 W8A8 needs compute capability 7.5")
-    if family in ("w4a16", "w8a16", "w4a16-asym"):
+    if family in ("w4a16", "w8a16", "w4a16-asym", "wna16-mixed"):
         if capability >= (8, 0):
             return Support("native", f"{family.upper()} (Marlin; Machete on 9.0)")
         return Support("fallback", f"{family.upper()} (Exllama)", "Marlin needs capability 8.0")

@@ -26,7 +26,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from quantbench.config import CalibrationDtype, EvaluationConfig
-from quantbench.results import QuantizationRecord
+from quantbench.results import MixedSearchRecord, QuantizationRecord
 from quantbench.store import STORE_FIELDS, StageRef
 
 
@@ -85,6 +85,11 @@ class QuantizePlan(_Record):
     needs_calibration: bool
     calibration_key: str | None = Field(description="the calibration stage's key, if any")
     model_fingerprint: str = Field(description="the resolved model's content fingerprint")
+    mixed: MixedSearchRecord | None = Field(
+        default=None,
+        exclude_if=lambda mixed: mixed is None,
+        description="a mixed-precision variant's allocation, searched by the driver",
+    )
 
 
 class QuantizeRequest(_Record):
@@ -108,6 +113,46 @@ class QuantizedStage(QuantizePlan):
     quantization: QuantizationRecord
     disk_bytes: int = Field(ge=0, description="bytes of the weight files")
     artifact_bytes: int = Field(ge=0, description="bytes of the whole artifact folder")
+
+
+# --- sensitivity -------------------------------------------------------------------------
+
+
+class ScreenGroup(_Record):
+    name: str
+    layer: int | None
+    kind: str
+    linears: list[str]
+    sizes_bytes: list[int]
+
+
+class SensitivityRequest(_Record):
+    """`python -m quantbench.sensitivity REQUEST.json`: screen every group of a model."""
+
+    output: str = Field(description="the study's output folder: a path or a URL")
+    stage: StageRef = Field(description="the sensitivity stage to commit")
+    model: dict[str, Any] = Field(description="`ResolvedModel.describe()` of the driver")
+    calibration: StageRef = Field(description="the calibration stage the search sample is from")
+    search_tokens: int = Field(gt=0)
+    candidates: list[str]
+    candidate_options: dict[str, dict[str, Any]] = Field(
+        description="each candidate's options as pre-flight resolved them"
+    )
+    granularity: str
+    groups: list[ScreenGroup]
+    fixed_bytes: int = Field(ge=0)
+    search_source: str
+    disjoint_from_evaluation: bool | None
+
+
+class SensitivityStage(_Record):
+    """A committed sensitivity stage's manifest; the table is in its sensitivity.json."""
+
+    candidates: list[str]
+    groups: int
+    search_tokens: int
+    wall_s: float
+    peak_rss_bytes: int
 
 
 # --- evaluation --------------------------------------------------------------------------

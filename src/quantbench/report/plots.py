@@ -25,7 +25,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from quantbench.recommend import perplexity_figure
-from quantbench.results import StudyResults, VariantResult, find_baseline, weights_bytes
+from quantbench.results import (
+    BASELINE_SCHEMES,
+    SensitivityRecord,
+    StudyResults,
+    VariantResult,
+    find_baseline,
+    weights_bytes,
+)
 from quantbench.stats.pareto import UncertainPoint, uncertain_pareto_front
 from quantbench.units import MIB
 
@@ -339,10 +346,32 @@ def _computed_front(points: Sequence[_Point]) -> tuple[list[str], dict[str, list
     return names, ties
 
 
-def _legend(ax: Axes, front: bool, native: bool, emulated: bool, tie: bool = False) -> None:
+PREDICTED_LABEL = "predicted by the mixed-precision search (dotted: to its measured point)"
+
+
+def _legend(
+    ax: Axes,
+    front: bool,
+    native: bool,
+    emulated: bool,
+    tie: bool = False,
+    predicted: bool = False,
+) -> None:
     from matplotlib.lines import Line2D
 
     handles = []
+    if predicted:
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color="#555555",
+                marker="D",
+                markerfacecolor="none",
+                linestyle="none",
+                label=PREDICTED_LABEL,
+            )
+        )
     if front:
         handles.append(
             Line2D(
@@ -423,11 +452,88 @@ def size_vs_quality(results: StudyResults) -> str | None:
     fig, ax = _figure()
     front = _front(ax, points, names, "size-quality", ties)
     _scatter(ax, points, "size-quality")
-    _legend(ax, front, native=False, emulated=False, tie=front and bool(ties))
+    predicted = metric == "kl_mean" and _predicted_points(ax, results, points, colors)
+    _legend(ax, front, native=False, emulated=False, tie=front and bool(ties), predicted=predicted)
     ax.set_title("Weights on disk vs quality", loc="left", fontsize=11, fontweight="bold")
     ax.set_xlabel("weights on disk (MiB)")
     ax.set_ylabel(f"{QUALITY_LABELS[metric]}\n(lower is better)")
     return _to_svg(fig, "size-quality", "Weights on disk against quality, one point per variant")
+
+
+def _predicted_points(
+    ax: Axes, results: StudyResults, points: Sequence[_Point], colors: dict[str, str]
+) -> bool:
+    """For each mixed-precision variant drawn, its point as the search predicted it (size,
+    KL as the sum of per-group increases), joined to the measured one: the additive
+    model's error, seen. Whether any was drawn."""
+    measured = {point.name: point for point in points}
+    drawn = False
+    for variant in _ok(results):
+        search = variant.mixed
+        point = measured.get(variant.name)
+        if search is None or point is None:
+            continue
+        x, y = search.predicted_size_bytes / MIB, search.predicted_kl
+        ax.plot([x, point.x], [y, point.y], linestyle=":", color=colors[variant.name], linewidth=1)
+        ax.plot(
+            [x],
+            [y],
+            marker="D",
+            markersize=7,
+            markerfacecolor="none",
+            markeredgecolor=colors[variant.name],
+            linestyle="none",
+        )
+        drawn = True
+    return drawn
+
+
+def sensitivity_heatmap(record: SensitivityRecord) -> str | None:
+    """The sensitivity screen as heatmaps, decoder layers × kind of projection, one panel
+    per candidate (bf16 has none: it changes nothing), on one logarithmic colour scale so
+    panels compare. None when no group belongs to a decoder layer."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import LogNorm
+    from matplotlib.figure import Figure
+
+    groups = [g for g in record.groups if g.layer is not None]
+    panels = [i for i, name in enumerate(record.candidates) if name not in BASELINE_SCHEMES]
+    if not groups or not panels:
+        return None
+    kinds = list(dict.fromkeys(g.kind for g in groups))  # model order: qkv, o, gate_up, down
+    layers = 1 + max(g.layer for g in groups if g.layer is not None)
+    grids = []
+    for panel in panels:
+        grid = np.full((layers, len(kinds)), np.nan)
+        for group in groups:
+            assert group.layer is not None
+            grid[group.layer, kinds.index(group.kind)] = group.kl_increase[panel]
+        grids.append(grid)
+    positive = [v for grid in grids for v in grid[np.isfinite(grid)] if v > 0]
+    if not positive:
+        return None
+    norm = LogNorm(vmin=min(positive), vmax=max(positive))
+    fig = Figure(figsize=(2.2 + 1.9 * len(panels), 1.6 + 0.16 * layers), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    image = None
+    for ax, panel, grid in zip(axes, panels, grids, strict=True):
+        shown = np.where(grid > 0, grid, np.nan)
+        image = ax.imshow(shown, aspect="auto", cmap="viridis", norm=norm, interpolation="none")
+        ax.set_title(record.candidates[panel], fontsize=10, loc="left")
+        ax.set_xticks(range(len(kinds)), kinds, fontsize=8, rotation=30)
+        ax.set_yticks(range(0, layers, max(1, layers // 10)))
+        ax.tick_params(axis="y", labelsize=8)
+        ax.set_xlabel("projection")
+    axes[0].set_ylabel("decoder layer")
+    assert image is not None
+    bar = fig.colorbar(image, ax=list(axes), shrink=0.9)
+    bar.set_label("KL added, nats/token (log scale)", fontsize=8)
+    fig.suptitle(
+        "Sensitivity: KL added by quantizing one group alone", x=0.02, ha="left", fontsize=11
+    )
+    return _to_svg(fig, "sensitivity", "Per-group sensitivity heatmap, one panel per candidate")
 
 
 def speed_vs_quality(results: StudyResults) -> str | None:

@@ -2,8 +2,8 @@
 
 Every sentence, table and figure of report.html and report.md comes from `build_document`;
 the renderers (`report.html`, `report.markdown`) only lay the blocks out. Sections, in order:
-`measured`, `warning`, `headline`, `divergence`, `tasks`, `axes` (the three only when the
-study has them), `recommendation`, `plots`, `variants`, `generations`, `provenance`.
+`measured`, `warning`, `headline`, `divergence`, `tasks`, `axes`, `sensitivity` (the four only
+when the study has them), `recommendation`, `plots`, `variants`, `generations`, `provenance`.
 """
 
 from __future__ import annotations
@@ -61,19 +61,24 @@ from quantbench.report.recovery_table import (
 )
 from quantbench.report.tasks_table import TASK_HEADERS, task_cells, task_rows, task_settings_text
 from quantbench.results import (
+    BASELINE_SCHEMES,
     DivergenceRecord,
     GenerationItem,
     GenerationsRecord,
     Interval,
+    MixedSearchRecord,
     PerplexityRecord,
     QuantizationRecord,
     Recommendation,
+    SensitivityGroup,
+    SensitivityRecord,
     SizeRecord,
     SpeedRecord,
     Spread,
     StudyResults,
     VariantResult,
     find_baseline,
+    weights_bytes,
 )
 from quantbench.units import MIB, format_number
 
@@ -1052,6 +1057,165 @@ def provenance_section(results: StudyResults) -> Section:
 
 
 # --------------------------------------------------------------------------------------
+# Sensitivity and mixed precision
+# --------------------------------------------------------------------------------------
+
+MIXED_HEADERS = (
+    "variant",
+    "budget",
+    "groups per candidate",
+    "predicted size, MiB",
+    "measured size, MiB",
+    "predicted KL",
+    "measured KL [95% CI]",
+    "measured / predicted KL",
+)
+TOP_GROUPS = 10
+
+
+def _budget_text(search: MixedSearchRecord) -> str:
+    if search.budget == "target_size":
+        return f"target_size {search.budget_value / MIB:,.1f} MiB"
+    return f"max_kl {format_number(search.budget_value, 3)} nats/token"
+
+
+def most_sensitive(record: SensitivityRecord, top: int = TOP_GROUPS) -> list[SensitivityGroup]:
+    """The groups whose most aggressive candidate (the smallest) adds the most KL."""
+    smallest = min(
+        range(len(record.candidates)),
+        key=lambda c: sum(group.sizes_bytes[c] for group in record.groups),
+    )
+    return sorted(record.groups, key=lambda g: -g.kl_increase[smallest])[:top]
+
+
+def _layer_grid(record: SensitivityRecord, candidate: int) -> Table:
+    """One candidate's panel of the heatmap as a table: decoder layers × projection."""
+    groups = [g for g in record.groups if g.layer is not None]
+    kinds = list(dict.fromkeys(g.kind for g in groups))
+    values = {(g.layer, g.kind): g.kl_increase[candidate] for g in groups}
+    layers = sorted({g.layer for g in groups if g.layer is not None})
+    rows = [
+        [str(layer), *(_kl_text(values.get((layer, kind))) for kind in kinds)] for layer in layers
+    ]
+    return simple_table(["layer", *kinds], rows, [False, *[True] * len(kinds)], EMPTY)
+
+
+def _kl_text(value: float | None) -> str:
+    return EMPTY if value is None else f"{value:.2e}"
+
+
+def mixed_section(results: StudyResults) -> Section | None:
+    """The sensitivity screen (heatmap, the most sensitive groups) and every mixed-precision
+    variant's prediction beside its measurement; None when the study has neither."""
+    record = results.sensitivity
+    mixed = [v for v in results.variants if v.mixed is not None]
+    if record is None and not mixed:
+        return None
+    blocks: list[Block] = []
+    if record is not None:
+        disjoint = {
+            True: "it shares no 32-token span with the evaluation windows",
+            False: "WARNING: it shares text with the evaluation windows",
+            None: "the study has no evaluation windows to compare it with",
+        }[record.disjoint_from_evaluation]
+        blocks.append(
+            Paragraph(
+                spans(
+                    f"Each cell is the {record.method}. Search sample: "
+                    f"{record.search_tokens:,} tokens of {record.search_source}; {disjoint}. "
+                    f"{len(record.groups)} groups × {len(record.candidates)} candidates "
+                    f"({', '.join(record.candidates)}), screened in {record.wall_s:,.0f} s "
+                    f"({record.compute_dtype}, {record.torch_threads or '?'} threads). "
+                    "Round-to-nearest over-states what GPTQ leaves; the screen ranks groups, "
+                    "and the mixed variants below measure the allocation it leads to."
+                )
+            )
+        )
+        blocks.append(
+            Figures(
+                (
+                    Figure(
+                        plots.sensitivity_heatmap(record),
+                        "KL added by quantizing one group alone, per candidate",
+                        "no group belongs to a decoder layer",
+                    ),
+                )
+            )
+        )
+        blocks.append(Heading(f"The {TOP_GROUPS} most sensitive groups"))
+        rows = [
+            [
+                group.name,
+                str(len(group.linears)),
+                *(_kl_text(v) for v in group.kl_increase),
+                *(f"{b / MIB:,.2f}" for b in group.sizes_bytes),
+            ]
+            for group in most_sensitive(record)
+        ]
+        headers = [
+            "group",
+            "layers",
+            *(f"KL added, {c}" for c in record.candidates),
+            *(f"MiB, {c}" for c in record.candidates),
+        ]
+        blocks.append(simple_table(headers, rows, [False, *[True] * (len(headers) - 1)]))
+        blocks.append(
+            Details(
+                spans("Every group, layer by layer (the heatmap's figures)"),
+                tuple(
+                    block
+                    for c, name in enumerate(record.candidates)
+                    if name not in BASELINE_SCHEMES
+                    for block in (Heading(name), _layer_grid(record, c))
+                ),
+            )
+        )
+    if mixed:
+        blocks.append(Heading("Mixed-precision variants: predicted and measured"))
+        rows = []
+        for variant in mixed:
+            search = variant.mixed
+            assert search is not None
+            div = variant.metrics.divergence
+            size = weights_bytes(variant)
+            measured = div.kl_mean.estimate if div is not None else None
+            rows.append(
+                [
+                    variant.name,
+                    _budget_text(search),
+                    ", ".join(f"{name} {n}" for name, n in search.counts.items()),
+                    f"{search.predicted_size_bytes / MIB:,.2f}",
+                    EMPTY if size is None else f"{size / MIB:,.2f}",
+                    format_number(search.predicted_kl, 3),
+                    EMPTY
+                    if div is None
+                    else format_interval(
+                        Figure_(div.kl_mean.estimate, low=div.kl_mean.low, high=div.kl_mean.high)
+                    ),
+                    EMPTY
+                    if measured is None or search.predicted_kl <= 0
+                    else f"{measured / search.predicted_kl:.2f}",
+                ]
+            )
+        blocks.append(
+            simple_table(MIXED_HEADERS, rows, [False, False, False, True, True, True, True, True])
+        )
+        blocks.append(
+            Paragraph(
+                spans(
+                    "The prediction adds up the screen's per-group increases: it assumes the "
+                    "groups' effects are independent and that round-to-nearest stands for "
+                    "GPTQ. A measured / predicted ratio below 1 is GPTQ doing better than "
+                    "rounding; the size-vs-quality plot joins each predicted point (hollow "
+                    "diamond) to its measured one."
+                ),
+                "note",
+            )
+        )
+    return Section("sensitivity", "Sensitivity and mixed precision", tuple(blocks))
+
+
+# --------------------------------------------------------------------------------------
 # The document
 # --------------------------------------------------------------------------------------
 
@@ -1073,6 +1237,7 @@ def build_document(results: StudyResults) -> Document:
         divergence_section(results),
         tasks_section(results),
         axes_section(results),
+        mixed_section(results),
     )
     sections = (
         measured_section(results),

@@ -25,6 +25,7 @@ BUILTIN: dict[str, str] = {
     "fp8-block": "quantbench.schemes.fp8_block:FP8_BLOCK",
     "w4a8-int": "quantbench.schemes.w4a8:W4A8_INT",
     "w4afp8": "quantbench.schemes.w4a8:W4AFP8",
+    "mixed": "quantbench.schemes.mixed:MIXED",
 }
 REGISTRY = Registry("schemes", BUILTIN)
 

@@ -9,6 +9,7 @@ llm-compressor, so it happens only inside the quantization worker process.
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -37,6 +38,7 @@ RuntimeFamily = Literal[
     "mxfp4a16",
     "w4a8",
     "w4afp8",
+    "wna16-mixed",
     "unknown",
 ]
 """The precision family a serving runtime picks its kernels by (what vLLM reads from a
@@ -115,7 +117,7 @@ class Scheme:
                     f"{did_you_mean(key, self.option_names)}; its options: {known}"
                 )
         for key, value in requested.items():
-            reason = self.refused.get((key, value))
+            reason = self.refused.get((key, value)) if isinstance(value, Hashable) else None
             if reason:
                 raise UserError(f"scheme '{self.name}' option {key}={value!r}: {reason}")
             allowed = self.allowed_values(key)
@@ -152,6 +154,16 @@ class Scheme:
                 f"{self.name}: the ignore list leaves no Linear layer to quantize"
             )
         return result
+
+    def linear_bytes(self, layer: LinearLayer, options: dict[str, Any]) -> int | None:
+        """Bytes one Linear layer's weight takes in this scheme's artifact, where the scheme
+        can say (a mixed-precision candidate must); None otherwise."""
+        return None
+
+    def sensitivity_settings(self, options: dict[str, Any]) -> dict[str, Any] | None:
+        """What a variant of this scheme needs screened by the study's sensitivity stage
+        (its key's inputs), or None when it reads no sensitivity table."""
+        return None
 
     def calibrates(self, options: dict[str, Any]) -> bool:
         """Whether a variant made with `options` needs calibration data: the scheme's own

@@ -6,13 +6,19 @@ They are variants like any other so that every metric runs on them by the same c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from quantbench.models import LinearLayer
 from quantbench.schemes.base import Scheme
 
 
 @dataclass(frozen=True)
 class Baseline(Scheme):
     dtype: str = "bfloat16"
+
+    def linear_bytes(self, layer: LinearLayer, options: dict[str, Any]) -> int | None:
+        """Two bytes per weight (bf16 and fp16 alike)."""
+        return 2 * layer.in_features * layer.out_features
 
 
 BF16 = Baseline(

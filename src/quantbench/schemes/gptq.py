@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from quantbench.models import LinearLayer
 from quantbench.schemes.base import DEFAULT_IGNORE
 from quantbench.schemes.grouped import GroupedScheme
 from quantbench.schemes.rotations import TRANSFORM_CHOICES, TRANSFORM_DEFAULTS, rotation_modifiers
@@ -40,17 +41,36 @@ def gptq_actorder(value: str) -> str | None:
 class GPTQWeightOnly(GroupedScheme):
     num_bits: int = 4
 
-    def build_recipe(self, options: dict[str, Any]) -> list[Any]:
-        from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
-        from llmcompressor.modifiers.quantization import GPTQModifier
+    def weight_args(self, options: dict[str, Any]) -> Any:
+        """compressed-tensors' QuantizationArgs of the weights, as GPTQ and the sensitivity
+        screen's round-to-nearest both use them."""
+        from compressed_tensors.quantization import QuantizationArgs
 
-        weights = QuantizationArgs(
+        return QuantizationArgs(
             num_bits=self.num_bits,
             type="int",
             symmetric=bool(options.get("symmetric", True)),
             strategy="group" if self.grouped else "channel",
             group_size=int(options["group_size"]) if self.grouped else None,
         )
+
+    def linear_bytes(self, layer: LinearLayer, options: dict[str, Any]) -> int | None:
+        """Bytes of one Linear's weight as compressed-tensors packs it: the integers packed
+        into int32, one bf16 scale per group (per output channel without groups), packed
+        zero points when asymmetric, and the int64 shape tensor."""
+        groups_per_row = -(-layer.in_features // int(options["group_size"])) if self.grouped else 1
+        scales = layer.out_features * groups_per_row
+        packed = -(-layer.in_features * self.num_bits // 32) * 4 * layer.out_features
+        zero_points = 0
+        if not options.get("symmetric", True):
+            zero_points = -(-layer.out_features * self.num_bits // 32) * 4 * groups_per_row
+        return packed + 2 * scales + zero_points + 16
+
+    def build_recipe(self, options: dict[str, Any]) -> list[Any]:
+        from compressed_tensors.quantization import QuantizationScheme
+        from llmcompressor.modifiers.quantization import GPTQModifier
+
+        weights = self.weight_args(options)
         return [
             *rotation_modifiers(options),
             GPTQModifier(
