@@ -345,3 +345,10 @@ def test_sensitivity_then_run_reuses_the_screen_and_reports_the_mixed_variant(ti
     assert "## Sensitivity and mixed precision" in report
     assert "predicted and measured" in report
     assert 'aria-label="Per-group sensitivity heatmap' in (out / "report.html").read_text()
+
+
+def test_a_malformed_budget_on_the_command_line_is_one_line_and_exit_2(tmp_path):
+    done = run_cli("plan", "--mixed", "size=1MiB", "--out", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert "mixed budget 'size=1MiB': write target_size=SIZE" in done.stderr
+    assert "Traceback" not in done.stderr
