@@ -12,6 +12,7 @@ import shutil
 import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,11 @@ from rich.progress import (
 
 from quantbench import __version__, provenance
 from quantbench.backends.vllm import VLLMBackend
-from quantbench.backends.vllm_support import hardware_here, support_for_scheme
+from quantbench.backends.vllm_support import (
+    hardware_here,
+    support_for_mixed,
+    support_for_scheme,
+)
 from quantbench.calibration import prepare_calibration
 from quantbench.compare import merge_model_studies
 from quantbench.config import SchemeEntry, StudyConfig, model_labels
@@ -541,6 +546,12 @@ def _quantize_variant(
             "allocation": layers,
             "candidate_options": own.resolved_options,
         }
+        hardware = hardware_here(study.config.evaluation.device)
+        support = support_for_mixed(str(worker_options["granularity"]), hardware)
+        preflight = replace(
+            preflight,
+            notes=[*preflight.notes, f"vLLM on {hardware.describe()}: {support.describe()}"],
+        )
         progress.update(task, phase="starting")
     request = QuantizeRequest(
         variant=variant.name,

@@ -97,6 +97,21 @@ def support_for_scheme(scheme: str, hardware: Hardware) -> Support:
     return support_for(scheme_family(scheme), hardware)
 
 
+def support_for_mixed(granularity: str, hardware: Hardware) -> Support:
+    """vLLM's support for a mixed-precision artifact of weight-only groups: that of its
+    kernels, unless its groups split a layer vLLM fuses (q/k/v, gate/up), which vLLM's
+    compressed-tensors loader refuses."""
+    if granularity != "fused":
+        return Support(
+            "unsupported",
+            "",
+            f"granularity '{granularity}' may give the q/k/v or gate/up projections of one "
+            "layer different formats, and vLLM runs each of those sets as one fused Linear "
+            "of one format",
+        )
+    return support_for("wna16-mixed", hardware)
+
+
 def support_for_artifact(artifact: Path, hardware: Hardware) -> Support:
     return support_for(artifact_family(artifact), hardware)
 
