@@ -19,6 +19,13 @@ from quantbench.sensitivity import search_allocation, search_sample, shares_span
 LLAMA_LAYER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+def read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    loaded: dict[str, Any] = yaml.safe_load(path.read_text())
+    return loaded
+
+
 def _linears(layers: int = 2) -> list[LinearLayer]:
     return [
         LinearLayer(
@@ -322,6 +329,19 @@ def test_sensitivity_then_run_reuses_the_screen_and_reports_the_mixed_variant(ti
     again = run_cli("sensitivity", "--config", str(study), "--search-tokens", "64")
     assert again.returncode == 0, again.stderr
     assert read_json(out / "sensitivity.json") == record  # the stage, read back
+    # a KL budget halfway between the most and the least accurate allocation, now that the
+    # screen is known: its worker measures, rescales and searches again
+    groups = record["groups"]  # type: ignore[index]
+    least = sum(min(g["kl_increase"]) for g in groups)
+    most = sum(max(g["kl_increase"]) for g in groups)
+    reachable = {"scheme": "mixed", "name": "mixed-half", "max_kl": (least + most) / 2, **screen}
+    study = tiny_study_yaml(
+        tmp_path / "study.yaml",
+        tiny_model,
+        out,
+        [*read_yaml(study)["schemes"], reachable],
+        evaluation=read_yaml(study)["evaluation"],
+    )
 
     ran = run_cli("run", "--config", str(study))
     assert ran.returncode == 1, ran.stderr  # the unreachable KL budget fails its variant
@@ -338,6 +358,14 @@ def test_sensitivity_then_run_reuses_the_screen_and_reports_the_mixed_variant(ti
     assert 0 < overhead < 0.03 * search["predicted_size_bytes"]
     assert sized["metrics"]["divergence"]["kl_mean"]["estimate"] > 0
     assert sized["stage_keys"]["sensitivity"] == record["stage_key"]
+    half = by_name["mixed-half"]
+    assert half["status"] == "ok"
+    rounds = half["mixed"]["rounds"]
+    assert 1 <= len(rounds) <= 2 and sum(r["kept"] for r in rounds) == 1
+    kept = next(r for r in rounds if r["kept"])
+    assert kept["search_kl"] <= 0.9 * half["mixed"]["budget_value"] or len(rounds) == 1
+    assert half["mixed"]["counts"] == kept["counts"]
+    assert search["rounds"][0]["search_kl"] > 0  # measured for a size budget too
     failed = by_name["mixed-kl"]
     assert failed["status"] == "failed"
     assert "below the least predicted KL" in failed["error"]

@@ -35,9 +35,10 @@ from quantbench.process.requests import (
     request_json,
 )
 from quantbench.process.workers import failure, run_python_worker
-from quantbench.results import QuantizationRecord
+from quantbench.results import MixedSearchRecord, QuantizationRecord
 from quantbench.schemes import get_scheme
 from quantbench.schemes.baseline import Baseline
+from quantbench.sensitivity import refine_mixed
 from quantbench.store import StageStore, dir_bytes
 
 ARTIFACT_DIR = "artifact"
@@ -106,9 +107,9 @@ def _worker_main(request_path: Path) -> None:
         return
     with store.build(ref) as work:
         artifact = work / ARTIFACT_DIR
-        result = _quantize(request, store, artifact)
+        result, mixed = _quantize(request, store, artifact)
         manifest = QuantizedStage(
-            **request.manifest.model_dump(),
+            **{**request.manifest.model_dump(), "mixed": mixed},
             quantization=result,
             disk_bytes=dir_bytes(artifact, WEIGHT_SUFFIXES),
             artifact_bytes=dir_bytes(artifact),
@@ -118,9 +119,12 @@ def _worker_main(request_path: Path) -> None:
     emit("committed")
 
 
-def _quantize(request: QuantizeRequest, store: StageStore, artifact: Path) -> QuantizationRecord:
+def _quantize(
+    request: QuantizeRequest, store: StageStore, artifact: Path
+) -> tuple[QuantizationRecord, MixedSearchRecord | None]:
     """Quantize (or, for a baseline, just save) the model into `artifact`; timings and peak
-    memory of this process."""
+    memory of this process, and a mixed variant's search as the worker completed it
+    (`sensitivity.refine_mixed`)."""
     started = time.perf_counter()
     phases: dict[str, float] = {}
 
@@ -128,6 +132,7 @@ def _quantize(request: QuantizeRequest, store: StageStore, artifact: Path) -> Qu
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     scheme = get_scheme(request.scheme)
+    mixed = request.manifest.mixed
     emit("loading")
     mark = time.perf_counter()
     model_path = locate_model(request.model)
@@ -181,6 +186,27 @@ def _quantize(request: QuantizeRequest, store: StageStore, artifact: Path) -> Qu
         mark = time.perf_counter()
         oneshot(model=model, recipe=recipe, **kwargs)
         phases["quantize_s"] = time.perf_counter() - mark
+        if mixed is not None and request.calibration is not None:
+            mark = time.perf_counter()
+
+            def fresh() -> Any:
+                return AutoModelForCausalLM.from_pretrained(
+                    model_path, dtype=getattr(torch, compute_dtype)
+                )
+
+            def requantize(layers: dict[str, list[str]]) -> Any:
+                again = fresh()
+                oneshot(
+                    model=again,
+                    recipe=scheme.recipe({**request.options, "allocation": layers}),
+                    **kwargs,
+                )
+                return again
+
+            model, mixed = refine_mixed(
+                mixed, request.options, model, fresh, requantize, store, request.calibration
+            )
+            phases["refine_s"] = time.perf_counter() - mark
         emit("saving")
         mark = time.perf_counter()
         # Compressed from the float32 weights, so the integers are exact; only the
@@ -198,7 +224,7 @@ def _quantize(request: QuantizeRequest, store: StageStore, artifact: Path) -> Qu
         torch_threads=torch.get_num_threads(),
         compute_dtype=compute_dtype,
         notes=notes,
-    )
+    ), mixed
 
 
 def resolve_calibration_dtype(requested: str, hardware: Hardware) -> tuple[str, str | None]:

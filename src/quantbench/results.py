@@ -305,6 +305,19 @@ class FrontPoint(_Record):
     predicted_kl: float = Field(description="nats per token, the sum of per-group increases")
 
 
+class SearchRound(_Record):
+    """One allocation the quantization worker built and measured while meeting a budget."""
+
+    counts: dict[str, int] = Field(description="candidate -> groups allocated to it")
+    predicted_kl: float = Field(description="the screen's additive prediction, nats/token")
+    predicted_size_bytes: int
+    search_kl: float = Field(
+        description="KL(baseline ‖ the GPTQ-quantized allocation) on the search sample, "
+        "nats/token, as the worker measured it"
+    )
+    kept: bool = Field(description="the allocation saved as the artifact")
+
+
 class MixedSearchRecord(_Record):
     """How a mixed-precision variant was chosen: its budget, the allocation, the prediction
     (additive over groups, from the sensitivity screen) and the predicted front around it."""
@@ -318,6 +331,11 @@ class MixedSearchRecord(_Record):
     predicted_size_bytes: int
     front: list[FrontPoint] = Field(default_factory=list)
     sensitivity_key: str
+    rounds: list[SearchRound] = Field(
+        default_factory=list,
+        description="the allocations built and measured on the search sample (a KL budget "
+        "is searched again once, with the screen rescaled to GPTQ's measured effect)",
+    )
 
 
 class VariantResult(_Record):

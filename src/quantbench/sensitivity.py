@@ -49,6 +49,7 @@ from quantbench.process.workers import failure, run_python_worker
 from quantbench.results import (
     FrontPoint,
     MixedSearchRecord,
+    SearchRound,
     SensitivityGroup,
     SensitivityRecord,
 )
@@ -227,6 +228,86 @@ def search_allocation(
         sensitivity_key=record.stage_key,
     )
     return search, layers
+
+
+def search_logprobs(model: Any, sample: list[list[int]]) -> list[Any]:
+    """Full-vocabulary log-probabilities (float32 numpy, one array per sequence) of `model`
+    on the search sample."""
+    import torch
+
+    with torch.no_grad():
+        return [
+            torch.log_softmax(
+                model(torch.tensor([ids]), use_cache=False).logits[0].float(), -1
+            ).numpy()
+            for ids in sample
+        ]
+
+
+def sample_kl(baseline: list[Any], variant: list[Any]) -> float:
+    """Mean KL(baseline ‖ variant) over every token of the search sample, nats/token."""
+    total = sum(
+        float(kl_divergence_per_token(b, v, renormalize=True).sum())
+        for b, v in zip(baseline, variant, strict=True)
+    )
+    return total / sum(len(b) for b in baseline)
+
+
+def refine_mixed(
+    search: MixedSearchRecord,
+    options: dict[str, Any],
+    quantized: Any,
+    baseline: Callable[[], Any],
+    requantize: Callable[[dict[str, list[str]]], Any],
+    store: StageStore,
+    calibration: StageRef,
+) -> tuple[Any, MixedSearchRecord]:
+    """Measure the GPTQ-quantized allocation on the search sample and, under a KL budget,
+    search once more with the screen rescaled to what GPTQ achieved; the model to save and
+    the search's record with its rounds. `baseline()` loads the baseline in the quantized
+    model's dtype; `requantize(layers)` quantizes a fresh copy with another allocation."""
+    record = read_sensitivity(store.path(StageRef("sensitivity", search.sensitivity_key)))
+    sample = search_sample(
+        read_samples(store.path(calibration) / SAMPLES_FILE), record.search_tokens
+    )
+    reference = baseline()
+    base = search_logprobs(reference, sample)
+    del reference
+    measured = sample_kl(base, search_logprobs(quantized, sample))
+    first = SearchRound(
+        counts=search.counts,
+        predicted_kl=search.predicted_kl,
+        predicted_size_bytes=search.predicted_size_bytes,
+        search_kl=measured,
+        kept=True,
+    )
+    if search.budget != "max_kl":
+        return quantized, search.model_copy(update={"rounds": [first]})
+    target = search.budget_value * float(options["kl_headroom"])
+    if not 0 < measured < target or search.predicted_kl <= 0:
+        return quantized, search.model_copy(update={"rounds": [first]})
+    scale = measured / search.predicted_kl
+    again, layers = search_allocation(record, {**options, "max_kl": target / scale})
+    if again.allocation == search.allocation:
+        return quantized, search.model_copy(update={"rounds": [first]})
+    emit("quantizing")
+    candidate = requantize(layers)
+    remeasured = sample_kl(base, search_logprobs(candidate, sample))
+    keep = remeasured <= target
+    second = SearchRound(
+        counts=again.counts,
+        predicted_kl=again.predicted_kl,
+        predicted_size_bytes=again.predicted_size_bytes,
+        search_kl=remeasured,
+        kept=keep,
+    )
+    rounds = [first.model_copy(update={"kept": not keep}), second]
+    if not keep:
+        return quantized, search.model_copy(update={"rounds": rounds})
+    chosen = again.model_copy(
+        update={"budget_value": search.budget_value, "rounds": rounds, "front": search.front}
+    )
+    return candidate, chosen
 
 
 def _worker_main(request_path: Path) -> None:

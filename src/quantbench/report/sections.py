@@ -1067,6 +1067,7 @@ MIXED_HEADERS = (
     "predicted size, MiB",
     "measured size, MiB",
     "predicted KL",
+    "KL on the search sample",
     "measured KL [95% CI]",
     "measured / predicted KL",
 )
@@ -1098,6 +1099,16 @@ def _layer_grid(record: SensitivityRecord, candidate: int) -> Table:
         [str(layer), *(_kl_text(values.get((layer, kind))) for kind in kinds)] for layer in layers
     ]
     return simple_table(["layer", *kinds], rows, [False, *[True] * len(kinds)], EMPTY)
+
+
+def _search_kl_text(search: MixedSearchRecord) -> str:
+    """The search-sample KL of each allocation built, in order, the kept one starred."""
+    if not search.rounds:
+        return EMPTY
+    return " → ".join(
+        format_number(r.search_kl, 3) + ("*" if r.kept and len(search.rounds) > 1 else "")
+        for r in search.rounds
+    )
 
 
 def _kl_text(value: float | None) -> str:
@@ -1187,6 +1198,7 @@ def mixed_section(results: StudyResults) -> Section | None:
                     f"{search.predicted_size_bytes / MIB:,.2f}",
                     EMPTY if size is None else f"{size / MIB:,.2f}",
                     format_number(search.predicted_kl, 3),
+                    _search_kl_text(search),
                     EMPTY
                     if div is None
                     else format_interval(
@@ -1198,7 +1210,9 @@ def mixed_section(results: StudyResults) -> Section | None:
                 ]
             )
         blocks.append(
-            simple_table(MIXED_HEADERS, rows, [False, False, False, True, True, True, True, True])
+            simple_table(
+                MIXED_HEADERS, rows, [False, False, False, True, True, True, True, True, True]
+            )
         )
         blocks.append(
             Paragraph(
@@ -1206,8 +1220,11 @@ def mixed_section(results: StudyResults) -> Section | None:
                     "The prediction adds up the screen's per-group increases: it assumes the "
                     "groups' effects are independent and that round-to-nearest stands for "
                     "GPTQ. A measured / predicted ratio below 1 is GPTQ doing better than "
-                    "rounding; the size-vs-quality plot joins each predicted point (hollow "
-                    "diamond) to its measured one."
+                    "rounding. The KL on the search sample is the GPTQ-quantized allocation's, "
+                    "measured by the quantization worker; under a KL budget it rescales the "
+                    "screen and searches once more (an arrow to the second allocation's figure; "
+                    "the one kept starred). The size-vs-quality plot joins each predicted point "
+                    "(hollow diamond) to its measured one."
                 ),
                 "note",
             )

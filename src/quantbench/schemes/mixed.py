@@ -4,7 +4,12 @@ The study's sensitivity stage (`quantbench.sensitivity`) measures, for every gro
 Linear layers and every candidate scheme, how much KL to the baseline quantizing only that
 group adds; the search (`quantbench.stats.knapsack`) picks one candidate per group to
 minimize the predicted KL under a size budget (`target_size`) or the size under a KL budget
-(`max_kl`). This scheme turns the allocation into one llm-compressor recipe: one GPTQ
+(`max_kl`). Under a KL budget the quantization worker then measures the GPTQ-quantized
+allocation on the search sample and, the screen's round-to-nearest figures being larger than
+GPTQ's, searches once more with the screen rescaled by that measured ratio, keeping the new
+allocation only if its measured KL is within `kl_headroom` × `max_kl` (headroom for the
+difference between the search sample and the evaluation windows). This scheme turns the
+allocation into one llm-compressor recipe: one GPTQ
 modifier whose `config_groups` target exactly the allocated layers (bf16 layers are left
 unquantized), so the artifact is one compressed-tensors checkpoint.
 
@@ -143,6 +148,15 @@ class MixedPrecision(Scheme):
                     f"scheme '{self.name}': '{scheme.name}' cannot be a candidate; candidates "
                     "are weight-only GPTQ schemes (w4a16-gptq, w8a16-gptq) and bf16"
                 )
+        headroom = options["kl_headroom"]
+        if isinstance(headroom, bool) or not isinstance(headroom, int | float):
+            headroom = -1.0
+        if not 0 < headroom <= 1:
+            raise UserError(
+                f"scheme '{self.name}' option kl_headroom must be in (0, 1], not "
+                f"{options['kl_headroom']!r}"
+            )
+        options["kl_headroom"] = float(headroom)
         if not isinstance(options["search_tokens"], int) or options["search_tokens"] < 16:
             raise UserError(f"scheme '{self.name}' option search_tokens must be at least 16")
         return options
@@ -310,6 +324,7 @@ MIXED = MixedPrecision(
         "candidates": list(DEFAULT_CANDIDATES),
         "granularity": "fused",
         "search_tokens": 512,
+        "kl_headroom": 0.9,
         "ignore": list(DEFAULT_IGNORE),
     },
     choices={"granularity": ("fused", "linear")},
