@@ -380,3 +380,80 @@ def test_a_malformed_budget_on_the_command_line_is_one_line_and_exit_2(tmp_path)
     assert done.returncode == 2
     assert "mixed budget 'size=1MiB': write target_size=SIZE" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+class _FakeModel:
+    """A 'model' whose log-probabilities move away from a fixed baseline by `damage`."""
+
+    def __init__(self, damage: float) -> None:
+        self.damage = damage
+
+    def __call__(self, ids: Any, use_cache: bool = False) -> Any:
+        import torch
+
+        generator = torch.Generator().manual_seed(1)
+        base = torch.randn(ids.shape[1], 16, generator=generator)
+        shift = torch.randn(ids.shape[1], 16, generator=torch.Generator().manual_seed(2))
+
+        class Out:
+            logits = (base + self.damage * shift)[None]
+
+        return Out()
+
+
+def _store_with_screen(tmp_path: Path, record: SensitivityRecord) -> tuple[Any, Any]:
+    from quantbench.output import OutputFolder
+    from quantbench.store import StageRef
+
+    store = OutputFolder.open(tmp_path / "out").stages()
+    calibration = StageRef("calibration", "c0")
+    with store.build(calibration) as work:
+        (work / "samples.jsonl").write_text(json.dumps({"input_ids": list(range(40))}) + "\n")
+        store.commit(calibration, work, {})
+    screen = StageRef("sensitivity", record.stage_key)
+    with store.build(screen) as work:
+        (work / "sensitivity.json").write_text(record.model_dump_json())
+        store.commit(screen, work, {})
+    return store, calibration
+
+
+@pytest.mark.parametrize(("second_damage", "second_kept"), [(0.02, True), (0.5, False)])
+def test_a_kl_budget_is_searched_again_from_what_gptq_achieved(
+    tmp_path, second_damage, second_kept
+):
+    """The first allocation measures far below its budget (GPTQ beats the screen): the
+    screen is rescaled, a smaller allocation is built, and it is kept only if its measured
+    KL is within the headroom; a size budget is measured once and never searched again."""
+    from quantbench import sensitivity
+
+    record = _record([[0.5, 0.01], [0.1, 0.01], [0.3, 0.02]], [[10, 20], [10, 20], [10, 20]])
+    store, calibration = _store_with_screen(tmp_path, record)
+    options = {"target_size": None, "max_kl": 0.05, "kl_headroom": 0.9}
+    first, _ = search_allocation(record, options)
+    assert first.counts == {"w4a16-gptq": 0, "w8a16-gptq": 3}
+    built: list[dict[str, list[str]]] = []
+
+    def requantize(layers: dict[str, list[str]]) -> _FakeModel:
+        built.append(layers)
+        return _FakeModel(second_damage)
+
+    model, search = sensitivity.refine_mixed(
+        first, options, _FakeModel(0.01), lambda: _FakeModel(0.0), requantize, store, calibration
+    )
+    assert len(search.rounds) == 2 and len(built) == 1
+    assert search.rounds[0].search_kl < 0.045  # measured: far below 0.9 × 0.05
+    assert [r.kept for r in search.rounds] == [not second_kept, second_kept]
+    assert search.budget_value == 0.05
+    if second_kept:
+        assert model.damage == second_damage
+        assert search.counts == search.rounds[1].counts != first.counts
+        assert search.predicted_size_bytes < first.predicted_size_bytes
+    else:
+        assert model.damage == 0.01 and search.counts == first.counts
+        assert search.rounds[1].search_kl > 0.045
+
+    sized, _ = search_allocation(record, {"target_size": 150, "max_kl": None, "kl_headroom": 0.9})
+    _, once = sensitivity.refine_mixed(
+        sized, options, _FakeModel(0.01), lambda: _FakeModel(0.0), requantize, store, calibration
+    )
+    assert len(once.rounds) == 1 and once.rounds[0].kept and len(built) == 1
