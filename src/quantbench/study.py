@@ -57,7 +57,7 @@ from quantbench.results import (
     StudyResults,
     VariantResult,
 )
-from quantbench.schemes import Preflight
+from quantbench.schemes import Preflight, get_scheme
 from quantbench.schemes.mixed import MixedPrecision
 from quantbench.sensitivity import (
     read_sensitivity,
@@ -456,6 +456,14 @@ def _runtime_preflight(plan: StudyPlan, eval_plan: EvalPlan, console: Console) -
     )
     for variant in plan.variants:
         support = support_for_scheme(variant.scheme.name, hardware)
+        if isinstance(variant.scheme, MixedPrecision):  # its candidates, as they may be mixed
+            families = [
+                get_scheme(name).runtime_family
+                for name in variant.options["candidates"]
+                if get_scheme(name).quantizes
+            ]
+            granularity = str(variant.options["granularity"])
+            support = support_for_mixed(granularity, families, hardware)
         colour = {"native": "green", "fallback": "yellow", "unsupported": "red"}[support.kind]
         console.print(f"  {variant.name}: [{colour}]{support.describe()}[/]")
 
@@ -547,7 +555,12 @@ def _quantize_variant(
             "candidate_options": own.resolved_options,
         }
         hardware = hardware_here(study.config.evaluation.device)
-        support = support_for_mixed(str(worker_options["granularity"]), hardware)
+        families = [
+            get_scheme(name).runtime_family
+            for name, names in layers.items()
+            if names and get_scheme(name).quantizes
+        ]
+        support = support_for_mixed(str(worker_options["granularity"]), families, hardware)
         preflight = replace(
             preflight,
             notes=[*preflight.notes, f"vLLM on {hardware.describe()}: {support.describe()}"],

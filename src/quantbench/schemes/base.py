@@ -38,7 +38,6 @@ RuntimeFamily = Literal[
     "mxfp4a16",
     "w4a8",
     "w4afp8",
-    "wna16-mixed",
     "unknown",
 ]
 """The precision family a serving runtime picks its kernels by (what vLLM reads from a

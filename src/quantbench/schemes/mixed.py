@@ -309,7 +309,7 @@ def budget_bytes(options: dict[str, Any]) -> int | None:
 
 MIXED = MixedPrecision(
     name="mixed",
-    runtime_family="wna16-mixed",
+    runtime_family="unknown",  # its allocation's formats: see backends.vllm_support
     description="Per-layer mixed precision: each group of layers (a decoder layer's q/k/v, "
     "o, gate/up, down) takes one candidate format (default w4a16-gptq or w8a16-gptq), "
     "chosen from measured per-group sensitivity to meet target_size or max_kl.",
