@@ -86,6 +86,11 @@ def main() -> None:
     parser.add_argument(
         "--results", type=Path, default=ROOT / "benchmarks" / "results" / "mixed_precision.md"
     )
+    parser.add_argument(
+        "--vllm",
+        action="store_true",
+        help="also serve bf16 and the size-budgeted mixed variant through vLLM (speed only)",
+    )
     args = parser.parse_args()
     out = args.out.resolve()
     started = dt.datetime.now(dt.UTC)
@@ -119,13 +124,18 @@ def main() -> None:
         "```",
         "",
         "Default metrics; KL is the mean KL(baseline ‖ variant) over "
-        f"{variants['w4a16-gptq']['metrics']['divergence'].get('n_tokens', '?')} evaluation "
+        f"{variants['w4a16-gptq']['metrics']['perplexity']['n_tokens']:,} evaluation "
         "tokens with its 95% window-bootstrap interval. Predicted figures are the search's "
-        "(sum of the screen's per-group increases; tensor bytes without the file header).",
+        "(sum of the screen's round-to-nearest per-group increases; tensor bytes without the "
+        "file header); the search-sample KL is the GPTQ-quantized allocation's on the "
+        f"{screen['search_tokens']} search tokens, as the worker measured it (under a KL "
+        "budget: first allocation → second, the kept one starred). The step times above are "
+        "this invocation's (stages an earlier one finished are reused); the stage times are "
+        "below.",
         "",
         "| variant | weights, MiB | mean KL [95% CI] | perplexity | predicted KL | "
-        "predicted MiB | groups per candidate |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "search-sample KL | predicted MiB | groups per candidate | quantize s |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for name, v in variants.items():
         if v["status"] != "ok":
@@ -137,13 +147,18 @@ def main() -> None:
             if div
             else "0 (baseline)"
         )
-        ppl = v["metrics"]["perplexity"]["perplexity"]
+        ppl = v["metrics"]["perplexity"]["perplexity"]["estimate"]
         search = v.get("mixed") or {}
+        rounds = search.get("rounds") or []
+        measured = " → ".join(
+            f"{r['search_kl']:.4f}" + ("*" if r["kept"] and len(rounds) > 1 else "") for r in rounds
+        )
         lines.append(
             f"| {name} | {_size(v) / MIB:,.2f} | {kl} | {ppl:.3f} | "
-            f"{search.get('predicted_kl', float('nan')):.4f} | "
+            f"{search.get('predicted_kl', float('nan')):.4f} | {measured or '–'} | "
             f"{search.get('predicted_size_bytes', float('nan')) / MIB:,.2f} | "
-            f"{', '.join(f'{k} {n}' for k, n in (search.get('counts') or {}).items())} |"
+            f"{', '.join(f'{k} {n}' for k, n in (search.get('counts') or {}).items())} | "
+            f"{v['quantization']['wall_s']:,.0f} |"
         )
     sized_kl, w4_kl, bounded_kl = _kl(sized), _kl(w4), _kl(bounded)
     reduction = 1 - sized_kl["estimate"] / w4_kl["estimate"]
@@ -192,8 +207,67 @@ def main() -> None:
         f"w4a16 everywhere, round-to-nearest): {screened:.4f}; w4a16-gptq measured "
         f"{w4_kl['estimate']:.4f}.",
     ]
+    if args.vllm:
+        lines += ["", *_vllm_check(out, [f"target_size={target}"])]
     args.results.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _vllm_check(out: Path, budgets: list[str]) -> list[str]:
+    """Serve bf16, the size-budgeted mixed variant and one of the same budget whose
+    candidates are w4a16-gptq and bf16 through vLLM (speed only), in a copy of the study's
+    stages so that nothing is quantized again and the study's own results stay as they are;
+    what vLLM did with each, in lines of Markdown."""
+    import shutil
+
+    check = out.with_name(out.name + "-vllm")
+    shutil.rmtree(check, ignore_errors=True)
+    (check / "stages").mkdir(parents=True)
+    for kind in ("calibration", "corpus", "sensitivity", "quantize"):
+        if (out / "stages" / kind).is_dir():
+            shutil.copytree(out / "stages" / kind, check / "stages" / kind, symlinks=True)
+    size = budgets[0].split("=", 1)[1]
+    w4_or_bf16 = (
+        "{scheme: mixed, name: mixed-w4-bf16, candidates: [w4a16-gptq, bf16], "
+        f"target_size: {size}}}"
+    )
+    flags = [
+        "--schemes",
+        "bf16",
+        "--mixed",
+        ",".join(budgets),
+        "--set",
+        f"schemes=[bf16, {w4_or_bf16}]",
+        "--metrics",
+        "size,speed",
+    ]
+    seconds = _run([*flags, "--speed-backend", "vllm", "--out", str(check)])
+    lines = [
+        "## Through vLLM (speed only)",
+        "",
+        "```",
+        "quantbench run "
+        + " ".join(f"'{f}'" if " " in f else f for f in flags)
+        + f" --speed-backend vllm --out {check}   ({seconds:,.0f} s)",
+        "```",
+        "",
+        "| variant | status | speed backend | mode | decode ms/token, batch 1 | detail |",
+        "|---|---|---|---|---:|---|",
+    ]
+    for name, v in _variants(check).items():
+        speed = v["metrics"].get("speed")
+        errors = v["metrics"].get("errors") or {}
+        if speed is None:
+            lines.append(f"| {name} | {v['status']} | – | – | – | {errors.get('speed', '')} |")
+            continue
+        first = speed["points"][0]
+        decode = first.get("tpot_s") or {}
+        ms = f"{decode['median'] * 1000:.2f}" if decode else "–"
+        lines.append(
+            f"| {name} | {v['status']} | {speed['backend']} | {speed['execution_mode']} | "
+            f"{ms} | {speed['detail']} |"
+        )
+    return lines
 
 
 if __name__ == "__main__":

@@ -504,3 +504,18 @@ def test_vllm_support_of_a_mix_is_the_least_of_its_formats_and_refuses_split_fus
     mixed = artifact({"g0": [attention + "o_proj"], "g1": ["model.layers.0.mlp.down_proj"]})
     assert support_for_artifact(mixed, epyc).kind == "unsupported"
     assert support_for_artifact(mixed, h100).kind == "native"
+
+
+def test_a_list_option_is_kept_whole_and_is_no_study_axis():
+    config = StudyConfig(
+        schemes=[
+            {
+                "scheme": "mixed",
+                "candidates": ["w4a16-gptq", "bf16"],
+                "target_size": ["1MiB", "2MiB"],
+            }
+        ]
+    )
+    expanded = config.schemes[0].expand()
+    assert [axes for _, axes in expanded] == [{"target_size": "1MiB"}, {"target_size": "2MiB"}]
+    assert all(e.options()["candidates"] == ["w4a16-gptq", "bf16"] for e, _ in expanded)

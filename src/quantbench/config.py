@@ -142,7 +142,10 @@ class SchemeEntry(_Strict):
                 name += "-" + "-".join(
                     f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in axes.items()
                 )
-            own = {k: v for k, v in values.items() if k in self.scheme_options}
+            own = {
+                **self.scheme_options,
+                **{k: v for k, v in values.items() if k in self.scheme_options},
+            }
             fields = {k: v for k, v in values.items() if k not in own}
             update = {**fields, "name": name, "scheme_options": own}
             out.append((self.model_copy(update=update), axes))
