@@ -46,6 +46,10 @@ def _cpu() -> str:
     return f"{name}, {os.cpu_count()} cores, {' '.join(isa)}"
 
 
+def _or_dash(value: float | None, form: str, unit: float = 1.0) -> str:
+    return "–" if value is None else form.format(value / unit)
+
+
 def _floor_4_digits(value: float) -> float:
     scale = 10 ** (3 - math.floor(math.log10(value)))
     return math.floor(value * scale) / scale
@@ -118,7 +122,8 @@ def main() -> None:
         f"Run {started:%Y-%m-%d %H:%M} UTC on {_cpu()}, commit {_commit()}.",
         "",
         "```",
-        f".venv/bin/python benchmarks/mixed_precision.py --out {out}",
+        f".venv/bin/python benchmarks/mixed_precision.py --out {out}"
+        + (" --vllm" if args.vllm else ""),
         f"# step 1: quantbench run --schemes {UNIFORM} --out {out}   ({first_s:,.0f} s)",
         f"# step 2: the same with --mixed {','.join(budgets)}   ({second_s:,.0f} s)",
         "```",
@@ -155,8 +160,8 @@ def main() -> None:
         )
         lines.append(
             f"| {name} | {_size(v) / MIB:,.2f} | {kl} | {ppl:.3f} | "
-            f"{search.get('predicted_kl', float('nan')):.4f} | {measured or '–'} | "
-            f"{search.get('predicted_size_bytes', float('nan')) / MIB:,.2f} | "
+            f"{_or_dash(search.get('predicted_kl'), '{:.4f}')} | {measured or '–'} | "
+            f"{_or_dash(search.get('predicted_size_bytes'), '{:,.2f}', MIB)} | "
             f"{', '.join(f'{k} {n}' for k, n in (search.get('counts') or {}).items())} | "
             f"{v['quantization']['wall_s']:,.0f} |"
         )
@@ -221,11 +226,12 @@ def _vllm_check(out: Path, budgets: list[str]) -> list[str]:
     import shutil
 
     check = out.with_name(out.name + "-vllm")
-    shutil.rmtree(check, ignore_errors=True)
-    (check / "stages").mkdir(parents=True)
+    (check / "stages").mkdir(parents=True, exist_ok=True)
     for kind in ("calibration", "corpus", "sensitivity", "quantize"):
         if (out / "stages" / kind).is_dir():
-            shutil.copytree(out / "stages" / kind, check / "stages" / kind, symlinks=True)
+            shutil.copytree(
+                out / "stages" / kind, check / "stages" / kind, symlinks=True, dirs_exist_ok=True
+            )
     size = budgets[0].split("=", 1)[1]
     w4_or_bf16 = (
         "{scheme: mixed, name: mixed-w4-bf16, candidates: [w4a16-gptq, bf16], "
