@@ -137,8 +137,11 @@ def test_a_plugins_scheme_and_metric_run_in_a_study(tiny_model: Path, tmp_path: 
     )
     assert listed.returncode == 0 and "toy-w8" in listed.stdout
     # The family the scheme declares decides what vLLM is said to do with it.
-    toy_listing = listed.stdout[listed.stdout.index("toy-w8") :]
-    assert "W8A16 weight-only GEMM" in toy_listing.split("\n\n")[0]
+    from quantbench.backends.vllm_support import hardware_here, support_for
+
+    toy_listing = " ".join(listed.stdout[listed.stdout.index("toy-w8") :].split("\n\n")[0].split())
+    w8a16 = support_for("w8a16", hardware_here())
+    assert " ".join((w8a16.kernel or w8a16.reason).split()) in toy_listing
 
 
 def test_without_the_plugin_its_names_are_unknown(tiny_model: Path, tmp_path: Path) -> None:
