@@ -21,7 +21,6 @@ import json
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,18 +30,6 @@ def _cpu() -> str:
         if line.startswith("model name"):
             return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
     return "unknown CPU"
-
-
-def _logprobs(model: Any, sample: list[list[int]]) -> list[Any]:
-    import torch
-
-    with torch.no_grad():
-        return [
-            torch.log_softmax(
-                model(torch.tensor([ids]), use_cache=False).logits[0].float(), -1
-            ).numpy()
-            for ids in sample
-        ]
 
 
 def main() -> None:
@@ -68,8 +55,7 @@ def main() -> None:
     from quantbench.output import OutputFolder
     from quantbench.schemes import get_scheme
     from quantbench.schemes.gptq import gptq_actorder
-    from quantbench.sensitivity import search_sample
-    from quantbench.stats.divergence import kl_divergence_per_token
+    from quantbench.sensitivity import sample_kl, search_logprobs, search_sample
     from quantbench.store import StageRef
 
     results = json.loads((args.study / "results.json").read_text())
@@ -88,7 +74,7 @@ def main() -> None:
     step = max(1, len(ranked) // args.groups)
     chosen = ranked[::step][: args.groups]
     baseline_model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    baseline = _logprobs(baseline_model, sample)
+    baseline = search_logprobs(baseline_model, sample)
     del baseline_model
     calibration_rows = samples[: args.calibration_samples]
     data = Dataset.from_dict(
@@ -118,15 +104,7 @@ def main() -> None:
             max_seq_length=max(len(r) for r in calibration_rows),
             shuffle_calibration_samples=False,
         )
-        quantized = _logprobs(model, sample)
-        tokens = sum(len(s) for s in sample)
-        gptq = (
-            sum(
-                float(kl_divergence_per_token(b, q, renormalize=True).sum())
-                for b, q in zip(baseline, quantized, strict=True)
-            )
-            / tokens
-        )
+        gptq = sample_kl(baseline, search_logprobs(model, sample))
         rows.append((group["name"], group["kl_increase"][column], gptq))
         print(rows[-1], flush=True)
         del model

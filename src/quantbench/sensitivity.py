@@ -389,11 +389,7 @@ def measure(request: SensitivityRequest, samples_path: Path) -> SensitivityRecor
         hooks.append(layer.register_forward_pre_hook(keep, with_kwargs=True))
 
     emit("baseline")
-    baseline = []
-    with torch.no_grad():
-        for ids in sample:
-            logits = model(torch.tensor([ids]), use_cache=False).logits[0]
-            baseline.append(torch.log_softmax(logits.float(), dim=-1).numpy())
+    baseline = search_logprobs(model, sample)  # the hooks cache every layer's inputs
     for hook in hooks:
         hook.remove()
 
