@@ -41,5 +41,5 @@ DEVICE=cpu LIMIT_S=${LIMIT_S:-1800} BUNDLE="$WORK/bundle-$here" PY="$WORK/venv/b
   echo "fresh venv: torch 2.13.0, transformers 5.17.0 and $(echo "$image" | wc -w) image packages"
   echo "gpu_check.sh on the CPU: $(( $(date +%s) - started )) s, exit status ${status:-0}"
   tail -1 "$WORK/study.log"
-  head -3 "$WORK/study/out/schemes.txt" 2>/dev/null || true
+  head -3 "$WORK/study/schemes.txt" 2>/dev/null || true
 } | tee "$WORK/summary.txt"

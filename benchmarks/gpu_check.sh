@@ -17,7 +17,9 @@
 # runs on CUDA, and which kernels ran (the speed record says native or emulated). Schemes
 # bf16, fp8-dynamic, w4a16-gptq, w8a8-int8; metrics size, perplexity, divergence, speed,
 # generations, all through transformers (vLLM's wheel alone is over 200 MiB: it cannot be
-# carried there). DEVICE=cpu runs the same on a CPU, which is how it is tested here.
+# carried there). On CUDA, benchmarks/fp8_probe.py then says whether the GPU multiplies FP8
+# natively (OUT/../fp8_probe.json). DEVICE=cpu runs the same on a CPU, which is how it is
+# tested here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-$(mktemp -d)/gpu-study}
@@ -48,7 +50,12 @@ EOF
   timeout "$LIMIT_S" "$PY" -m quantbench run --model "$MODEL" --out "$OUT" --device "$DEVICE" \
     --schemes bf16,fp8-dynamic,w4a16-gptq,w8a8-int8 --calibration-samples 32 \
     --calibration-seq-len 256 --max-tokens 4096 || status=$?
-  "$PY" -m quantbench schemes > "$OUT/schemes.txt" 2>&1 || true
+  "$PY" -m quantbench schemes > "$(dirname "$OUT")/schemes.txt" 2>&1 || true
+  if [ "$DEVICE" = cuda ]; then
+    # Whether this GPU has native FP8 matmuls at all: the study's transformers backend
+    # emulates fp8-dynamic whatever the GPU can do.
+    "$PY" benchmarks/fp8_probe.py "$(dirname "$OUT")/fp8_probe.json" || true
+  fi
 else
   PY=${PY:-.venv/bin/python}
   "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else
