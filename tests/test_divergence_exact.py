@@ -20,7 +20,9 @@ from rich.console import Console
 from quantbench import evaluate
 from quantbench.config import load_study_config
 from quantbench.corpus import read_windows
-from quantbench.evaluate import exact_divergence_bytes, plan_divergence
+from quantbench.evaluate import plan_divergence
+from quantbench.memory import scores_stage_bytes
+from quantbench.models import inspect_model
 from quantbench.study import run_study
 from quantbench.study_files import load_results
 
@@ -152,13 +154,6 @@ def test_reports_carry_the_llama_cpp_divergence_table(evaluated: Path) -> None:
     assert "Minimum Δp" in html and "exact (full vocabulary)" in html
 
 
-def test_exact_divergence_bytes_by_hand() -> None:
-    # 270 MB of bf16 files -> 4 x 270 MB for two float32 copies; logits 2 x 3 x 4 bytes
-    # for 4 windows x 512 tokens x 49,152 vocabulary entries; 1 GiB runtime.
-    expected = 4 * 270_000_000 + 24 * 4 * 512 * 49_152 + GIB
-    assert exact_divergence_bytes(270_000_000, 49_152, 512, 4) == expected
-
-
 def test_plan_divergence_takes_the_exact_method_when_two_copies_fit() -> None:
     plan = plan_divergence("hf", 3 * GIB, 20 * GIB)
     assert plan.method == "exact"
@@ -201,7 +196,20 @@ def test_fallback_is_recorded_keyed_and_measured(
     """With too little memory for two copies the study uses the stored top-k + tail, says so
     in the record, keys the stages by the method, and measures the approximation's error."""
     config = load_study_config(_divergence_study(tmp_path, tiny_model))
-    monkeypatch.setattr(evaluate, "_available_bytes", lambda _config: 1024)
+    info = inspect_model(tiny_model)
+    one, two = (
+        scores_stage_bytes(
+            info,
+            form="activations",
+            with_baseline=beside,
+            compute_dtype="float32",
+            window=64,
+            batch_windows=4,
+        ).total_bytes
+        for beside in (False, True)
+    )
+    # room for the variant alone, not for the baseline beside it
+    monkeypatch.setattr(evaluate, "available_memory_bytes", lambda _limit=None: (one + two) // 2)
     results = run_study(config, Console(file=io.StringIO()))
     record = results.variant("fp8-dynamic").metrics.divergence
     assert record is not None and record.method == "topk_tail"

@@ -65,10 +65,8 @@ def test_the_front_is_the_brute_force_pareto_front():
             (a.size_bytes, round(a.predicted_kl, 12))
             for a in every
             if not any(
-                (b.size_bytes <= a.size_bytes
-                and b.predicted_kl < a.predicted_kl - 1e-12)
-                or (b.size_bytes < a.size_bytes
-                and b.predicted_kl <= a.predicted_kl + 1e-12)
+                (b.size_bytes <= a.size_bytes and b.predicted_kl < a.predicted_kl - 1e-12)
+                or (b.size_bytes < a.size_bytes and b.predicted_kl <= a.predicted_kl + 1e-12)
                 for b in every
             )
         }

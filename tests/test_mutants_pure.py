@@ -13,15 +13,10 @@ from pathlib import Path
 import pytest
 
 from quantbench.config import CalibrationConfig
+from quantbench.memory import QUANTIZE_RUNTIME_BYTES, QUANTIZE_WEIGHT_FACTOR
 from quantbench.models import LinearLayer, ModelInfo
 from quantbench.plan import VariantPlan
-from quantbench.preflight import (
-    GIB,
-    RUNTIME_OVERHEAD_BYTES,
-    available_memory_bytes,
-    estimate_memory,
-    preflight_variants,
-)
+from quantbench.preflight import GIB, available_memory_bytes, preflight_variants
 from quantbench.schemes import get_scheme
 from quantbench.schemes.grouping import (
     MIN_GROUP_SIZE,
@@ -77,47 +72,6 @@ def _info(
     return ModelInfo("LlamaForCausalLM", params, layers, False, "bfloat16", hidden)
 
 
-def test_memory_without_calibration_is_two_copies_plus_runtime() -> None:
-    estimate = estimate_memory(_info(), False, CalibrationConfig(num_samples=3, seq_len=5))
-    # bf16 weights: 2 bytes x 1000 parameters; held twice while saving.
-    assert estimate.weights_bytes == 2000
-    assert estimate.calibration_bytes == 0
-    assert estimate.total_bytes == 2 * 2000 + RUNTIME_OVERHEAD_BYTES
-    assert RUNTIME_OVERHEAD_BYTES == 1 << 30
-
-
-def test_memory_with_calibration_counts_hessians_and_activations() -> None:
-    calibration = CalibrationConfig(num_samples=3, seq_len=5)
-    estimate = estimate_memory(_info(), True, calibration)
-    # Hessians: 7 linears x widest 32^2 x 4 bytes = 28,672.
-    # Activations: 2 x 3 samples x 5 tokens x hidden 16 x 2 bytes (bf16) = 960.
-    assert estimate.weights_bytes == 2000
-    assert type(estimate.weights_bytes) is int and type(estimate.total_bytes) is int
-    assert estimate.calibration_bytes == 28_672 + 960
-    assert estimate.total_bytes == 4000 + 29_632 + RUNTIME_OVERHEAD_BYTES
-
-
-def test_memory_in_float32_doubles_weights_and_activations() -> None:
-    calibration = CalibrationConfig(num_samples=3, seq_len=5)
-    estimate = estimate_memory(_info(), True, calibration, calibration_dtype="float32")
-    # Weights 2000 x 4 // 2 = 4000; activations 2 x 3 x 5 x 16 x 4 = 1,920.
-    assert estimate.weights_bytes == 4000
-    assert estimate.calibration_bytes == 28_672 + 1920
-
-
-def test_memory_without_hidden_size_uses_the_widest_layer() -> None:
-    calibration = CalibrationConfig(num_samples=1, seq_len=1)
-    estimate = estimate_memory(_info(hidden=None), True, calibration)
-    # hidden falls back to 32: activations 2 x 1 x 1 x 32 x 2 = 128.
-    assert estimate.calibration_bytes == 28_672 + 128
-
-
-def test_memory_of_a_model_without_linear_layers() -> None:
-    calibration = CalibrationConfig(num_samples=1, seq_len=1)
-    estimate = estimate_memory(_info(widths=(), hidden=None), True, calibration)
-    assert estimate.calibration_bytes == 0
-
-
 def test_available_memory_is_psutil_available() -> None:
     import psutil
 
@@ -152,22 +106,21 @@ def test_preflight_reports_memory_per_variant_and_refuses_what_does_not_fit() ->
         _variant("gptq", "w4a16-gptq"),
         _variant("gptq-own", "w4a16-gptq", own),
     ]
-    # fp8: 4000 + overhead. gptq: hessians 7 x 64^2 x 4 = 114,688, activations
-    # 2 x 2 x 4 x 64 x 2 = 2048. gptq-own: activations 2 x 4 x 4 x 64 x 2 = 4096.
-    fp8_total = 4000 + RUNTIME_OVERHEAD_BYTES
-    gptq_total = fp8_total + 114_688 + 2048
-    own_total = fp8_total + 114_688 + 4096
+    # Layers l0 and l1 name no decoder layer, so each is its own: Hessians 64^2 x 4 = 16,384.
+    # Cached hidden states: gptq 2 x 2 x 4 x 64 x 2 = 2048, gptq-own 2 x 4 x 4 x 64 x 2 = 4096.
+    fp8_total = QUANTIZE_RUNTIME_BYTES + int(QUANTIZE_WEIGHT_FACTOR["data_free"] * 2000)
+    calibrating = QUANTIZE_RUNTIME_BYTES + int(QUANTIZE_WEIGHT_FACTOR["calibrate"] * 2000)
+    gptq_total = calibrating + 16_384 + 2048
+    own_total = calibrating + 16_384 + 4096
     outcomes = preflight_variants(variants, info, default, available_bytes=gptq_total)
     assert list(outcomes) == ["fp8", "gptq", "gptq-own"]
     assert [o.memory_bytes for o in outcomes.values()] == [fp8_total, gptq_total, own_total]
     assert outcomes["fp8"].problems == [] and outcomes["gptq"].problems == []
-    assert outcomes["gptq-own"].problems == [
-        f"gptq-own: needs about {own_total / GIB:.1f} GiB to quantize but "
-        f"{gptq_total / GIB:.1f} GiB is available; free memory, lower "
-        "calibration.num_samples / seq_len, or use a bigger machine"
-    ]
-    for outcome in outcomes.values():
-        assert outcome.notes[-1] == "estimated peak memory 1.0 GiB"
+    (problem,) = outcomes["gptq-own"].problems
+    assert problem.startswith(f"gptq-own: quantizing needs about {own_total / GIB:.1f} GiB (")
+    assert f"but {gptq_total / GIB:.1f} GiB is available; it would fit with" in problem
+    for outcome, total in zip(outcomes.values(), (fp8_total, gptq_total, own_total), strict=True):
+        assert outcome.notes[-1] == f"estimated peak memory {total / GIB:.1f} GiB to quantize"
 
 
 def test_preflight_float32_calibration_is_what_is_checked() -> None:
@@ -177,8 +130,10 @@ def test_preflight_float32_calibration_is_what_is_checked() -> None:
     f32 = preflight_variants(
         [_variant("g", "w4a16-gptq")], info, default, 1 << 40, calibration_dtype="float32"
     )
-    # float32: weights 2000 more bytes held twice, activations 2048 more.
-    assert (f32["g"].memory_bytes or 0) - (bf16["g"].memory_bytes or 0) == 2 * 2000 + 2048
+    # float32: the weights take 2000 more bytes (times the factor), the hidden states 2048.
+    factor = QUANTIZE_WEIGHT_FACTOR["calibrate"]
+    expected = int(factor * 4000) - int(factor * 2000) + 2048
+    assert (f32["g"].memory_bytes or 0) - (bf16["g"].memory_bytes or 0) == expected
 
 
 @pytest.mark.parametrize("available", [0, 1])
@@ -187,4 +142,4 @@ def test_preflight_with_no_memory_refuses_every_variant(available: int) -> None:
         [_variant("fp8", "fp8-dynamic")], _info(), CalibrationConfig(), available
     )
     assert len(outcomes["fp8"].problems) == 1
-    assert outcomes["fp8"].problems[0].startswith("fp8: needs about 1.0 GiB to quantize")
+    assert outcomes["fp8"].problems[0].startswith("fp8: quantizing needs about")

@@ -310,6 +310,13 @@ STUDY_FLAGS: tuple[StudyFlag, ...] = (
         ("execution", "ray_address"),
         unset="start a local one",
     ),
+    StudyFlag(
+        "memory_limit_gib",
+        float,
+        "the most RAM the study may use, GiB (pre-flight refuses what would not fit)",
+        ("execution", "memory_limit_gib"),
+        unset="what is available",
+    ),
 )
 """The flags `run` and `plan` share: `plan` prints the stages `run` would run with the same
 flags, so both read one table."""

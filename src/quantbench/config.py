@@ -467,6 +467,12 @@ class ExecutionConfig(_Strict):
         description="per stage kind, Ray resources that replace the derived ones "
         "(num_cpus, num_gpus, memory in bytes)",
     )
+    memory_limit_gib: float | None = Field(
+        default=None,
+        gt=0,
+        description="the most RAM the study's workers may use, GiB (pre-flight refuses a stage "
+        "whose estimate exceeds it); default: what the machine has available when it starts",
+    )
 
 
 class StudyConfig(_Strict):

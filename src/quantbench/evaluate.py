@@ -10,8 +10,10 @@ on. Finished stages are never recomputed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,13 +27,15 @@ from quantbench.config import EvaluationConfig
 from quantbench.corpus import corpus_ref, read_windows
 from quantbench.envs import vllm_python, vllm_version
 from quantbench.executors.base import Launch, Resources
-from quantbench.hardware import gpus_visible
+from quantbench.hardware import gpus_visible, hardware_here
+from quantbench.memory import model_form, scores_stage_bytes
 from quantbench.metrics import REGISTRY, load_metric, split_stage_name, stage_name, stages_for
 from quantbench.metrics.base import EvalContext
+from quantbench.models import ModelInfo, inspect_model
 from quantbench.output import OutputFolder
 from quantbench.plan import StudyPlan, VariantPlan, library_versions
-from quantbench.preflight import available_memory_bytes
-from quantbench.process.child import die_with_parent, emit
+from quantbench.preflight import SCORE_BATCH_WINDOWS, EvaluationMemory, available_memory_bytes
+from quantbench.process.child import AnonymousPeak, die_with_parent, emit, peak_rss_bytes
 from quantbench.process.requests import (
     DivergenceChoice,
     DivergenceMethod,
@@ -53,10 +57,6 @@ EVALUATE_STAGE_VERSION = 1
 
 DIVERGENCE_METRICS = ("scores", "divergence")
 """The stages whose figures depend on the divergence method (it is part of their keys)."""
-SCORING_OVERHEAD_BYTES = 1 << 30
-"""Python, torch and the backend themselves, next to the two models and their logits."""
-SCORE_BATCH_WINDOWS = 4
-"""Windows per scoring forward (the hf backend's default `score_batch_size`)."""
 
 
 @dataclass(frozen=True)
@@ -85,35 +85,8 @@ class EvalPlan:
         return sorted(variants, key=lambda v: v.name != self.baseline)
 
 
-EVALUATION_MEMORY_PER_WEIGHT_BYTE = 3
-"""An evaluation worker's memory request per byte of the artifact's weights, for an executor
-placing it (a Ray task's `memory`): a rule of thumb, not a measured bound, that leaves room
-for the weights as stored, their compute-dtype copy and the activations."""
-
-
-def evaluation_memory_bytes(weights_bytes: int | None) -> int | None:
-    """Memory an evaluation worker asks the executor for, bytes (None: unknown until the
-    artifact exists)."""
-    return EVALUATION_MEMORY_PER_WEIGHT_BYTE * weights_bytes if weights_bytes else None
-
-
 def baseline_name(variants: tuple[VariantPlan, ...]) -> str | None:
     return next((v.name for v in variants if not v.scheme.quantizes), None)
-
-
-def exact_divergence_bytes(
-    model_bytes_on_disk: int, vocab_size: int, window: int, batch_windows: int
-) -> int:
-    """Peak bytes of the exact divergence method in one worker (a deliberate over-estimate).
-
-    Two models (the variant decompressed to the baseline's size, both counted in float32:
-    twice their bf16 files) and, per model, one batch of logits and its float32 log-softmax
-    copy for `batch_windows` windows of `window` tokens (three float32 values per logit),
-    plus the runtime itself.
-    """
-    weights = 2 * (2 * model_bytes_on_disk)
-    logits = 2 * 3 * 4 * batch_windows * window * vocab_size
-    return weights + logits + SCORING_OVERHEAD_BYTES
 
 
 def plan_divergence(backend: str, required_bytes: int, available_bytes: int) -> DivergencePlan:
@@ -149,31 +122,79 @@ def plan_divergence(backend: str, required_bytes: int, available_bytes: int) -> 
 
 def _divergence_plan(plan: StudyPlan, config: EvaluationConfig) -> DivergencePlan:
     """`plan_divergence` for this study's model, corpus, backend and device."""
-    path = Path(plan.model.path)
-    model_bytes = sum(f.stat().st_size for f in path.glob("*.safetensors"))
-    model_bytes += sum(f.stat().st_size for f in path.glob("*.bin"))
-    config_file = path / "config.json"
-    vocab = 0
-    if config_file.exists():
-        model_config = json.loads(config_file.read_text())
-        vocab = int(
-            model_config.get("vocab_size")
-            or model_config.get("text_config", {}).get("vocab_size", 0)
-        )
-    required = exact_divergence_bytes(model_bytes, vocab, config.corpus.window, SCORE_BATCH_WINDOWS)
-    return plan_divergence(config.backend_for("scores"), required, _available_bytes(config))
+    memory = evaluation_memory(plan, config)
+    if memory is None:  # no model runs through the hf backend: the method is moot there
+        return plan_divergence(config.backend_for("scores"), 0, 0)
+    required = max(
+        (_scores_bytes(plan, memory, v, with_baseline=True) for v in plan.variants),
+        default=0,
+    )
+    return plan_divergence(config.backend_for("scores"), required, memory.available_bytes)
 
 
-def _available_bytes(config: EvaluationConfig) -> int:
-    """Free memory where the models will run: the GPU's when the device is one, else RAM."""
-    if config.device.startswith("cuda") and gpus_visible():
+def _scores_bytes(
+    plan: StudyPlan, memory: EvaluationMemory, variant: VariantPlan, with_baseline: bool
+) -> int:
+    """`memory.scores_stage_bytes` for `variant`'s model (and the baseline beside it)."""
+    scheme = variant.scheme
+    return scores_stage_bytes(
+        _model_info(Path(plan.model.path)),
+        form=model_form(scheme.quantizes, scheme.quantizes_activations),
+        with_baseline=with_baseline and scheme.quantizes,
+        compute_dtype=memory.compute_dtype,
+        window=memory.window,
+        batch_windows=SCORE_BATCH_WINDOWS,
+    ).total_bytes
+
+
+@functools.lru_cache(maxsize=8)
+def _model_info(path: Path) -> ModelInfo:
+    return inspect_model(path)
+
+
+def evaluation_stage_bytes(plan: StudyPlan, eval_plan: EvalPlan, variant: str) -> int | None:
+    """Estimated peak memory of `variant`'s evaluation worker, bytes: its model scoring one
+    batch of windows and, when it scores by the exact method, the baseline beside it (None
+    when no metric runs a model through the hf backend)."""
+    memory = evaluation_memory(plan, eval_plan.config)
+    planned = next((v for v in plan.variants if v.name == variant), None)
+    if memory is None or planned is None:
+        return None
+    exact = (
+        variant != eval_plan.baseline
+        and eval_plan.divergence.method == "exact"
+        and "scores" in eval_plan.stages.get(variant, {})
+    )
+    return _scores_bytes(plan, memory, planned, with_baseline=exact)
+
+
+def evaluation_memory(plan: StudyPlan, config: EvaluationConfig) -> EvaluationMemory | None:
+    """Where and in what dtype the hf backend will run this study's models, and the memory
+    free there (the GPU's on CUDA, else RAM capped by `execution.memory_limit_gib`); None
+    when no metric runs a model through the hf backend."""
+    if not any(
+        m.needs_model and config.backend_for(m.name) == "hf"
+        for m in stages_for(config.metric_names())
+    ):
+        return None
+    gpu = gpus_visible()
+    cuda = gpu and config.device != "cpu"
+    limit = plan.config.execution.memory_limit_gib
+    available = available_memory_bytes(limit)
+    if cuda:
         import torch
 
-        if torch.cuda.is_available():
-            free, _ = torch.cuda.mem_get_info()
-            return int(free)
-
-    return available_memory_bytes()
+        available = int(torch.cuda.mem_get_info()[0])
+    saved = json.loads((Path(plan.model.path) / "config.json").read_text())
+    saved_dtype = str(saved.get("torch_dtype") or saved.get("dtype") or "bfloat16")
+    dtype: str
+    if config.dtype != "auto":
+        dtype = config.dtype
+    elif not cuda and saved_dtype != "float32" and not hardware_here("cpu").native_bf16():
+        dtype = "float32"
+    else:
+        dtype = saved_dtype
+    return EvaluationMemory(available, "cuda" if cuda else "cpu", dtype, config.corpus.window, gpu)
 
 
 def with_absolute_paths(config: EvaluationConfig) -> EvaluationConfig:
@@ -487,14 +508,22 @@ def _worker_main(request_path: Path) -> None:
                     else None
                 ),
             )
+            started = time.perf_counter()
             try:
-                record = metric.compute(context)
+                with AnonymousPeak() as anonymous:
+                    record = metric.compute(context)
             except Exception as exc:  # one metric failing must not lose the others
                 traceback.print_exc()
                 errors[name] = f"{type(exc).__name__}: {exc}"
                 continue
             stage = MetricStage(
-                metric=name, variant=request.variant, record=record.model_dump(mode="json")
+                metric=name,
+                variant=request.variant,
+                record=record.model_dump(mode="json"),
+                wall_s=time.perf_counter() - started,
+                peak_rss_bytes=peak_rss_bytes(),
+                peak_anonymous_bytes=anonymous.peak_bytes,
+                engine_peak_bytes=getattr(loaded.get("backend"), "engine_peak_bytes", None),
             )
             store.commit(ref, work, stage.model_dump(mode="json"))
     if "backend" in loaded:

@@ -442,6 +442,7 @@ class ModelInfo:
     tied_embeddings: bool
     torch_dtype: str
     hidden_size: int | None
+    vocab_size: int = 0
 
     @property
     def bf16_bytes(self) -> int:
@@ -473,6 +474,7 @@ def inspect_model(path: Path) -> ModelInfo:
         tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
         torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "unknown"),
         hidden_size=getattr(config, "hidden_size", None),
+        vocab_size=int(getattr(config, "vocab_size", 0) or 0),
     )
 
 

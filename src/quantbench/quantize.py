@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import resource
 import sys
 import time
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from quantbench.executors.base import Launch, Resources
 from quantbench.hardware import Hardware, hardware_here
 from quantbench.models import check_loading_info, locate_model, locate_tokenizer
 from quantbench.output import OutputFolder
-from quantbench.process.child import die_with_parent, emit
+from quantbench.process.child import AnonymousPeak, die_with_parent, emit, peak_rss_bytes
 from quantbench.process.requests import (
     QuantizedStage,
     QuantizeRequest,
@@ -107,7 +106,9 @@ def _worker_main(request_path: Path) -> None:
         return
     with store.build(ref) as work:
         artifact = work / ARTIFACT_DIR
-        result, mixed = _quantize(request, store, artifact)
+        with AnonymousPeak() as anonymous:
+            result, mixed = _quantize(request, store, artifact)
+        result = result.model_copy(update={"peak_anonymous_bytes": anonymous.peak_bytes})
         manifest = QuantizedStage(
             **{**request.manifest.model_dump(), "mixed": mixed},
             quantization=result,
@@ -219,8 +220,7 @@ def _quantize(
     return QuantizationRecord(
         wall_s=time.perf_counter() - started,
         phases=phases,
-        # ru_maxrss is in KiB on Linux.
-        peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        peak_rss_bytes=peak_rss_bytes(),
         torch_threads=torch.get_num_threads(),
         compute_dtype=compute_dtype,
         notes=notes,

@@ -26,6 +26,11 @@ class QuantizationRecord(_Record):
     wall_s: float = Field(description="wall-clock seconds of the worker process, load to save")
     phases: dict[str, float] = Field(default_factory=dict, description="seconds per phase")
     peak_rss_bytes: int = Field(description="peak resident memory of the worker process, bytes")
+    peak_anonymous_bytes: int | None = Field(
+        default=None,
+        description="peak anonymous resident memory of the worker (sampled every 50 ms), bytes: "
+        "RSS less the file-backed pages the kernel can drop (mapped weight files)",
+    )
     torch_threads: int | None = None
     compute_dtype: str | None = Field(
         default=None, description="what the model computed in while it was quantized"

@@ -23,7 +23,6 @@ never the evaluation windows: the driver checks the two share no 32-token span.
 
 from __future__ import annotations
 
-import resource
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -37,7 +36,7 @@ from quantbench.executors.base import Launch, Resources
 from quantbench.models import ModelInfo, locate_model
 from quantbench.output import OutputFolder
 from quantbench.plan import VariantPlan
-from quantbench.process.child import die_with_parent, emit
+from quantbench.process.child import die_with_parent, emit, peak_rss_bytes
 from quantbench.process.requests import (
     ScreenGroup,
     SensitivityRequest,
@@ -457,7 +456,7 @@ def measure(request: SensitivityRequest, samples_path: Path) -> SensitivityRecor
         compute_dtype=dtype,
         fixed_bytes=request.fixed_bytes,
         wall_s=time.perf_counter() - started,
-        peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        peak_rss_bytes=peak_rss_bytes(),
         torch_threads=torch.get_num_threads(),
         method=METHOD,
         groups=groups,

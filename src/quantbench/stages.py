@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from quantbench.config import SchemeEntry, StudyConfig, model_labels
-from quantbench.evaluate import EvalPlan, evaluation_memory_bytes, input_stage, plan_evaluation
+from quantbench.evaluate import EvalPlan, evaluation_stage_bytes, input_stage, plan_evaluation
 from quantbench.executors.base import Resources
 from quantbench.executors.resources import stage_resources
 from quantbench.hardware import gpus_visible
@@ -69,18 +69,18 @@ class StudyStages:
         kind: Literal["quantize", "evaluate"],
         *,
         memory_bytes: int | None = None,
-        weights_bytes: int | None = None,
+        variant: str | None = None,
     ) -> Resources:
         """What a worker of `kind` asks the executor for: quantization by pre-flight's memory
-        estimate (`memory_bytes`), evaluation by the artifact's weights (`weights_bytes`,
-        known once it exists); a GPU where the driver sees one (and evaluation is not told
-        to stay on the CPU)."""
+        estimate (`memory_bytes`), `variant`'s evaluation by its own estimate (the models it
+        holds and one batch of logits, `evaluate.evaluation_stage_bytes`); a GPU where the
+        driver sees one (and evaluation is not told to stay on the CPU)."""
         if kind == "quantize":
             return stage_resources("quantize", self.config.execution, memory_bytes, gpus_visible())
         evaluate_gpu = gpus_visible() and self.config.evaluation.device != "cpu"
-        return stage_resources(
-            "evaluate", self.config.execution, evaluation_memory_bytes(weights_bytes), evaluate_gpu
-        )
+        if self.evaluation is not None and variant is not None:
+            memory_bytes = evaluation_stage_bytes(self.plan, self.evaluation, variant)
+        return stage_resources("evaluate", self.config.execution, memory_bytes, evaluate_gpu)
 
 
 def with_baseline(config: StudyConfig, on_note: Callable[[str], None]) -> StudyConfig:
@@ -209,11 +209,10 @@ def _inventory_one(config: StudyConfig, on_status: Callable[[str], None]) -> lis
             list(study.plan.variants),
             inspect_model(model.path),
             study.config.calibration.default,
-            available_memory_bytes(),
+            available_memory_bytes(study.config.execution.memory_limit_gib),
             calibration_dtype_here(study.config.calibration.compute_dtype),
         ).items()
     }
-    quantize = {v.name: v.quantize for v in study.plan.variants}
 
     def resources(stage: Stage) -> Resources:
         if stage.runs_on == "driver":
@@ -223,10 +222,7 @@ def _inventory_one(config: StudyConfig, on_status: Callable[[str], None]) -> lis
         if stage.kind == "sensitivity":
             peak = max((m for m in memory.values() if m is not None), default=None)
             return study.worker_resources("quantize", memory_bytes=peak)
-        # `run` asks for memory by the artifact's weights once the artifact exists
-        artifact = quantize[stage.variant]
-        weights = store.manifest(artifact).get("disk_bytes") if done(artifact) else None
-        return study.worker_resources("evaluate", weights_bytes=weights)
+        return study.worker_resources("evaluate", variant=stage.variant)
 
     return [
         PlannedStage(s.kind, s.variant, s.ref.key, done(s.ref), s.runs_on, resources(s), s.axes)

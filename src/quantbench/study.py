@@ -39,12 +39,12 @@ from quantbench.compare import merge_model_studies
 from quantbench.config import SchemeEntry, StudyConfig, model_labels
 from quantbench.corpus import prepare_corpus
 from quantbench.errors import StageFailed, UserError
-from quantbench.evaluate import EvalPlan, evaluate_variant
+from quantbench.evaluate import EvalPlan, evaluate_variant, evaluation_memory
 from quantbench.executors import Executor, get_executor
 from quantbench.models import inspect_model, resolve_model
 from quantbench.output import LOGS_DIR, STAGES_DIR, OutputFolder
 from quantbench.plan import StudyPlan, VariantPlan
-from quantbench.preflight import available_memory_bytes, preflight_variants
+from quantbench.preflight import available_memory_bytes, preflight_variants, vllm_problem
 from quantbench.process.requests import QuantizedStage, QuantizePlan, QuantizeRequest, stage_record
 from quantbench.quantize import ARTIFACT_DIR, calibration_dtype_here, run_worker
 from quantbench.quantize import Progress as WorkerProgress
@@ -154,7 +154,7 @@ def _run(config: StudyConfig, output: OutputFolder, console: Console) -> StudyRe
         store, study.refs(), output, lambda line: console.print(line, soft_wrap=True)
     )
     pending = [v for v in plan.variants if not store.is_done(v.quantize)]
-    preflights = _preflight(plan, pending, console)
+    preflights = _preflight(plan, pending, console, evaluates=eval_plan is not None)
     if eval_plan is not None:
         _runtime_preflight(plan, eval_plan, console)
     runner = _executor(config)
@@ -235,7 +235,7 @@ def run_sensitivity(
         (variant,) = [v for v in study.plan.variants if v.sensitivity is not None]
         assert variant.sensitivity is not None
         discard_damaged(store, [variant.sensitivity], output, console.print)
-        preflights = _preflight(study.plan, [variant], console)
+        preflights = _preflight(study.plan, [variant], console, evaluates=False)
         if not store.is_done(variant.sensitivity):
             _calibration(study.plan, [variant], [], store, console)
             corpus = study.evaluation.corpus if study.evaluation else None
@@ -399,7 +399,7 @@ def _evaluate(
                 logs,
                 on_progress,
                 runner.launch,
-                study.worker_resources("evaluate", weights_bytes=result.disk_bytes),
+                study.worker_resources("evaluate", variant=variant.name),
             )
             failed = ", ".join(metrics.errors)
             progress.update(
@@ -418,7 +418,7 @@ def _evaluate(
 
 
 def _preflight(
-    plan: StudyPlan, pending: list[VariantPlan], console: Console
+    plan: StudyPlan, pending: list[VariantPlan], console: Console, evaluates: bool = True
 ) -> dict[str, Preflight]:
     if not pending:
         return {}
@@ -427,8 +427,9 @@ def _preflight(
         pending,
         info,
         plan.config.calibration.default,
-        available_memory_bytes(),
+        available_memory_bytes(plan.config.execution.memory_limit_gib),
         calibration_dtype_here(plan.config.calibration.compute_dtype),
+        evaluation_memory(plan, plan.config.evaluation) if evaluates else None,
     )
     problems = [p for outcome in outcomes.values() for p in outcome.problems]
     for name, outcome in outcomes.items():
@@ -450,6 +451,15 @@ def _runtime_preflight(plan: StudyPlan, eval_plan: EvalPlan, console: Console) -
 
     python = VLLMBackend(settings=config.vllm)._python()  # a user error when there is none
     hardware = hardware_here(config.device)
+    if hardware.device == "cpu":
+        problem = vllm_problem(
+            inspect_model(plan.model.path),
+            list(plan.variants),
+            config.vllm.kv_cache_gib,
+            available_memory_bytes(plan.config.execution.memory_limit_gib),
+        )
+        if problem is not None:
+            raise UserError(f"pre-flight found problems: {problem}")
     console.print(
         f"[yellow]pre-flight[/] vllm ({', '.join(uses)}) on {hardware.describe()}, "
         f"interpreter {python}:"

@@ -273,6 +273,7 @@ VOLATILE = frozenset(
         "wall_s",
         "phases",
         "peak_rss_bytes",
+        "peak_anonymous_bytes",
         "load_s",
         "rss_loaded_bytes",
         "rss_peak_generating_bytes",

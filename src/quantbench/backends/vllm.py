@@ -60,6 +60,11 @@ class BackendCallFailed(RuntimeError):
     """A worker call failed, timed out, or the worker died; the message says which."""
 
 
+ENGINE_SAMPLE_S = 0.5
+"""Seconds between samples of the vLLM process tree's memory (reading every mapping of
+several processes takes tens of milliseconds)."""
+
+
 class UnsupportedOnHardware(RuntimeError):
     """vLLM cannot run this artifact on this machine (decided before starting anything)."""
 
@@ -88,6 +93,9 @@ class VLLMBackend:
         self.thread_binding: str | None = None
         self.last_texts: list[str] = []
         self.on_stderr = on_stderr
+        self.engine_peak_bytes: int | None = None
+        """Peak memory of the vLLM worker and its engine processes together (their summed
+        proportional set size, sampled every `ENGINE_SAMPLE_S`), bytes."""
 
     # -- process and protocol -----------------------------------------------------------
 
@@ -124,6 +132,7 @@ class VLLMBackend:
         )
         self._channel = self._process.stdout
         threading.Thread(target=self._follow_log, args=(self._process.stderr,), daemon=True).start()
+        threading.Thread(target=self._watch_memory, args=(self._process,), daemon=True).start()
         hello = self._read(self.settings.start_timeout_s, "starting the vLLM worker")
         if hello.get("protocol") != PROTOCOL:
             self._kill()
@@ -131,6 +140,26 @@ class VLLMBackend:
                 f"the vLLM worker speaks protocol {hello.get('protocol')}, "
                 f"quantbench speaks {PROTOCOL}"
             )
+
+    def _watch_memory(self, process: subprocess.Popen[bytes]) -> None:
+        """Sample the memory of the worker's process tree until it exits: the engine runs in
+        child processes, which the evaluation worker's own peak RSS does not count. PSS
+        shares each page among the processes mapping it, so the sum counts the libraries
+        the worker and its engine both load once."""
+        import psutil
+
+        while process.poll() is None:
+            total = 0
+            try:
+                root = psutil.Process(process.pid)
+                for member in [root, *root.children(recursive=True)]:
+                    with contextlib.suppress(psutil.Error):
+                        total += int(member.memory_full_info().pss)
+            except psutil.Error:
+                return
+            if self.engine_peak_bytes is None or total > self.engine_peak_bytes:
+                self.engine_peak_bytes = total
+            time.sleep(ENGINE_SAMPLE_S)
 
     def _follow_log(self, stream: IO[bytes] | None) -> None:
         """Pass the worker's log on (to the evaluation log) and note the kernels vLLM

@@ -8,7 +8,6 @@ right after loading would flatter them), and the peak through generation.
 from __future__ import annotations
 
 import json
-import resource
 import struct
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from quantbench.backends.base import LoadInfo
 from quantbench.config import EvaluationConfig
 from quantbench.metrics.base import EvalContext
+from quantbench.process.child import peak_rss_bytes
 from quantbench.report.model_card import CARD_FILE
 from quantbench.results import SizeRecord
 from quantbench.store import dir_bytes
@@ -59,11 +59,6 @@ def artifact_bytes(folder: Path) -> int:
 
     card = folder / CARD_FILE
     return dir_bytes(folder) - (card.stat().st_size if card.is_file() else 0)
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process so far (ru_maxrss is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 class SizeMetric:

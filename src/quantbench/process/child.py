@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import sys
+import threading
 from typing import Any
 
 
@@ -29,3 +31,59 @@ def die_with_parent() -> None:
     libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
     if os.getppid() == 1:  # the parent died before prctl took effect
         os._exit(1)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process so far, bytes (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def anonymous_rss_bytes() -> int | None:
+    """This process's anonymous resident memory now, bytes (`RssAnon`; None off Linux)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+class AnonymousPeak:
+    """The peak of this process's anonymous resident memory, sampled every `interval_s` by a
+    daemon thread while the block runs.
+
+    Peak RSS (`ru_maxrss`) also counts file-backed pages: transformers maps safetensors
+    files, so weights read from them are resident twice over once a worker has copied or
+    modified them, and the kernel can drop the file-backed half under memory pressure.
+    Anonymous memory is the part it cannot drop, so this peak is what decides whether a
+    worker fits. A sample every 50 ms can miss a spike shorter than that.
+    """
+
+    def __init__(self, interval_s: float = 0.05) -> None:
+        self.interval_s = interval_s
+        self.peak_bytes: int | None = anonymous_rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.update()
+
+    def update(self) -> int | None:
+        now = anonymous_rss_bytes()
+        if now is not None and (self.peak_bytes is None or now > self.peak_bytes):
+            self.peak_bytes = now
+        return self.peak_bytes
+
+    def __enter__(self) -> AnonymousPeak:
+        if self.peak_bytes is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self.update()

@@ -194,3 +194,21 @@ class MetricStage(_Record):
     metric: str = Field(description="stage name (`tasks:<task>` for one task)")
     variant: str
     record: dict[str, Any]
+    wall_s: float | None = Field(
+        default=None, description="seconds this stage took in its worker, a model load included"
+    )
+    peak_rss_bytes: int | None = Field(
+        default=None,
+        description="the worker's peak resident memory when this stage finished, bytes; it "
+        "covers the stages the same worker ran before it",
+    )
+    peak_anonymous_bytes: int | None = Field(
+        default=None,
+        description="the worker's peak anonymous resident memory while this stage ran, bytes "
+        "(sampled; RSS less the file-backed pages the kernel can drop)",
+    )
+    engine_peak_bytes: int | None = Field(
+        default=None,
+        description="peak memory of the backend's own processes (the vLLM worker and its "
+        "engine: summed PSS, sampled), bytes; None for a backend in the worker itself",
+    )

@@ -88,6 +88,12 @@ class Scheme:
     unknown family is never started on vLLM)."""
 
     @property
+    def quantizes_activations(self) -> bool:
+        """Whether the saved model quantizes activations too (transformers then runs it in
+        fake-quant form, which holds more memory than a weight-only one)."""
+        return self.quantizes and self.activation_format not in ("bf16", "fp16")
+
+    @property
     def option_names(self) -> tuple[str, ...]:
         if self.quantizes and KV_CACHE_OPTION not in self.defaults:
             return (*self.defaults, KV_CACHE_OPTION)
