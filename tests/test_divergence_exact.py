@@ -197,12 +197,13 @@ def test_fallback_is_recorded_keyed_and_measured(
     in the record, keys the stages by the method, and measures the approximation's error."""
     config = load_study_config(_divergence_study(tmp_path, tiny_model))
     info = inspect_model(tiny_model)
+    dtype = evaluate.scoring_dtype("auto", tiny_model, cuda=False)  # as the study will
     one, two = (
         scores_stage_bytes(
             info,
             form="activations",
             with_baseline=beside,
-            compute_dtype="float32",
+            compute_dtype=dtype,
             window=64,
             batch_windows=4,
         ).total_bytes

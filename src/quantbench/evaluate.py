@@ -185,16 +185,21 @@ def evaluation_memory(plan: StudyPlan, config: EvaluationConfig) -> EvaluationMe
         import torch
 
         available = int(torch.cuda.mem_get_info()[0])
-    saved = json.loads((Path(plan.model.path) / "config.json").read_text())
-    saved_dtype = str(saved.get("torch_dtype") or saved.get("dtype") or "bfloat16")
-    dtype: str
-    if config.dtype != "auto":
-        dtype = config.dtype
-    elif not cuda and saved_dtype != "float32" and not hardware_here("cpu").native_bf16():
-        dtype = "float32"
-    else:
-        dtype = saved_dtype
+    dtype = scoring_dtype(config.dtype, Path(plan.model.path), cuda)
     return EvaluationMemory(available, "cuda" if cuda else "cpu", dtype, config.corpus.window, gpu)
+
+
+def scoring_dtype(requested: str, model: Path, cuda: bool) -> str:
+    """The dtype the hf backend will compute `model` in (`backends.hf.resolve_compute_dtype`
+    decides the same when it loads): the one asked for, else the saved one, except float32 on
+    a CPU without bf16 matmuls in hardware."""
+    if requested != "auto":
+        return requested
+    saved = json.loads((model / "config.json").read_text())
+    saved_dtype = str(saved.get("torch_dtype") or saved.get("dtype") or "bfloat16")
+    if not cuda and saved_dtype != "float32" and not hardware_here("cpu").native_bf16():
+        return "float32"
+    return saved_dtype
 
 
 def with_absolute_paths(config: EvaluationConfig) -> EvaluationConfig:
