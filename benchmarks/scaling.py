@@ -233,10 +233,9 @@ def estimates(work: Path, size: str) -> dict[str, dict[str, int]]:
     """variant -> stage -> the estimate quantbench makes for that stage now (bytes), from
     `quantbench.memory`, the functions pre-flight and the executors call."""
     from quantbench.config import VLLMSettings
-    from quantbench.hardware import hardware_here
+    from quantbench.evaluate import scoring_dtype
     from quantbench.memory import (
         EVALUATION_RUNTIME_BYTES,
-        model_form,
         quantize_stage_bytes,
         scores_stage_bytes,
         vllm_engine_bytes,
@@ -249,8 +248,7 @@ def estimates(work: Path, size: str) -> dict[str, dict[str, int]]:
     info = inspect_model(work / "models" / size)
     calibration_dtype = calibration_dtype_here("auto")
     kv_cache = int(VLLMSettings().kv_cache_gib * GIB)
-    # what the hf backend's `auto` dtype computes in on this CPU (evaluate.evaluation_memory)
-    scoring_dtype = "bfloat16" if hardware_here("cpu").native_bf16() else "float32"
+    dtype = scoring_dtype("auto", work / "models" / size, cuda=False)  # as the study does
     result: dict[str, dict[str, int]] = {}
     for name in SCHEMES:
         scheme = get_scheme(name)
@@ -265,16 +263,16 @@ def estimates(work: Path, size: str) -> dict[str, dict[str, int]]:
             ).total_bytes,
             "scores": scores_stage_bytes(
                 info,
-                form=model_form(scheme.quantizes, scheme.quantizes_activations),
+                form=scheme.model_form,
                 with_baseline=scheme.quantizes,  # the exact method's baseline
-                compute_dtype=scoring_dtype,
+                compute_dtype=dtype,
                 window=512,
                 batch_windows=SCORE_BATCH_WINDOWS,
             ).total_bytes,
             "divergence": EVALUATION_RUNTIME_BYTES,
         }
         result[name]["vllm engine"] = vllm_engine_bytes(
-            info, model_form(scheme.quantizes, scheme.quantizes_activations), kv_cache
+            info, scheme.model_form, kv_cache
         ).total_bytes
     return result
 

@@ -1,8 +1,13 @@
-"""Hand-built result records shared by the report tests (no model involved)."""
+"""Hand-built records shared by the tests: results for the reports, variant plans for
+pre-flight (no model involved)."""
 
 from __future__ import annotations
 
+from quantbench.config import CalibrationConfig
+from quantbench.plan import VariantPlan
 from quantbench.results import Interval, PerplexityRecord, SizeRecord, Spread
+from quantbench.schemes import get_scheme
+from quantbench.store import StageRef
 
 MIB = 1 << 20
 
@@ -38,4 +43,18 @@ def perplexity_record(ppl: float, delta: Interval | None) -> PerplexityRecord:
         nll_mean=2.7,
         perplexity=Interval(estimate=ppl, low=ppl - 0.3, high=ppl + 0.3),
         delta_vs_baseline=delta,
+    )
+
+
+def variant_plan(
+    name: str, scheme: str, calibration: CalibrationConfig | None = None
+) -> VariantPlan:
+    """A variant of `scheme` as the plan would hold it, with no options."""
+    return VariantPlan(
+        name=name,
+        scheme=get_scheme(scheme),
+        requested={},
+        options={},
+        quantize=StageRef("quantize", name),
+        calibration_config=calibration,
     )

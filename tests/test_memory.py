@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 from tests.conftest import tiny_study_yaml
+from tests.records import variant_plan
 
 from quantbench.config import CalibrationConfig, load_study_config
 from quantbench.errors import UserError
@@ -33,7 +34,6 @@ from quantbench.memory import (
     vllm_engine_bytes,
 )
 from quantbench.models import LinearLayer, ModelInfo
-from quantbench.plan import VariantPlan
 from quantbench.preflight import (
     EvaluationMemory,
     available_memory_bytes,
@@ -41,7 +41,6 @@ from quantbench.preflight import (
     vllm_problem,
 )
 from quantbench.schemes import get_scheme
-from quantbench.store import StageRef
 from quantbench.study import run_study
 
 GIB = 1 << 30
@@ -140,20 +139,10 @@ def test_a_memory_limit_caps_what_is_available() -> None:
     assert available_memory_bytes(None) > 0
 
 
-def _variant(name: str, scheme: str) -> VariantPlan:
-    return VariantPlan(
-        name=name,
-        scheme=get_scheme(scheme),
-        requested={},
-        options={},
-        quantize=StageRef("quantize", name),
-    )
-
-
 def test_refusal_names_the_calibration_setting_that_would_fit() -> None:
     info = _info(params=1_000_000)
     calibration = CalibrationConfig(num_samples=4096, seq_len=512)
-    variant = _variant("gptq", "w4a16-gptq")
+    variant = variant_plan("gptq", "w4a16-gptq")
     # cached hidden states: 2 x 4,096 x 512 x 64 x 2 = 512 MiB; allow about half of them
     fits_model = QUANTIZE_RUNTIME_BYTES + int(QUANTIZE_WEIGHT_FACTOR["calibrate"] * 2_000_000)
     available = fits_model + 278_528 + 256 * (1 << 20)
@@ -174,7 +163,7 @@ def test_refusal_names_the_calibration_setting_that_would_fit() -> None:
 
 def test_refusal_when_the_model_alone_does_not_fit() -> None:
     (problem,) = preflight_variants(
-        [_variant("fp8", "fp8-dynamic")], _info(), CalibrationConfig(), 1
+        [variant_plan("fp8", "fp8-dynamic")], _info(), CalibrationConfig(), 1
     )["fp8"].problems
     assert "the model alone does not fit: use a machine with more memory" in problem
 
@@ -189,7 +178,7 @@ def test_evaluation_refusal_suggests_the_gpu_and_bfloat16() -> None:
         gpu_visible=True,
     )
     outcomes = preflight_variants(
-        [_variant("bf16", "bf16")], info, CalibrationConfig(), 1 << 40, evaluation=memory
+        [variant_plan("bf16", "bf16")], info, CalibrationConfig(), 1 << 40, evaluation=memory
     )
     (problem,) = outcomes["bf16"].problems
     # 100 M parameters in float32 (400 MB) do not fit in 300 MB; in bf16 (200 MB) they do
@@ -209,7 +198,7 @@ def test_vllm_engine_estimate_by_hand() -> None:
 
 def test_vllm_refusal_suggests_a_kv_cache_that_fits() -> None:
     info = _info(params=100_000_000)
-    variants = [_variant("bf16", "bf16"), _variant("gptq", "w4a16-gptq")]
+    variants = [variant_plan("bf16", "bf16"), variant_plan("gptq", "w4a16-gptq")]
     # the largest engine of the two forms, beside the evaluation worker driving it
     floor = VLLM_CLIENT_BYTES + max(
         VLLM_RUNTIME_BYTES[form] + int(VLLM_WEIGHT_FACTOR[form] * 200_000_000)

@@ -11,19 +11,18 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from tests.records import variant_plan
 
 from quantbench.config import CalibrationConfig
 from quantbench.memory import QUANTIZE_RUNTIME_BYTES, QUANTIZE_WEIGHT_FACTOR
 from quantbench.models import LinearLayer, ModelInfo
-from quantbench.plan import VariantPlan
 from quantbench.preflight import GIB, available_memory_bytes, preflight_variants
-from quantbench.schemes import get_scheme
 from quantbench.schemes.grouping import (
     MIN_GROUP_SIZE,
     candidate_group_sizes,
     largest_valid_group_size,
 )
-from quantbench.store import StageRef, canonical_json, content_key
+from quantbench.store import canonical_json, content_key
 
 # --------------------------------------------------------------------------------------
 # content keys
@@ -86,25 +85,14 @@ def test_available_memory_is_psutil_available() -> None:
 # --------------------------------------------------------------------------------------
 
 
-def _variant(name: str, scheme: str, calibration: CalibrationConfig | None = None) -> VariantPlan:
-    return VariantPlan(
-        name=name,
-        scheme=get_scheme(scheme),
-        requested={},
-        options={},
-        quantize=StageRef("quantize", name),
-        calibration_config=calibration,
-    )
-
-
 def test_preflight_reports_memory_per_variant_and_refuses_what_does_not_fit() -> None:
     info = _info(params=1000, widths=(64, 64), hidden=64)
     default = CalibrationConfig(num_samples=2, seq_len=4)
     own = CalibrationConfig(num_samples=4, seq_len=4)
     variants = [
-        _variant("fp8", "fp8-dynamic"),
-        _variant("gptq", "w4a16-gptq"),
-        _variant("gptq-own", "w4a16-gptq", own),
+        variant_plan("fp8", "fp8-dynamic"),
+        variant_plan("gptq", "w4a16-gptq"),
+        variant_plan("gptq-own", "w4a16-gptq", own),
     ]
     # Layers l0 and l1 name no decoder layer, so each is its own: Hessians 64^2 x 4 = 16,384.
     # Cached hidden states: gptq 2 x 2 x 4 x 64 x 2 = 2048, gptq-own 2 x 4 x 4 x 64 x 2 = 4096.
@@ -126,9 +114,9 @@ def test_preflight_reports_memory_per_variant_and_refuses_what_does_not_fit() ->
 def test_preflight_float32_calibration_is_what_is_checked() -> None:
     info = _info(params=1000, widths=(64,), hidden=64)
     default = CalibrationConfig(num_samples=2, seq_len=4)
-    bf16 = preflight_variants([_variant("g", "w4a16-gptq")], info, default, 1 << 40)
+    bf16 = preflight_variants([variant_plan("g", "w4a16-gptq")], info, default, 1 << 40)
     f32 = preflight_variants(
-        [_variant("g", "w4a16-gptq")], info, default, 1 << 40, calibration_dtype="float32"
+        [variant_plan("g", "w4a16-gptq")], info, default, 1 << 40, calibration_dtype="float32"
     )
     # float32: the weights take 2000 more bytes (times the factor), the hidden states 2048.
     factor = QUANTIZE_WEIGHT_FACTOR["calibrate"]
@@ -137,9 +125,9 @@ def test_preflight_float32_calibration_is_what_is_checked() -> None:
 
 
 @pytest.mark.parametrize("available", [0, 1])
-def test_preflight_with_no_memory_refuses_every_variant(available: int) -> None:
+def test_preflight_with_no_memory_refuses_everyvariant_plan(available: int) -> None:
     outcomes = preflight_variants(
-        [_variant("fp8", "fp8-dynamic")], _info(), CalibrationConfig(), available
+        [variant_plan("fp8", "fp8-dynamic")], _info(), CalibrationConfig(), available
     )
     assert len(outcomes["fp8"].problems) == 1
     assert outcomes["fp8"].problems[0].startswith("fp8: quantizing needs about")

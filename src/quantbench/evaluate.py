@@ -28,7 +28,7 @@ from quantbench.corpus import corpus_ref, read_windows
 from quantbench.envs import vllm_python, vllm_version
 from quantbench.executors.base import Launch, Resources
 from quantbench.hardware import gpus_visible, hardware_here
-from quantbench.memory import model_form, scores_stage_bytes
+from quantbench.memory import scores_stage_bytes
 from quantbench.metrics import REGISTRY, load_metric, split_stage_name, stage_name, stages_for
 from quantbench.metrics.base import EvalContext
 from quantbench.models import ModelInfo, inspect_model
@@ -79,6 +79,9 @@ class EvalPlan:
     divergence: DivergencePlan = DivergencePlan("exact", "")
     baseline_artifact: StageRef | None = None
     """The baseline's quantize stage: variants load its artifact for the exact method."""
+    memory: EvaluationMemory | None = None
+    """Where and in what dtype the hf backend runs the models, and the room there, as
+    planned (None when no metric runs a model through it)."""
 
     def order(self, variants: tuple[VariantPlan, ...]) -> list[VariantPlan]:
         """The baseline first: the others read its stages."""
@@ -120,9 +123,10 @@ def plan_divergence(backend: str, required_bytes: int, available_bytes: int) -> 
     )
 
 
-def _divergence_plan(plan: StudyPlan, config: EvaluationConfig) -> DivergencePlan:
+def _divergence_plan(
+    plan: StudyPlan, config: EvaluationConfig, memory: EvaluationMemory | None
+) -> DivergencePlan:
     """`plan_divergence` for this study's model, corpus, backend and device."""
-    memory = evaluation_memory(plan, config)
     if memory is None:  # no model runs through the hf backend: the method is moot there
         return plan_divergence(config.backend_for("scores"), 0, 0)
     required = max(
@@ -136,11 +140,10 @@ def _scores_bytes(
     plan: StudyPlan, memory: EvaluationMemory, variant: VariantPlan, with_baseline: bool
 ) -> int:
     """`memory.scores_stage_bytes` for `variant`'s model (and the baseline beside it)."""
-    scheme = variant.scheme
     return scores_stage_bytes(
         _model_info(Path(plan.model.path)),
-        form=model_form(scheme.quantizes, scheme.quantizes_activations),
-        with_baseline=with_baseline and scheme.quantizes,
+        form=variant.scheme.model_form,
+        with_baseline=with_baseline and variant.scheme.quantizes,
         compute_dtype=memory.compute_dtype,
         window=memory.window,
         batch_windows=SCORE_BATCH_WINDOWS,
@@ -156,7 +159,7 @@ def evaluation_stage_bytes(plan: StudyPlan, eval_plan: EvalPlan, variant: str) -
     """Estimated peak memory of `variant`'s evaluation worker, bytes: its model scoring one
     batch of windows and, when it scores by the exact method, the baseline beside it (None
     when no metric runs a model through the hf backend)."""
-    memory = evaluation_memory(plan, eval_plan.config)
+    memory = eval_plan.memory
     planned = next((v for v in plan.variants if v.name == variant), None)
     if memory is None or planned is None:
         return None
@@ -227,8 +230,9 @@ def plan_evaluation(plan: StudyPlan, config: EvaluationConfig) -> EvalPlan:
         runtimes["vllm"] = f"{version}, worker protocol {PROTOCOL}"
     stages: dict[str, dict[str, StageRef]] = {}
     ordered = sorted(plan.variants, key=lambda v: v.name != baseline)
+    memory = evaluation_memory(plan, config)
     divergence = (
-        _divergence_plan(plan, config)
+        _divergence_plan(plan, config, memory)
         if baseline is not None and any(m.name in DIVERGENCE_METRICS for m in metrics)
         else DivergencePlan("exact", "")
     )
@@ -276,6 +280,7 @@ def plan_evaluation(plan: StudyPlan, config: EvaluationConfig) -> EvalPlan:
         stages,
         divergence,
         baseline_plan.quantize if baseline_plan is not None else None,
+        memory,
     )
 
 

@@ -27,8 +27,6 @@ from typing import Literal
 
 from quantbench.models import ModelInfo
 
-GIB = float(1 << 30)
-
 QUANTIZE_RUNTIME_BYTES = 430 << 20
 """A quantization worker before it loads a model: Python, torch, transformers and
 llm-compressor imported (forked from the preloaded server)."""

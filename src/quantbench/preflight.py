@@ -16,7 +16,6 @@ from quantbench.memory import (
     VLLM_CLIENT_BYTES,
     MemoryEstimate,
     largest_fitting,
-    model_form,
     quantize_stage_bytes,
     scores_stage_bytes,
     vllm_engine_bytes,
@@ -86,22 +85,16 @@ def _quantize_problem(
         + f") but {_gib(available)} is available"
     )
     fits = []
-    if variant.needs_calibration:
+    settings = (("num_samples", "--calibration-samples"), ("seq_len", "--calibration-seq-len"))
+    for field, flag in settings if variant.needs_calibration else ():
 
-        def with_samples(n: int) -> MemoryEstimate:
-            changed = calibration.model_copy(update={"num_samples": n})
+        def with_setting(n: int, field: str = field) -> MemoryEstimate:
+            changed = calibration.model_copy(update={field: n})
             return quantize_estimate(info, variant, changed, calibration_dtype)
 
-        def with_seq_len(n: int) -> MemoryEstimate:
-            changed = calibration.model_copy(update={"seq_len": n})
-            return quantize_estimate(info, variant, changed, calibration_dtype)
-
-        samples = largest_fitting(available, with_samples, calibration.num_samples - 1)
-        if samples is not None:
-            fits.append(f"--calibration-samples {samples}")
-        seq_len = largest_fitting(available, with_seq_len, calibration.seq_len - 1)
-        if seq_len is not None:
-            fits.append(f"--calibration-seq-len {seq_len}")
+        largest = largest_fitting(available, with_setting, getattr(calibration, field) - 1)
+        if largest is not None:
+            fits.append(f"{flag} {largest}")
     if fits:
         return f"{text}; it would fit with {' or '.join(fits)}"
     return (
@@ -118,7 +111,7 @@ def evaluation_estimate(
     `evaluate.plan_divergence`)."""
     return scores_stage_bytes(
         info,
-        form=model_form(variant.scheme.quantizes, variant.scheme.quantizes_activations),
+        form=variant.scheme.model_form,
         with_baseline=False,
         compute_dtype=dtype,
         window=memory.window,
@@ -156,7 +149,7 @@ def vllm_problem(
     """Whether vLLM's engine on the CPU fits, for the variant that needs the most (one
     engine runs at a time), beside the evaluation worker that drives it; None if so."""
     kv_cache = int(kv_cache_gib * GIB)
-    forms = {model_form(v.scheme.quantizes, v.scheme.quantizes_activations) for v in variants}
+    forms = {v.scheme.model_form for v in variants}
     engine = max(
         (vllm_engine_bytes(info, form, kv_cache) for form in forms),
         key=lambda estimate: estimate.total_bytes,

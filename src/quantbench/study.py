@@ -39,12 +39,17 @@ from quantbench.compare import merge_model_studies
 from quantbench.config import SchemeEntry, StudyConfig, model_labels
 from quantbench.corpus import prepare_corpus
 from quantbench.errors import StageFailed, UserError
-from quantbench.evaluate import EvalPlan, evaluate_variant, evaluation_memory
+from quantbench.evaluate import EvalPlan, evaluate_variant
 from quantbench.executors import Executor, get_executor
 from quantbench.models import inspect_model, resolve_model
 from quantbench.output import LOGS_DIR, STAGES_DIR, OutputFolder
 from quantbench.plan import StudyPlan, VariantPlan
-from quantbench.preflight import available_memory_bytes, preflight_variants, vllm_problem
+from quantbench.preflight import (
+    EvaluationMemory,
+    available_memory_bytes,
+    preflight_variants,
+    vllm_problem,
+)
 from quantbench.process.requests import QuantizedStage, QuantizePlan, QuantizeRequest, stage_record
 from quantbench.quantize import ARTIFACT_DIR, calibration_dtype_here, run_worker
 from quantbench.quantize import Progress as WorkerProgress
@@ -154,7 +159,7 @@ def _run(config: StudyConfig, output: OutputFolder, console: Console) -> StudyRe
         store, study.refs(), output, lambda line: console.print(line, soft_wrap=True)
     )
     pending = [v for v in plan.variants if not store.is_done(v.quantize)]
-    preflights = _preflight(plan, pending, console, evaluates=eval_plan is not None)
+    preflights = _preflight(plan, pending, console, eval_plan.memory if eval_plan else None)
     if eval_plan is not None:
         _runtime_preflight(plan, eval_plan, console)
     runner = _executor(config)
@@ -235,7 +240,7 @@ def run_sensitivity(
         (variant,) = [v for v in study.plan.variants if v.sensitivity is not None]
         assert variant.sensitivity is not None
         discard_damaged(store, [variant.sensitivity], output, console.print)
-        preflights = _preflight(study.plan, [variant], console, evaluates=False)
+        preflights = _preflight(study.plan, [variant], console)
         if not store.is_done(variant.sensitivity):
             _calibration(study.plan, [variant], [], store, console)
             corpus = study.evaluation.corpus if study.evaluation else None
@@ -418,7 +423,10 @@ def _evaluate(
 
 
 def _preflight(
-    plan: StudyPlan, pending: list[VariantPlan], console: Console, evaluates: bool = True
+    plan: StudyPlan,
+    pending: list[VariantPlan],
+    console: Console,
+    evaluation: EvaluationMemory | None = None,
 ) -> dict[str, Preflight]:
     if not pending:
         return {}
@@ -429,7 +437,7 @@ def _preflight(
         plan.config.calibration.default,
         available_memory_bytes(plan.config.execution.memory_limit_gib),
         calibration_dtype_here(plan.config.calibration.compute_dtype),
-        evaluation_memory(plan, plan.config.evaluation) if evaluates else None,
+        evaluation,
     )
     problems = [p for outcome in outcomes.values() for p in outcome.problems]
     for name, outcome in outcomes.items():

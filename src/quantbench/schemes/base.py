@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from quantbench.errors import UserError, did_you_mean
+from quantbench.memory import ModelForm, model_form
 from quantbench.models import LinearLayer, ModelInfo
 
 DEFAULT_IGNORE: tuple[str, ...] = ("lm_head",)
@@ -92,6 +93,11 @@ class Scheme:
         """Whether the saved model quantizes activations too (transformers then runs it in
         fake-quant form, which holds more memory than a weight-only one)."""
         return self.quantizes and self.activation_format not in ("bf16", "fp16")
+
+    @property
+    def model_form(self) -> ModelForm:
+        """How a model of this scheme is held in memory (`quantbench.memory`)."""
+        return model_form(self.quantizes, self.quantizes_activations)
 
     @property
     def option_names(self) -> tuple[str, ...]:
