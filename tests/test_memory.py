@@ -28,7 +28,6 @@ from quantbench.memory import (
     MemoryEstimate,
     largest_fitting,
     layer_hessian_bytes,
-    model_form,
     quantize_stage_bytes,
     scores_stage_bytes,
     vllm_engine_bytes,
@@ -41,6 +40,7 @@ from quantbench.preflight import (
     vllm_problem,
 )
 from quantbench.schemes import get_scheme
+from quantbench.schemes.base import model_form
 from quantbench.study import run_study
 
 GIB = 1 << 30

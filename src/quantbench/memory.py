@@ -23,9 +23,9 @@ import re
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 from quantbench.models import ModelInfo
+from quantbench.schemes.base import ModelForm
 
 QUANTIZE_RUNTIME_BYTES = 430 << 20
 """A quantization worker before it loads a model: Python, torch, transformers and
@@ -58,16 +58,6 @@ its quantized kernels repack the weights), by form."""
 VLLM_CLIENT_BYTES = 600 << 20
 """The evaluation worker that drives vLLM's engine (torch and the tokenizer; it holds no
 model): 562 to 588 MiB measured."""
-
-
-ModelForm = Literal["unquantized", "weight_only", "activations"]
-"""How a variant's model is held (see `EVALUATION_WEIGHT_FACTOR`, `VLLM_WEIGHT_FACTOR`)."""
-
-
-def model_form(quantizes: bool, quantizes_activations: bool) -> ModelForm:
-    if not quantizes:
-        return "unquantized"
-    return "activations" if quantizes_activations else "weight_only"
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,19 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from quantbench.errors import UserError, did_you_mean
-from quantbench.memory import ModelForm, model_form
 from quantbench.models import LinearLayer, ModelInfo
+
+ModelForm = Literal["unquantized", "weight_only", "activations"]
+"""How a variant's model is held in memory: quantbench.memory's estimates scale with it."""
+
+
+def model_form(quantizes: bool, quantizes_activations: bool) -> ModelForm:
+    """The form a scheme holds its model in: unquantized, decompressed weight-only, or
+    fake-quantized with activation quantization (the largest in transformers)."""
+    if not quantizes:
+        return "unquantized"
+    return "activations" if quantizes_activations else "weight_only"
+
 
 DEFAULT_IGNORE: tuple[str, ...] = ("lm_head",)
 KV_CACHE_OPTION = "kv_cache"
