@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -161,6 +162,8 @@ def evaluated(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     result = run_cli("run", "--config", str(root / "study.yaml"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "emulated" in result.stdout
+    # This run's schedule, before a test's rerun replaces results.json with its own.
+    shutil.copy(root / "out" / "results.json", root / "first-run-results.json")
     return root
 
 

@@ -14,8 +14,10 @@ from rich.console import Console
 from quantbench.config import load_study_config
 from quantbench.corpus import read_windows
 from quantbench.executors import local as local_executor
+from quantbench.schedule import JobRun, overlapping
 from quantbench.study import run_study
 from quantbench.study_files import load_results
+from test_schedule import run_fields
 
 
 def _float64_logprobs(artifact: Path, windows: list[list[int]]) -> list[np.ndarray]:
@@ -119,3 +121,35 @@ def test_results_json_keeps_per_prompt_generations(evaluated: Path) -> None:
     data = json.loads((evaluated / "out" / "results.json").read_text())
     items = data["variants"][1]["metrics"]["generations"]["items"]
     assert {"id", "category", "text", "exact_match", "rouge_l", "first_diff"} <= set(items[0])
+
+
+def test_a_study_times_its_variants_alone_and_records_each_stages_threads(
+    evaluated: Path,
+) -> None:
+    """The shared study ran with the default schedule: no timed job overlapped another, the
+    speed records say so, and every metric stage records the threads that computed it."""
+    out = evaluated / "out"
+    schedule = json.loads((evaluated / "first-run-results.json").read_text())["provenance"][
+        "schedule"
+    ]
+    runs = [JobRun(**run_fields(job)) for job in schedule["jobs"]]
+    ended = {r.name: r.ended_s for r in runs}
+    for run in runs:  # a variant's evaluation starts after its quantization and the baseline's
+        variant = run.name.split(" ", 1)[1]
+        if not run.name.startswith("quantize"):
+            assert run.started_s >= ended[f"quantize {variant}"]  # type: ignore[operator]
+        if run.name.startswith("evaluate") and variant != "bf16":
+            assert run.started_s >= ended["evaluate bf16"]  # type: ignore[operator]
+    timed = {r.name for r in runs if r.alone}
+    assert timed == {f"time {v}" for v in ("bf16", "fp8-dynamic", "w4a16-gptq-g32")}
+    assert not [pair for pair in overlapping(runs) if timed & set(pair)]
+    if schedule["cores"] >= 2:  # on two cores the untimed jobs share the machine
+        assert [pair for pair in overlapping(runs) if not timed & set(pair)]
+    results = load_results(out)
+    for variant in results.variants:
+        assert variant.metrics.speed is not None and variant.metrics.speed.ran_alone is True
+    for manifest in out.glob("stages/*/*/*/manifest.json"):
+        stage = json.loads(manifest.read_text())
+        if "metric" in stage:
+            assert stage["threads"] >= 1
+            assert stage["ran_alone"] is (stage["metric"] in ("speed", "size"))

@@ -185,6 +185,9 @@ def make_fault_study(
                 "schemes": schemes,
                 "calibration": {"num_samples": 8, "seq_len": 64},
                 "evaluation": _evaluation(task_data, prompts),
+                # Figures are compared exactly with a rerun's, so every stage computes with
+                # the same thread count in both: one stage at a time, every core.
+                "execution": {"max_parallel": 1},
             }
         )
     )

@@ -9,7 +9,6 @@ import io
 import json
 import os
 import shutil
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from quantbench import study as study_module
 from quantbench.config import load_study_config
 from quantbench.errors import UserError
 from quantbench.results import SCHEMA_VERSION, StudyResults, VariantResult
+from quantbench.schedule import Capacity
 from quantbench.study import run_study
 from quantbench.study_files import load_results, save_results
 
@@ -125,8 +125,8 @@ class _NothingMayRun:
     def __init__(self) -> None:
         self.launched: list[str] = []
 
-    def map(self, job: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-        return [job(item) for item in items]
+    def capacity(self, memory_bytes: int | None, max_parallel: int | None) -> Capacity:
+        return Capacity(cores=1, memory_bytes=memory_bytes, max_parallel=1)
 
     def launch(self, module: str, *args: Any, **kwargs: Any) -> int:
         self.launched.append(module)

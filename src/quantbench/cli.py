@@ -317,6 +317,13 @@ STUDY_FLAGS: tuple[StudyFlag, ...] = (
         ("execution", "memory_limit_gib"),
         unset="what is available",
     ),
+    StudyFlag(
+        "jobs",
+        int,
+        "the most stages running at once (1: one after the other)",
+        ("execution", "max_parallel"),
+        unset="one per core",
+    ),
 )
 """The flags `run` and `plan` share: `plan` prints the stages `run` would run with the same
 flags, so both read one table."""
@@ -429,13 +436,23 @@ def plan_study_command(study: Any) -> None:
             for k, v in stage.resources.items()
         )
         state = "[green]done" if stage.done else "pending"
-        table.add_row(stage.stage, stage.variant, stage.key, state, stage.runs_on, resources or "–")
+        runs_on = f"{stage.runs_on}, alone" if stage.alone else stage.runs_on
+        table.add_row(stage.stage, stage.variant, stage.key, state, runs_on, resources or "–")
     _stdout().print(table)
     pending = sum(not s.done for s in stages)
     _stdout().print(
         f"{len(stages)} stages: {len(stages) - pending} done, {pending} to run "
-        f"(executor: {study.execution.executor})"
+        f"(executor: {study.execution.executor}; "
+        f"{_parallel_words(study.execution.max_parallel)}, stages marked alone by themselves)"
     )
+
+
+def _parallel_words(max_parallel: int | None) -> str:
+    if max_parallel == 1:
+        return "one stage at a time"
+    if max_parallel is None:
+        return "worker stages side by side as cores and memory allow"
+    return f"up to {max_parallel} worker stages at once"
 
 
 app.command("run")(_study_command(run_study_command))

@@ -473,6 +473,13 @@ class ExecutionConfig(_Strict):
         description="the most RAM the study's workers may use, GiB (pre-flight refuses a stage "
         "whose estimate exceeds it); default: what the machine has available when it starts",
     )
+    max_parallel: int | None = Field(
+        default=None,
+        ge=1,
+        description="the most worker stages running at once (1: one after the other with "
+        "every core, in plan order); default: one per core locally, as many as the cluster "
+        "places on Ray. Stages that measure time always run alone",
+    )
 
 
 class StudyConfig(_Strict):

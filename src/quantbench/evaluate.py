@@ -35,7 +35,13 @@ from quantbench.models import ModelInfo, inspect_model
 from quantbench.output import OutputFolder
 from quantbench.plan import StudyPlan, VariantPlan, library_versions
 from quantbench.preflight import SCORE_BATCH_WINDOWS, EvaluationMemory, available_memory_bytes
-from quantbench.process.child import AnonymousPeak, die_with_parent, emit, peak_rss_bytes
+from quantbench.process.child import (
+    AnonymousPeak,
+    die_with_parent,
+    emit,
+    limit_threads,
+    peak_rss_bytes,
+)
 from quantbench.process.requests import (
     DivergenceChoice,
     DivergenceMethod,
@@ -303,6 +309,24 @@ def input_stage(input_metric: str, metric: str, param: str | None) -> str:
     return stage_name(input_metric, param if input_metric == metric else None)
 
 
+def is_timed(stage: str) -> bool:
+    """Whether the metric stage `stage` measures time, so runs in a worker of its own with
+    no other stage running (a plugin's metric that does not say is not timed)."""
+    return bool(getattr(load_metric(split_stage_name(stage)[0]), "timed", False))
+
+
+def pending_stages(
+    eval_plan: EvalPlan, variant: str, store: StageStore, timed: bool
+) -> list[tuple[str, str]]:
+    """(stage name, key) of `variant`'s timed or untimed metric stages still to compute."""
+    refs = eval_plan.stages.get(variant, {})
+    return [
+        (name, ref.key)
+        for name, ref in refs.items()
+        if is_timed(name) == timed and not store.is_done(ref)
+    ]
+
+
 def evaluate_variant(
     eval_plan: EvalPlan,
     variant: VariantPlan,
@@ -311,10 +335,14 @@ def evaluate_variant(
     on_progress: Callable[[str, int | None, int | None], None],
     launch: Launch = run_python_worker,
     resources: Resources | None = None,
-) -> VariantMetrics:
+    timed: bool = False,
+    threads: int | None = None,
+) -> dict[str, str]:
+    """Compute `variant`'s pending untimed metric stages (or, `timed`, its timed ones, in a
+    worker that the scheduler runs alone) in one worker; the reason of each that failed."""
     store = output.stages()
     refs = eval_plan.stages.get(variant.name, {})
-    pending = [(name, ref.key) for name, ref in refs.items() if not store.is_done(ref)]
+    pending = pending_stages(eval_plan, variant.name, store, timed)
     errors: dict[str, str] = {}
     if pending:
         logs.mkdir(parents=True, exist_ok=True)
@@ -333,6 +361,8 @@ def evaluate_variant(
                 method=eval_plan.divergence.method, detail=eval_plan.divergence.detail
             ),
             baseline_artifact=eval_plan.baseline_artifact,
+            threads=threads,
+            alone=timed,
         )
         finished: list[dict[str, str]] = []
 
@@ -342,11 +372,12 @@ def evaluate_variant(
                 return
             on_progress(str(event.get("phase", "")), event.get("done"), event.get("total"))
 
-        log_path = logs / f"eval-{variant.name}.log"
+        prefix = "time" if timed else "eval"
+        log_path = logs / f"{prefix}-{variant.name}.log"
         returncode = launch(
             "quantbench.evaluate",
             request_json(request),
-            logs / f"eval-{variant.name}.request.json",
+            logs / f"{prefix}-{variant.name}.request.json",
             log_path,
             on_event,
             resources=resources,
@@ -356,7 +387,7 @@ def evaluate_variant(
             errors = {name: reason for name, _ in pending}
         else:
             errors = finished[-1]
-    return collect_metrics(refs, store, errors)
+    return errors
 
 
 def collect_metrics(
@@ -383,9 +414,16 @@ def collect_metrics(
     return VariantMetrics.model_validate({**records, "errors": reported})
 
 
+def _torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
 def _worker_main(request_path: Path) -> None:
     die_with_parent()
     request = read_request(request_path, EvaluateRequest)
+    limit_threads(request.threads)
 
     config = request.config
     store = OutputFolder.open(request.output).stages()
@@ -517,6 +555,7 @@ def _worker_main(request_path: Path) -> None:
                     if baseline_artifact_ref is not None and not is_baseline
                     else None
                 ),
+                alone=request.alone,
             )
             started = time.perf_counter()
             try:
@@ -534,6 +573,8 @@ def _worker_main(request_path: Path) -> None:
                 peak_rss_bytes=peak_rss_bytes(),
                 peak_anonymous_bytes=anonymous.peak_bytes,
                 engine_peak_bytes=getattr(loaded.get("backend"), "engine_peak_bytes", None),
+                threads=_torch_threads(),
+                ran_alone=request.alone,
             )
             store.commit(ref, work, stage.model_dump(mode="json"))
     if "backend" in loaded:

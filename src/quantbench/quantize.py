@@ -25,7 +25,13 @@ from quantbench.executors.base import Launch, Resources
 from quantbench.hardware import Hardware, hardware_here
 from quantbench.models import check_loading_info, locate_model, locate_tokenizer
 from quantbench.output import OutputFolder
-from quantbench.process.child import AnonymousPeak, die_with_parent, emit, peak_rss_bytes
+from quantbench.process.child import (
+    AnonymousPeak,
+    die_with_parent,
+    emit,
+    limit_threads,
+    peak_rss_bytes,
+)
 from quantbench.process.requests import (
     QuantizedStage,
     QuantizeRequest,
@@ -98,6 +104,7 @@ def run_worker(
 def _worker_main(request_path: Path) -> None:
     die_with_parent()
     request = read_request(request_path, QuantizeRequest)
+    limit_threads(request.threads)
 
     store = OutputFolder.open(request.output).stages()
     ref = request.stage

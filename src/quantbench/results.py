@@ -182,6 +182,11 @@ class SpeedRecord(_Record):
     thread_binding: str | None = Field(
         default=None, description="vllm on CPU: the cores its OpenMP threads were bound to"
     )
+    ran_alone: bool | None = Field(
+        default=None,
+        description="the study ran no other stage while these figures were measured "
+        "(None: recorded before stages ran side by side)",
+    )
     sample_output: str | None = Field(
         default=None,
         description="greedy continuation of the first timed prompt, checked beside the figure",

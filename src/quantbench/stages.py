@@ -48,6 +48,8 @@ class Stage:
     reads_baseline: bool = False
     """It reads the baseline's stages, so it runs after the baseline's evaluation."""
     axes: dict[str, Any] = field(default_factory=dict)
+    alone: bool = False
+    """Its figures are times: its worker runs with no other stage running."""
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,14 @@ def _metric_stages(plan: StudyPlan, evaluation: EvalPlan) -> list[Stage]:
                 ]
             stages.append(
                 Stage(
-                    name, variant.name, ref, "worker", tuple(inputs), reads_baseline, variant.axes
+                    name,
+                    variant.name,
+                    ref,
+                    "worker",
+                    tuple(inputs),
+                    reads_baseline,
+                    variant.axes,
+                    alone=bool(getattr(metric, "timed", False)),
                 )
             )
     return stages
@@ -164,6 +173,7 @@ class PlannedStage:
     runs_on: RunsOn
     resources: Resources = field(default_factory=dict)
     axes: dict[str, Any] = field(default_factory=dict)
+    alone: bool = False
 
 
 def inventory(
@@ -225,6 +235,8 @@ def _inventory_one(config: StudyConfig, on_status: Callable[[str], None]) -> lis
         return study.worker_resources("evaluate", variant=stage.variant)
 
     return [
-        PlannedStage(s.kind, s.variant, s.ref.key, done(s.ref), s.runs_on, resources(s), s.axes)
+        PlannedStage(
+            s.kind, s.variant, s.ref.key, done(s.ref), s.runs_on, resources(s), s.axes, s.alone
+        )
         for s in study.stages
     ]

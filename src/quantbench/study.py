@@ -6,6 +6,7 @@ content key first, so a finished study re-runs without model work.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import os
 import shutil
@@ -39,8 +40,16 @@ from quantbench.compare import merge_model_studies
 from quantbench.config import SchemeEntry, StudyConfig, model_labels
 from quantbench.corpus import prepare_corpus
 from quantbench.errors import StageFailed, UserError
-from quantbench.evaluate import EvalPlan, evaluate_variant
+from quantbench.evaluate import (
+    EvalPlan,
+    collect_metrics,
+    evaluate_variant,
+    evaluation_stage_bytes,
+    pending_stages,
+)
 from quantbench.executors import Executor, get_executor
+from quantbench.hardware import gpus_visible
+from quantbench.metrics import split_stage_name
 from quantbench.models import inspect_model, resolve_model
 from quantbench.output import LOGS_DIR, STAGES_DIR, OutputFolder
 from quantbench.plan import StudyPlan, VariantPlan
@@ -62,6 +71,7 @@ from quantbench.results import (
     StudyResults,
     VariantResult,
 )
+from quantbench.schedule import Job, run_jobs
 from quantbench.schemes import Preflight, get_scheme
 from quantbench.schemes.mixed import MixedPrecision
 from quantbench.sensitivity import (
@@ -170,27 +180,7 @@ def _run(config: StudyConfig, output: OutputFolder, console: Console) -> StudyRe
         if eval_plan and eval_plan.corpus and not store.is_done(eval_plan.corpus):
             with console.status("tokenizing the evaluation corpus"):
                 prepare_corpus(store, eval_plan.corpus, config.evaluation.corpus, model)
-        console.print("[bold]quantize")
-        with _progress(console) as progress:
-            tasks = {
-                v.name: progress.add_task(v.name, total=None, phase="waiting")
-                for v in plan.variants
-            }
-
-            def job(variant: VariantPlan) -> VariantResult:
-                return _quantize_variant(
-                    study,
-                    variant,
-                    output,
-                    preflights.get(variant.name),
-                    progress,
-                    tasks[variant.name],
-                    runner,
-                )
-
-            variants = runner.map(job, list(plan.variants))
-        if eval_plan:
-            variants = _evaluate(study, eval_plan, variants, output, console, runner)
+        variants, schedule = _run_jobs(study, preflights, output, console, runner)
         results = StudyResults(
             quantbench_version=__version__,
             created_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -203,6 +193,7 @@ def _run(config: StudyConfig, output: OutputFolder, console: Console) -> StudyRe
         )
         results = _finalize(results, config, store, eval_plan)
         results.provenance["executor"] = runner.describe()
+        results.provenance["schedule"] = schedule
         output.save(results, logs=True)
     finally:
         runner.close()
@@ -251,7 +242,9 @@ def run_sensitivity(
             runner = _executor(config)
             try:
                 with _progress(console) as progress:
-                    task = progress.add_task("sensitivity", total=None, phase="starting")
+                    task = progress.add_task(
+                        "sensitivity", total=None, phase="starting", threads=""
+                    )
                     record = _sensitivity(
                         study, variant, preflights[variant.name], output, progress, task, runner
                     )
@@ -372,54 +365,217 @@ def _finalize(
     return results.model_copy(update={"provenance": block, "recommendation": recommendation})
 
 
-def _evaluate(
+def _run_jobs(
     study: StudyStages,
-    eval_plan: EvalPlan,
-    variants: list[VariantResult],
+    preflights: dict[str, Preflight],
     output: OutputFolder,
     console: Console,
     runner: Executor,
-) -> list[VariantResult]:
-    by_name = {v.name: v for v in variants}
-    ordered = [v for v in eval_plan.order(study.plan.variants) if by_name[v.name].status == "ok"]
-    logs = output.local / LOGS_DIR
-    console.print(f"[bold]evaluate[/] ({', '.join(eval_plan.config.metric_names())})")
+) -> tuple[list[VariantResult], dict[str, Any]]:
+    """Quantize every variant and evaluate every one that quantized, as a graph of jobs that
+    `quantbench.schedule` runs side by side where the cores and memory allow: a variant's
+    evaluation after its quantization (and after the baseline's, when it reads the
+    baseline's stages), its timed metrics in a job of their own that runs alone. Stages the
+    store holds already are not jobs. The variants' results, and the schedule as it ran."""
+    plan, eval_plan = study.plan, study.evaluation
+    store = output.stages()
+    execution = study.config.execution
+    capacity = runner.capacity(
+        available_memory_bytes(execution.memory_limit_gib), execution.max_parallel
+    )
+    results: dict[str, VariantResult] = {}
+    errors: dict[str, dict[str, str]] = {v.name: {} for v in plan.variants}
+    jobs: list[Job] = []
     with _progress(console) as progress:
-        tasks = {v.name: progress.add_task(v.name, total=None, phase="waiting") for v in ordered}
+        rows: dict[str, TaskID] = {}
 
-        def job(variant: VariantPlan) -> VariantResult:
-            task = tasks[variant.name]
-
-            def on_progress(phase: str, done: int | None, total: int | None) -> None:
-                if total:
-                    progress.update(task, total=total, completed=done or 0, phase=phase)
-                else:
-                    progress.update(task, phase=phase)
-
-            result = by_name[variant.name]
-            metrics = evaluate_variant(
-                eval_plan,
-                variant,
-                output,
-                logs,
-                on_progress,
-                runner.launch,
-                study.worker_resources("evaluate", variant=variant.name),
+        def row(name: str) -> TaskID:
+            rows[name] = progress.add_task(
+                name, start=False, total=None, phase="waiting", threads=""
             )
-            failed = ", ".join(metrics.errors)
+            return rows[name]
+
+        for variant in plan.variants:
+            if store.is_done(variant.quantize):
+                results[variant.name] = _variant_result(variant, output)
+                progress.update(
+                    row(f"quantize {variant.name}"), total=1, completed=1, phase="cached"
+                )
+                continue
+            preflight = preflights[variant.name]
+            jobs.append(
+                Job(
+                    f"quantize {variant.name}",
+                    _quantize_job(
+                        study, variant, output, preflight, progress, row, results, runner
+                    ),
+                    memory_bytes=preflight.memory_bytes,
+                    gpu=gpus_visible(),
+                )
+            )
+        if eval_plan is not None:
+            jobs += _evaluation_jobs(
+                study, eval_plan, output, progress, row, errors, runner, capacity.cores
+            )
+
+        # A need the store holds already (a quantization or baseline evaluation finished by an
+        # earlier run) is not a job: nothing to wait for.
+        names = {job.name for job in jobs}
+        jobs = [
+            dataclasses.replace(job, needs=tuple(n for n in job.needs if n in names))
+            for job in jobs
+        ]
+
+        def on_start(job: Job, threads: int | None) -> None:
+            count = (
+                f"{threads} thread{'s' if threads != 1 else ''}" if threads else "torch's threads"
+            )
+            progress.start_task(rows[job.name])
             progress.update(
-                task,
-                total=1,
-                completed=1,
-                phase=f"[red]failed: {failed}" if failed else "done",
+                rows[job.name],
+                phase="starting",
+                threads=f"{count}, alone" if job.alone else count,
             )
-            return result.model_copy(update={"metrics": metrics})
 
-        first = [v for v in ordered if v.name == eval_plan.baseline]
-        rest = [v for v in ordered if v.name != eval_plan.baseline]
-        done = [job(v) for v in first]  # the others read the baseline's stages
-        evaluated = {v.name: v for v in [*done, *runner.map(job, rest)]}
-    return [evaluated.get(v.name, v) for v in variants]
+        def on_skip(job: Job) -> None:
+            progress.update(rows[job.name], phase="[dim]skipped: its quantization failed")
+
+        runs = run_jobs(jobs, capacity, on_start, on_skip)
+    variants = []
+    for variant in plan.variants:
+        result = results[variant.name]
+        if eval_plan is not None and result.status == "ok":
+            metrics = collect_metrics(
+                eval_plan.stages.get(variant.name, {}), store, errors[variant.name]
+            )
+            result = result.model_copy(update={"metrics": metrics})
+        variants.append(result)
+    schedule = {
+        "cores": capacity.cores,
+        "max_parallel": capacity.max_parallel,
+        "memory_bytes": capacity.memory_bytes,
+        "jobs": [run.record() for run in runs],
+    }
+    return variants, schedule
+
+
+def _quantize_job(
+    study: StudyStages,
+    variant: VariantPlan,
+    output: OutputFolder,
+    preflight: Preflight,
+    progress: Progress,
+    row: Callable[[str], TaskID],
+    results: dict[str, VariantResult],
+    runner: Executor,
+) -> Callable[[int | None], bool]:
+    task = row(f"quantize {variant.name}")
+
+    def run(threads: int | None) -> bool:
+        result = _quantize_variant(
+            study, variant, output, preflight, progress, task, runner, threads
+        )
+        results[variant.name] = result
+        return result.status == "ok"
+
+    return run
+
+
+def _evaluation_jobs(
+    study: StudyStages,
+    eval_plan: EvalPlan,
+    output: OutputFolder,
+    progress: Progress,
+    row: Callable[[str], TaskID],
+    errors: dict[str, dict[str, str]],
+    runner: Executor,
+    cores: int | None,
+) -> list[Job]:
+    """Per variant, a job for its pending untimed metric stages and one, run alone, for its
+    timed ones (speed, and size, whose load time is a time)."""
+    store = output.stages()
+    config = eval_plan.config
+    logs = output.local / LOGS_DIR
+    readers = {s.variant for s in study.stages if s.reads_baseline}
+    jobs: list[Job] = []
+    for variant in eval_plan.order(study.plan.variants):
+        needs = (f"quantize {variant.name}",)
+        for timed in (False, True):
+            pending = pending_stages(eval_plan, variant.name, store, timed)
+            if not pending:
+                continue
+            name = f"{'time' if timed else 'evaluate'} {variant.name}"
+            task = row(name)
+            on_vllm = any(
+                config.backend_for(split_stage_name(stage)[0]) == "vllm" for stage, _ in pending
+            )
+            threads = config.threads or (cores if on_vllm and not timed else None)
+            job_needs: tuple[str, ...] = needs
+            if not timed and variant.name in readers and eval_plan.baseline:
+                job_needs = (*needs, f"evaluate {eval_plan.baseline}")
+            jobs.append(
+                Job(
+                    name,
+                    _evaluation_job(
+                        study,
+                        eval_plan,
+                        variant,
+                        output,
+                        logs,
+                        progress,
+                        task,
+                        errors,
+                        runner,
+                        timed,
+                    ),
+                    needs=job_needs,
+                    memory_bytes=evaluation_stage_bytes(study.plan, eval_plan, variant.name),
+                    threads=threads,
+                    alone=timed,
+                    gpu=gpus_visible() and config.device != "cpu",
+                )
+            )
+    return jobs
+
+
+def _evaluation_job(
+    study: StudyStages,
+    eval_plan: EvalPlan,
+    variant: VariantPlan,
+    output: OutputFolder,
+    logs: Path,
+    progress: Progress,
+    task: TaskID,
+    errors: dict[str, dict[str, str]],
+    runner: Executor,
+    timed: bool,
+) -> Callable[[int | None], bool]:
+    def on_progress(phase: str, done: int | None, total: int | None) -> None:
+        if total:
+            progress.update(task, total=total, completed=done or 0, phase=phase)
+        else:
+            progress.update(task, phase=phase)
+
+    def run(threads: int | None) -> bool:
+        failed = evaluate_variant(
+            eval_plan,
+            variant,
+            output,
+            logs,
+            on_progress,
+            runner.launch,
+            study.worker_resources("evaluate", variant=variant.name),
+            timed=timed,
+            threads=threads,
+        )
+        errors[variant.name].update(failed)
+        reasons = ", ".join(failed)
+        progress.update(
+            task, total=1, completed=1, phase=f"[red]failed: {reasons}" if reasons else "done"
+        )
+        return True  # a failed stage is recorded; stages that read it say what they miss
+
+    return run
 
 
 def _preflight(
@@ -532,6 +688,7 @@ def _progress(console: Console) -> Progress:
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[phase]}"),
+        TextColumn("[dim]{task.fields[threads]}"),
         TimeElapsedColumn(),
         console=console,
         transient=False,
@@ -546,7 +703,9 @@ def _quantize_variant(
     progress: Progress,
     task: TaskID,
     runner: Executor,
+    threads: int | None = None,
 ) -> VariantResult:
+    """Quantize `variant` in a worker with `threads` torch threads (None: its default)."""
     plan = study.plan
     store = output.stages()
     if store.is_done(variant.quantize):
@@ -559,7 +718,9 @@ def _quantize_variant(
     mixed = None
     if variant.sensitivity is not None:
         try:
-            record = _sensitivity(study, variant, preflight, output, progress, task, runner)
+            record = _sensitivity(
+                study, variant, preflight, output, progress, task, runner, threads
+            )
             mixed, layers = search_allocation(record, preflight.resolved_options)
         except (StageFailed, UserError) as exc:
             progress.update(task, phase="[red]failed")
@@ -605,6 +766,7 @@ def _quantize_variant(
             model_fingerprint=plan.model.fingerprint,
             mixed=mixed,
         ),
+        threads=threads,
     )
 
     def on_progress(update: WorkerProgress) -> None:
@@ -653,6 +815,7 @@ def _sensitivity(
     progress: Progress,
     task: TaskID,
     runner: Executor,
+    threads: int | None = None,
 ) -> SensitivityRecord:
     """The sensitivity table a mixed variant is searched from: the stage's, or screened now
     in a worker (once, whichever mixed variant asks first)."""
@@ -669,7 +832,7 @@ def _sensitivity(
                 store,
                 output.location,
                 study.evaluation.corpus if study.evaluation else None,
-            )
+            ).model_copy(update={"threads": threads})
 
             def on_progress(done: int, total: int) -> None:
                 progress.update(task, total=total, completed=done, phase="sensitivity")

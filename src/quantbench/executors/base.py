@@ -1,22 +1,22 @@
 """How a study's independent jobs run: in order here, or spread over a Ray cluster.
 
-An executor does two things. `map` runs the study's per-variant jobs (quantize one variant,
-evaluate one variant), in order or concurrently; the jobs themselves stay in the driver,
-where the progress display and the stage store live. `launch` runs the heavy part of a
-job, a quantbench worker module (`python -m quantbench.quantize REQUEST`), somewhere with
-the resources the stage asks for, and streams its progress events back. Workers read their
-inputs from the study's output folder and commit their stage there, so every node must
-reach it: the same path on a shared filesystem, or a URL (`output.py`).
+An executor does two things. `capacity` says what the study's jobs (quantize one variant,
+evaluate one variant, time one variant) may use at once, which `quantbench.schedule` shares
+out; the jobs themselves stay in the driver, where the progress display and the stage store
+live. `launch` runs the heavy part of a job, a quantbench worker module (`python -m
+quantbench.quantize REQUEST`), somewhere with the resources the stage asks for, and streams
+its progress events back. Workers read their inputs from the study's output folder and
+commit their stage there, so every node must reach it: the same path on a shared filesystem,
+or a URL (`output.py`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
-Item = TypeVar("Item")
-Result = TypeVar("Result")
+from quantbench.schedule import Capacity
 
 Resources = dict[str, float]
 """Ray-style resource request: num_cpus, num_gpus, memory (bytes)."""
@@ -40,8 +40,9 @@ class Launch(Protocol):
 class Executor(Protocol):
     name: str
 
-    def map(self, job: Callable[[Item], Result], items: Sequence[Item]) -> list[Result]:
-        """Run `job` on every item; results in the order of `items`."""
+    def capacity(self, memory_bytes: int | None, max_parallel: int | None) -> Capacity:
+        """What the study's jobs may use together (`quantbench.schedule`): this machine's
+        cores and `memory_bytes` here; on a cluster, what the cluster places."""
         ...
 
     def launch(

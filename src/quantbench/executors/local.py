@@ -1,18 +1,17 @@
-"""The local executor: one variant after another, each worker a child process here."""
+"""The local executor: each worker a child process here, as many at once as the machine's
+cores and memory allow (`quantbench.schedule`)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from quantbench.executors.base import Resources
 from quantbench.process import forkserver
 from quantbench.process.workers import run_python_worker, worker_environment
-
-Item = TypeVar("Item")
-Result = TypeVar("Result")
+from quantbench.schedule import Capacity
 
 
 class LocalExecutor:
@@ -29,8 +28,8 @@ class LocalExecutor:
         if self._fork_server is not None:
             self._fork_server.start(worker_environment(os.environ))
 
-    def map(self, job: Callable[[Item], Result], items: Sequence[Item]) -> list[Result]:
-        return [job(item) for item in items]
+    def capacity(self, memory_bytes: int | None, max_parallel: int | None) -> Capacity:
+        return Capacity.here(memory_bytes, max_parallel)
 
     def launch(
         self,
@@ -42,7 +41,7 @@ class LocalExecutor:
         on_stderr: Callable[[str], None] = lambda _: None,
         resources: Resources | None = None,
     ) -> int:
-        """Resources are not enforced here: one worker runs at a time on this machine."""
+        """`resources` are for a cluster: here the scheduler has already made room."""
         return run_python_worker(
             module,
             request,

@@ -1,15 +1,15 @@
 """The Ray executor: each variant's workers run as Ray tasks on a cluster.
 
-`quantbench run --executor ray` starts a local Ray instance, or joins one with
-`--ray-address auto|ray://host:10001|host:6379`. Per-variant jobs run concurrently in the
-driver; the worker process of each stage (quantize one variant, evaluate one variant) runs
-inside a Ray task that asks for the stage's resources (`executors.resources`), streams its
-progress events back through a Ray queue, and is retried by Ray when the process running it
-dies. A retried stage starts from scratch: stage folders are committed only when complete
-(manifest last), so partial output of a killed attempt is never read. The worker's request
-and log live in a temporary folder on its node; the log comes back with the result and is
-written where the driver keeps logs, so the driver and workers need share no folder when
-the output folder is a URL.
+`quantbench run --executor ray` starts a local Ray instance, or joins one with `--ray-
+address auto|ray://host:10001|host:6379`. The study's jobs run concurrently in the driver
+(`quantbench.schedule`); the worker process of each stage (quantize one variant, evaluate
+one variant) runs inside a Ray task that asks for the stage's resources
+(`executors.resources`), streams its progress events back through a Ray queue, and is
+retried by Ray when the process running it dies. A retried stage starts from scratch: stage
+folders are committed only when complete (manifest last), so partial output of a killed
+attempt is never read. The worker's request and log live in a temporary folder on its node;
+the log comes back with the result and is written where the driver keeps logs, so the driver
+and workers need share no folder when the output folder is a URL.
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import ray
 from ray.util.queue import Empty, Queue
@@ -28,9 +27,7 @@ from ray.util.queue import Empty, Queue
 from quantbench.errors import UserError
 from quantbench.executors.base import Resources
 from quantbench.process.workers import run_python_worker
-
-Item = TypeVar("Item")
-Result = TypeVar("Result")
+from quantbench.schedule import Capacity
 
 MAX_RETRIES = 3
 """Attempts after the first when the process running a stage dies (node loss, OOM kill)."""
@@ -75,11 +72,11 @@ class RayExecutor:
             ) from None
         self.address = address
 
-    def map(self, job: Callable[[Item], Result], items: Sequence[Item]) -> list[Result]:
-        if not items:
-            return []
-        with ThreadPoolExecutor(max_workers=len(items)) as pool:
-            return list(pool.map(job, items))
+    def capacity(self, memory_bytes: int | None, max_parallel: int | None) -> Capacity:
+        """Ray places every job by the resources it asks for (`executors.resources`), so
+        the scheduler gives no thread counts and counts no memory; jobs that measure time
+        still run with nothing else of the study running."""
+        return Capacity(cores=None, memory_bytes=None, max_parallel=max_parallel)
 
     def launch(
         self,

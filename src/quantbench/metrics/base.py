@@ -54,6 +54,8 @@ class EvalContext:
     baseline_loader: Callable[[], Backend] | None = None
     """Loads the baseline's artifact in this metric's backend, next to the variant (the
     caller closes it); None for the baseline itself."""
+    alone: bool = False
+    """The study runs no other stage while this worker runs (timed metrics' workers)."""
 
     def backend(self) -> tuple[Backend, LoadInfo]:
         return self.backend_factory(self.backend_name)
@@ -73,6 +75,9 @@ class Metric(Protocol):
     own_inputs: tuple[str, ...]
     baseline_inputs: tuple[str, ...]
     reported: bool
+    timed: bool
+    """Its figures are times: its stage runs in a worker of its own with no other stage of
+    the study running (`quantbench.schedule`)."""
 
     def key_config(self, config: EvaluationConfig) -> dict[str, Any]:
         """The config slice that determines this metric's output."""

@@ -41,6 +41,7 @@ class DivergenceMetric:
     own_inputs: tuple[str, ...] = ("scores",)
     baseline_inputs: tuple[str, ...] = ("scores",)
     reported = True
+    timed = False
 
     def key_config(self, config: EvaluationConfig) -> dict[str, Any]:
         """The divergence method is added by the planner, as for the scores stage."""

@@ -74,6 +74,7 @@ class GenerationsMetric:
     own_inputs: tuple[str, ...] = ()
     baseline_inputs: tuple[str, ...] = ("generations",)
     reported = True
+    timed = False
 
     def key_config(self, config: EvaluationConfig) -> dict[str, Any]:
         settings = config.generations

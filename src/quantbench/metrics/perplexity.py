@@ -38,6 +38,7 @@ class PerplexityMetric:
     own_inputs: tuple[str, ...] = ("scores",)
     baseline_inputs: tuple[str, ...] = ("scores",)
     reported = True
+    timed = False
 
     def key_config(self, config: EvaluationConfig) -> dict[str, Any]:
         return {"confidence": 0.95, "seed": config.seed}

@@ -60,6 +60,7 @@ class ScoresStage:
     own_inputs: tuple[str, ...] = ()
     baseline_inputs: tuple[str, ...] = ("scores",)
     reported = False
+    timed = False
 
     def key_config(self, config: EvaluationConfig) -> dict[str, Any]:
         """The divergence method is added by the planner (it depends on memory and backend)."""

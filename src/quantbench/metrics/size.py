@@ -1,8 +1,9 @@
 """Size on disk (weights and whole artifact, bytes per stored dtype) and resident memory.
 
-Memory is read in the evaluation process, which holds only this variant: after loading plus
-a first forward (compressed-tensors models decompress at the first forward, so memory read
-right after loading would flatter them), and the peak through generation.
+Memory is read in the timed worker, which holds only this variant and runs alone on the
+machine (its load time is a time): after loading plus a first forward (compressed-tensors
+models decompress at the first forward, so memory read right after loading would flatter
+them), and the peak through the speed metric's generation when the study times speed.
 """
 
 from __future__ import annotations
@@ -70,9 +71,11 @@ class SizeMetric:
     own_inputs: tuple[str, ...] = ()
     baseline_inputs: tuple[str, ...] = ()
     reported = True
+    timed = True
 
     def key_config(self, config: EvaluationConfig) -> dict[str, Any]:
-        return {"after": [m for m in config.metrics if m in ("speed", "generations")]}
+        """Its peak is the peak through the timed metrics its worker ran before it."""
+        return {"after": [m for m in config.metrics if m == "speed"]}
 
     def compute(self, ctx: EvalContext) -> SizeRecord:
         _, load = ctx.backend()

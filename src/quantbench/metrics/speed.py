@@ -45,6 +45,7 @@ class SpeedMetric:
     own_inputs: tuple[str, ...] = ()
     baseline_inputs: tuple[str, ...] = ()
     reported = True
+    timed = True
 
     def key_config(self, config: EvaluationConfig) -> dict[str, Any]:
         return {**config.speed.model_dump(), "threads": config.threads}
@@ -90,6 +91,7 @@ class SpeedMetric:
             detail=load.detail,
             device=load.device,
             threads=_torch_threads(),
+            ran_alone=ctx.alone,
             warmup=settings.warmup,
             repeats=settings.repeats,
             points=points,

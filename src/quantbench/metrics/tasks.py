@@ -46,6 +46,7 @@ class TasksMetric:
     own_inputs: tuple[str, ...] = ()
     baseline_inputs: tuple[str, ...] = ("tasks",)
     reported = True
+    timed = False
 
     def params(self, config: EvaluationConfig) -> tuple[str, ...]:
         """One stage per task name, so adding a task later does not re-run the others."""

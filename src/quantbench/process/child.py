@@ -33,6 +33,23 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def limit_threads(threads: int | None) -> None:
+    """Use at most `threads` compute threads in this worker (None: leave torch's default):
+    torch's intra-op pool, and the OpenMP/MKL variables that processes it starts inherit.
+    The variables alone would not do: a worker forked from the fork server has torch
+    imported already, and OpenMP read them then."""
+    if threads is None:
+        return
+    import torch
+
+    torch.set_num_threads(threads)
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(threads)
+
+
 def peak_rss_bytes() -> int:
     """Peak resident memory of this process so far, bytes (ru_maxrss is KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -105,6 +105,12 @@ class QuantizeRequest(_Record):
     calibration: StageRef | None = Field(description="the calibration stage, if it calibrates")
     compute_dtype: CalibrationDtype = Field(description="dtype to calibrate in (auto: chosen)")
     manifest: QuantizePlan = Field(description="copied into the committed stage's manifest")
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch threads the scheduler gave this worker (None: torch's default); "
+        "provenance, not part of any key",
+    )
 
 
 class QuantizedStage(QuantizePlan):
@@ -143,6 +149,12 @@ class SensitivityRequest(_Record):
     fixed_bytes: int = Field(ge=0)
     search_source: str
     disjoint_from_evaluation: bool | None
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch threads the scheduler gave this worker (None: torch's default); "
+        "provenance, not part of any key",
+    )
 
 
 class SensitivityStage(_Record):
@@ -185,6 +197,15 @@ class EvaluateRequest(_Record):
     baseline_artifact: StageRef | None = Field(
         default=None, description="the baseline's quantize stage, for exact divergence"
     )
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch threads the scheduler gave this worker (None: torch's default); "
+        "provenance, not part of any key",
+    )
+    alone: bool = Field(
+        default=False, description="the scheduler runs no other stage while this worker runs"
+    )
 
 
 class MetricStage(_Record):
@@ -211,4 +232,10 @@ class MetricStage(_Record):
         default=None,
         description="peak memory of the backend's own processes (the vLLM worker and its "
         "engine: summed PSS, sampled), bytes; None for a backend in the worker itself",
+    )
+    threads: int | None = Field(
+        default=None, description="torch's intra-op threads in the worker that computed it"
+    )
+    ran_alone: bool | None = Field(
+        default=None, description="whether the study ran no other stage beside this worker"
     )

@@ -1,0 +1,260 @@
+"""Run a study's worker stages as a graph, side by side where the machine allows.
+
+Every worker stage of the plan is a `Job`: quantize one variant, evaluate one variant's
+untimed metrics, time one variant (its speed and load-time figures). A job starts when the
+jobs it needs have finished and `admit` finds room for it:
+
+- **cores**: each job is told how many threads it may use (torch's intra-op threads), and
+  the threads of the running jobs never add up to more than the machine's cores. A job
+  without a fixed count takes an even share of the free cores among the jobs that are
+  ready, so one job alone gets every core and four ready jobs on two cores get one each
+  (GPTQ runs 1.6x faster on 2 threads than on 1, so two single-threaded quantizations side
+  by side finish sooner than one after the other on both cores).
+- **memory**: the running jobs' pre-flight estimates (`quantbench.memory`) stay within
+  what the study may use; a job alone is always admitted (pre-flight refused any job that
+  could not fit by itself).
+- **GPUs**: one GPU job at a time per visible GPU (workers use the default device).
+- **alone**: a job whose figures are times runs with nothing else running, after every
+  other ready job; nothing starts beside it.
+- **max_parallel** caps the jobs running at once; 1 runs them one after the other in
+  priority order with every core, as a plain script would.
+
+`admit` is a pure function of the ready jobs, the running ones and the capacity; `run_jobs`
+is the loop that calls it as jobs finish. On a cluster (Ray) the cores and memory are
+Ray's to place: the capacity then has no cores and jobs get no thread count.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+Outcome = Literal["ok", "failed", "skipped"]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One worker stage of the study. `run(threads)` does it (threads: the job's share of
+    the cores, None where the executor sets them) and returns whether jobs that need it may
+    run."""
+
+    name: str
+    run: Callable[[int | None], bool]
+    needs: tuple[str, ...] = ()
+    memory_bytes: int | None = None
+    """Pre-flight's estimate of the job's peak memory, bytes (None: not estimated)."""
+    threads: int | None = None
+    """A fixed thread count (the user's `evaluation.threads`, or every core for a vLLM
+    engine, which binds its own threads); None: the scheduler's share."""
+    alone: bool = False
+    """The job measures time: it runs with no other job running."""
+    gpu: bool = False
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What the running jobs may use together."""
+
+    cores: int | None
+    """CPU cores to share out as threads; None: the executor places the work (Ray)."""
+    memory_bytes: int | None = None
+    max_parallel: int | None = None
+    gpus: int = 1
+
+    @classmethod
+    def here(cls, memory_bytes: int | None, max_parallel: int | None) -> Capacity:
+        """This machine: the cores this process may run on. `max_parallel` None runs as
+        many jobs at once as there are cores."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        cores = cores or os.cpu_count() or 1
+        return cls(cores, memory_bytes, max_parallel or cores)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a running job holds."""
+
+    name: str
+    threads: int
+    memory_bytes: int
+    alone: bool
+    gpu: bool
+
+
+def admit(
+    ready: Sequence[Job], running: Sequence[Claim], capacity: Capacity
+) -> list[tuple[Job, int | None]]:
+    """The jobs of `ready` (highest priority first) that start now, each with its thread
+    count, given the jobs `running`. See the module docstring for the rules."""
+    if any(claim.alone for claim in running):
+        return []
+    ordinary = [job for job in ready if not job.alone]
+    if not ordinary:
+        if running or not ready:
+            return []
+        job = ready[0]
+        return [(job, job.threads)]
+    claims = list(running)
+    started: list[tuple[Job, int | None]] = []
+    for index, job in enumerate(ordinary):
+        if capacity.max_parallel is not None and len(claims) >= capacity.max_parallel:
+            break
+        threads: int | None = None
+        if capacity.cores is not None:
+            free = capacity.cores - sum(claim.threads for claim in claims)
+            if free < 1:
+                break
+            if job.threads is not None:
+                threads = min(job.threads, capacity.cores)
+                if threads > free:
+                    continue
+            else:
+                room = len(ordinary) - index
+                if capacity.max_parallel is not None:
+                    room = min(room, capacity.max_parallel - len(claims))
+                threads = max(1, free // min(room, free))
+        memory = job.memory_bytes or 0
+        if (
+            claims
+            and capacity.memory_bytes is not None
+            and sum(claim.memory_bytes for claim in claims) + memory > capacity.memory_bytes
+        ):
+            continue
+        if job.gpu and sum(claim.gpu for claim in claims) >= capacity.gpus:
+            continue
+        claims.append(Claim(job.name, threads or 0, memory, False, job.gpu))
+        started.append((job, threads))
+    return started
+
+
+@dataclass
+class JobRun:
+    """When a job ran, relative to the start of `run_jobs` (seconds), and how."""
+
+    name: str
+    outcome: Outcome
+    threads: int | None = None
+    alone: bool = False
+    started_s: float | None = None
+    ended_s: float | None = None
+    memory_bytes: int | None = None
+
+    def record(self) -> dict[str, object]:
+        return {
+            "job": self.name,
+            "outcome": self.outcome,
+            "threads": self.threads,
+            "alone": self.alone,
+            "started_s": None if self.started_s is None else round(self.started_s, 2),
+            "ended_s": None if self.ended_s is None else round(self.ended_s, 2),
+        }
+
+
+@dataclass
+class _State:
+    waiting: list[Job]
+    running: dict[str, Claim] = field(default_factory=dict)
+    runs: dict[str, JobRun] = field(default_factory=dict)
+
+
+def run_jobs(
+    jobs: Sequence[Job],
+    capacity: Capacity,
+    on_start: Callable[[Job, int | None], None] = lambda job, threads: None,
+    on_skip: Callable[[Job], None] = lambda job: None,
+) -> list[JobRun]:
+    """Run `jobs` (in priority order) under `capacity`; every job's run, in `jobs` order.
+
+    A job whose needs failed or were skipped is skipped. An exception in a job stops new
+    admissions; the running jobs are waited for, then it is raised here."""
+    names = {job.name for job in jobs}
+    unknown = sorted({need for job in jobs for need in job.needs} - names)
+    if unknown:
+        raise ValueError(f"jobs need unknown jobs: {', '.join(unknown)}")
+    state = _State(waiting=list(jobs))
+    finished: queue.Queue[tuple[str, bool | BaseException]] = queue.Queue()
+    clock = time.monotonic
+    origin = clock()
+    error: BaseException | None = None
+
+    def work(job: Job, threads: int | None) -> None:
+        try:
+            finished.put((job.name, bool(job.run(threads))))
+        except BaseException as exc:  # handed to the loop, which raises it
+            finished.put((job.name, exc))
+
+    while state.waiting or state.running:
+        if error is None:
+            _skip_orphans(state, on_skip)
+            ready = [
+                job
+                for job in state.waiting
+                if all(
+                    n in state.runs and n not in state.running and state.runs[n].outcome == "ok"
+                    for n in job.needs
+                )
+            ]
+            for job, threads in admit(ready, list(state.running.values()), capacity):
+                state.waiting.remove(job)
+                state.running[job.name] = Claim(
+                    job.name, threads or 0, job.memory_bytes or 0, job.alone, job.gpu
+                )
+                state.runs[job.name] = JobRun(
+                    job.name, "ok", threads, job.alone, clock() - origin, None, job.memory_bytes
+                )
+                on_start(job, threads)
+                threading.Thread(target=work, args=(job, threads), daemon=True).start()
+        else:
+            state.waiting.clear()
+        if not state.running:
+            if state.waiting:  # nothing can start and nothing runs: a need can never be met
+                raise RuntimeError(f"jobs cannot start: {[j.name for j in state.waiting]}")
+            break
+        name, outcome = finished.get()
+        del state.running[name]
+        run = state.runs[name]
+        run.ended_s = clock() - origin
+        if isinstance(outcome, BaseException):
+            run.outcome = "failed"
+            error = error or outcome
+        elif not outcome:
+            run.outcome = "failed"
+    if error is not None:
+        raise error
+    for job in jobs:
+        state.runs.setdefault(job.name, JobRun(job.name, "skipped"))
+    return [state.runs[job.name] for job in jobs]
+
+
+def _skip_orphans(state: _State, on_skip: Callable[[Job], None]) -> None:
+    """Skip every waiting job whose need failed or was skipped, until none is left."""
+    changed = True
+    while changed:
+        changed = False
+        for job in list(state.waiting):
+            if any(
+                n in state.runs and state.runs[n].outcome != "ok" and n not in state.running
+                for n in job.needs
+            ):
+                state.waiting.remove(job)
+                state.runs[job.name] = JobRun(job.name, "skipped")
+                on_skip(job)
+                changed = True
+
+
+def overlapping(runs: Sequence[JobRun]) -> list[tuple[str, str]]:
+    """Pairs of jobs that ran at the same time (for the record and its tests)."""
+    timed = [r for r in runs if r.started_s is not None and r.ended_s is not None]
+    pairs = []
+    for i, first in enumerate(timed):
+        for second in timed[i + 1 :]:
+            assert first.started_s is not None and first.ended_s is not None
+            assert second.started_s is not None and second.ended_s is not None
+            if first.started_s < second.ended_s and second.started_s < first.ended_s:
+                pairs.append((first.name, second.name))
+    return pairs

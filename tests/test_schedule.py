@@ -1,0 +1,177 @@
+"""The scheduler: which ready jobs start, with how many threads, and that timed jobs run alone."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import run_cli, tiny_study_yaml
+from quantbench.schedule import Capacity, Claim, Job, JobRun, admit, overlapping, run_jobs
+from quantbench.study_files import load_results
+
+
+def job(name: str, **fields: object) -> Job:
+    return Job(name, lambda threads: True, **fields)  # type: ignore[arg-type]
+
+
+def started(
+    ready: list[Job], running: list[Claim], capacity: Capacity
+) -> list[tuple[str, int | None]]:
+    return [(j.name, threads) for j, threads in admit(ready, running, capacity)]
+
+
+TWO_CORES = Capacity(cores=2, memory_bytes=10_000, max_parallel=2)
+
+
+def test_ready_jobs_share_the_free_cores() -> None:
+    four = [job(n) for n in "abcd"]
+    assert started(four, [], TWO_CORES) == [("a", 1), ("b", 1)]
+    assert started(four[:1], [], TWO_CORES) == [("a", 2)]
+    one_running = [Claim("x", 1, 0, False, False)]
+    assert started(four, one_running, TWO_CORES) == [("a", 1)]
+    busy = [Claim("x", 2, 0, False, False)]
+    assert started(four, busy, TWO_CORES) == []
+    eight = Capacity(cores=8, memory_bytes=None, max_parallel=3)
+    assert started(four, [], eight) == [("a", 2), ("b", 3), ("c", 3)]
+
+
+def test_one_job_at_a_time_takes_every_core() -> None:
+    serial = Capacity(cores=2, memory_bytes=None, max_parallel=1)
+    assert started([job("a"), job("b")], [], serial) == [("a", 2)]
+    assert started([job("b")], [Claim("a", 2, 0, False, False)], serial) == []
+
+
+def test_a_fixed_thread_count_waits_for_its_cores_and_lets_smaller_jobs_by() -> None:
+    ready = [job("engine", threads=2), job("small")]
+    assert started(ready, [Claim("x", 1, 0, False, False)], TWO_CORES) == [("small", 1)]
+    assert started(ready, [], TWO_CORES) == [("engine", 2)]
+    assert started([job("many", threads=16)], [], TWO_CORES) == [("many", 2)]
+
+
+def test_memory_admission_uses_the_estimates_but_never_blocks_a_job_alone() -> None:
+    ready = [
+        job("a", memory_bytes=6_000),
+        job("b", memory_bytes=6_000),
+        job("c", memory_bytes=3_000),
+    ]
+    assert started(ready, [], TWO_CORES) == [("a", 1), ("c", 1)]
+    assert started([job("huge", memory_bytes=50_000)], [], TWO_CORES) == [("huge", 2)]
+
+
+def test_one_gpu_job_at_a_time() -> None:
+    ready = [job("a", gpu=True), job("b", gpu=True), job("c")]
+    assert started(ready, [], TWO_CORES) == [("a", 1), ("c", 1)]
+
+
+def test_a_timed_job_starts_only_on_an_idle_machine_after_the_other_ready_jobs() -> None:
+    timed = job("time", alone=True)
+    assert started([timed, job("a")], [], TWO_CORES) == [("a", 2)]
+    assert started([timed], [Claim("a", 1, 0, False, False)], TWO_CORES) == []
+    assert started([timed], [], TWO_CORES) == [("time", None)]
+    assert started([job("time", alone=True, threads=1)], [], TWO_CORES) == [("time", 1)]
+    assert started([job("a")], [Claim("time", 0, 0, True, False)], TWO_CORES) == []
+
+
+def test_on_a_cluster_no_thread_counts_are_given() -> None:
+    cluster = Capacity(cores=None, memory_bytes=None, max_parallel=None)
+    assert started([job(n) for n in "abc"], [], cluster) == [("a", None), ("b", None), ("c", None)]
+
+
+def test_run_jobs_follows_needs_runs_timed_jobs_alone_and_skips_after_a_failure() -> None:
+    log: list[str] = []
+    lock = threading.Lock()
+
+    def work(name: str, ok: bool = True, seconds: float = 0.05) -> Job:
+        def run(threads: int | None) -> bool:
+            with lock:
+                log.append(f"start {name} {threads}")
+            time.sleep(seconds)
+            return ok
+
+        return Job(name, run)
+
+    jobs = [
+        work("q1", seconds=0.3),
+        work("q2", ok=False, seconds=0.01),
+        Job("e1", work("e1").run, needs=("q1",)),
+        Job("t1", work("t1").run, needs=("q1",), alone=True),
+        Job("e2", work("e2").run, needs=("q2",)),
+        Job("t2", work("t2").run, needs=("e2",), alone=True),
+    ]
+    skipped: list[str] = []
+    runs = run_jobs(jobs, TWO_CORES, on_skip=lambda j: skipped.append(j.name))
+    outcome = {r.name: r.outcome for r in runs}
+    assert outcome == {
+        "q1": "ok",
+        "q2": "failed",
+        "e1": "ok",
+        "t1": "ok",
+        "e2": "skipped",
+        "t2": "skipped",
+    }
+    assert skipped == ["e2", "t2"]
+    assert sorted(log[:2]) == ["start q1 1", "start q2 1"]
+    assert log.index("start e1 2") < log.index("start t1 None")
+    pairs = overlapping(runs)
+    assert ("q1", "q2") in pairs
+    assert not [pair for pair in pairs if "t1" in pair]
+
+
+def test_an_exception_in_a_job_waits_for_the_others_then_is_raised() -> None:
+    finished: list[str] = []
+
+    def slow(threads: int | None) -> bool:
+        time.sleep(0.2)
+        finished.append("slow")
+        return True
+
+    def broken(threads: int | None) -> bool:
+        raise RuntimeError("bug")
+
+    jobs = [Job("slow", slow), Job("broken", broken), Job("later", slow, needs=("slow",))]
+    with pytest.raises(RuntimeError, match="bug"):
+        run_jobs(jobs, TWO_CORES)
+    assert finished == ["slow"]
+
+
+def test_unknown_needs_are_refused() -> None:
+    with pytest.raises(ValueError, match="missing"):
+        run_jobs([job("a", needs=("missing",))], TWO_CORES)
+
+
+# --- in a study ----------------------------------------------------------------------------
+
+
+def schedule_of(out: Path) -> dict[str, Any]:
+    schedule: dict[str, Any] = load_results(out).provenance["schedule"]
+    return schedule
+
+
+def run_fields(job: dict[str, Any]) -> dict[str, Any]:
+    """A `JobRun`'s fields from its record in `provenance.schedule`."""
+    return {
+        "name": job["job"],
+        "outcome": job["outcome"],
+        "threads": job["threads"],
+        "alone": job["alone"],
+        "started_s": job["started_s"],
+        "ended_s": job["ended_s"],
+    }
+
+
+def test_jobs_1_runs_one_stage_at_a_time_with_every_core(tiny_model: Path, tmp_path: Path) -> None:
+    config = tiny_study_yaml(
+        tmp_path / "study.yaml", tiny_model, tmp_path / "out", ["bf16", "fp8-dynamic"]
+    )
+    result = run_cli("run", "--config", str(config), "--jobs", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    schedule = schedule_of(tmp_path / "out")
+    runs = [JobRun(**run_fields(job)) for job in schedule["jobs"]]
+    assert [r.name for r in runs] == ["quantize bf16", "quantize fp8-dynamic"]
+    assert overlapping(runs) == []
+    assert {r.threads for r in runs} == {schedule["cores"]}
+    assert schedule["max_parallel"] == 1
