@@ -5,14 +5,16 @@ study under the default schedule against `--jobs 1`.
     .venv/bin/python benchmarks/vs_script.py default-study
 
 `script`: the work is bf16 + fp8-dynamic + w4a16-gptq (group 64) + w8a8-int8 on the built-in
-model, 41 calibration texts x 512 tokens, WikiText-2 perplexity on 16,384 tokens in 512-token
-windows, one 64-token greedy generation per variant. This file writes the plain sequential
-script (llm-compressor's `oneshot` and transformers, called directly, one variant after
-another in one process: quantize, save compressed, load the artifact, score, generate) and
-the equivalent `quantbench run`, and runs them back to back for `--rounds` rounds, the order
-alternated, each from an empty output folder (the built-in model's conversion is cached for
-both). The calibration texts are written to one file both read: 41 rows of at least 512
-tokens, so both truncate the same 41 samples to 512 tokens.
+model, 41 calibration texts x 512 tokens, WikiText-2 perplexity on 16,384 tokens in
+512-token windows, one 64-token greedy generation per variant, everything computed in
+bfloat16 (the script loads every model in bfloat16; quantbench is given `--dtype bfloat16`
+for its evaluation and calibrates in bfloat16 on a CPU with bf16 matmuls). This file writes
+the plain sequential script (llm-compressor's `oneshot` and transformers, called directly,
+one variant after another in one process: quantize, save compressed, load the artifact,
+score, generate) and the equivalent `quantbench run`, and runs them back to back for
+`--rounds` rounds, the order alternated, each from an empty output folder (the built-in
+model's conversion is cached for both). The calibration texts are written to one file both
+read: 41 rows of at least 512 tokens, so both truncate the same 41 samples to 512 tokens.
 
 `default-study`: the default study (`quantbench run` with no flags) with `--jobs 1` and with
 the default schedule, from empty output folders; its quality figures (perplexity, KL) and
@@ -179,6 +181,7 @@ def quantbench_command(out: Path, calibration: Path, prompts: Path, *extra: str)
         "--calibration-samples", str(CALIBRATION_SAMPLES),
         "--calibration-seq-len", str(SEQ_LEN),
         "--metrics", "perplexity,generations",
+        "--dtype", "bfloat16",
         "--corpus", str(WIKITEXT),
         "--max-tokens", str(EVAL_TOKENS),
         "--prompts", str(prompts),

@@ -477,7 +477,7 @@ class ExecutionConfig(_Strict):
         default=None,
         ge=1,
         description="the most worker stages running at once (1: one after the other with "
-        "every core, in plan order); default: one per core locally, as many as the cluster "
+        "every core, in priority order); default: one per core locally, as many as the cluster "
         "places on Ray. Stages that measure time always run alone",
     )
 

@@ -395,7 +395,7 @@ def _run_jobs(
             )
             return rows[name]
 
-        for variant in plan.variants:
+        for variant in _longest_first(plan.variants):
             if store.is_done(variant.quantize):
                 results[variant.name] = _variant_result(variant, output)
                 progress.update(
@@ -457,6 +457,13 @@ def _run_jobs(
         "jobs": [run.record() for run in runs],
     }
     return variants, schedule
+
+
+def _longest_first(variants: tuple[VariantPlan, ...]) -> list[VariantPlan]:
+    """Quantizations that calibrate first (GPTQ, SmoothQuant: minutes, against seconds to
+    save a baseline or quantize without data), so the longest jobs start at once and the
+    short ones and the evaluations fill the cores around them instead of trailing alone."""
+    return sorted(variants, key=lambda variant: not variant.needs_calibration)
 
 
 def _quantize_job(
