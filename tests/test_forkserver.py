@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -191,3 +193,30 @@ def test_server_exit_status_is_reported_like_subprocess(tmp_path: Path) -> None:
         os.close(read)
     finally:
         server.close()
+
+
+def test_a_server_started_from_a_thread_that_ended_still_serves(
+    worker_module: str, tmp_path: Path
+) -> None:
+    """Jobs run in threads of the driver: the server a job's thread started (or restarted for
+    a new environment) must outlive that thread, whose exit Linux would otherwise answer with
+    the server's parent-death signal."""
+    server = ForkServer(preload=())
+    try:
+        thread = threading.Thread(target=server.start, args=(worker_environment(os.environ),))
+        thread.start()
+        thread.join()
+        time.sleep(0.5)  # a parent-death signal would have landed by now
+        for _ in range(2):
+            code, events, log = _run(worker_module, tmp_path, server, action="exit", code=0)
+            assert code == 0 and events, log
+            assert "fork server unavailable" not in log
+    finally:
+        server.close()
+
+
+def test_variables_torch_sets_on_import_do_not_restart_the_server() -> None:
+    before = {"PATH": "/bin"}
+    after = {**before, "KMP_DUPLICATE_LIB_OK": "True", "TORCHINDUCTOR_CACHE_DIR": "/tmp/x"}
+    assert forkserver._same_environment(before, after)
+    assert not forkserver._same_environment(before, {**before, "HF_HOME": "/elsewhere"})

@@ -77,8 +77,10 @@ def test_a_timed_job_starts_only_on_an_idle_machine_after_the_other_ready_jobs()
 
 
 def test_on_a_cluster_no_thread_counts_are_given() -> None:
-    cluster = Capacity(cores=None, memory_bytes=None, max_parallel=None)
+    cluster = Capacity(cores=None, memory_bytes=None, max_parallel=None, gpus=None)
     assert started([job(n) for n in "abc"], [], cluster) == [("a", None), ("b", None), ("c", None)]
+    two_gpu_jobs = [job("a", gpu=True), job("b", gpu=True)]
+    assert started(two_gpu_jobs, [], cluster) == [("a", None), ("b", None)]
 
 
 def test_run_jobs_follows_needs_runs_timed_jobs_alone_and_skips_after_a_failure() -> None:

@@ -94,6 +94,17 @@ class EvalPlan:
         return sorted(variants, key=lambda v: v.name != self.baseline)
 
 
+NO_DIVERGENCE = DivergencePlan(
+    "topk_tail",
+    "divergence is not among the study's metrics, so the scores pass does not recompute the "
+    "baseline next to each variant (the KL it keeps comes from the baseline's stored top-k "
+    "+ tail, a lower bound)",
+)
+"""Perplexity alone needs only each variant's own pass: recomputing the baseline beside every
+variant for an exact KL nobody asked for doubled the scoring time of every quantized
+variant."""
+
+
 def baseline_name(variants: tuple[VariantPlan, ...]) -> str | None:
     return next((v.name for v in variants if not v.scheme.quantizes), None)
 
@@ -237,11 +248,12 @@ def plan_evaluation(plan: StudyPlan, config: EvaluationConfig) -> EvalPlan:
     stages: dict[str, dict[str, StageRef]] = {}
     ordered = sorted(plan.variants, key=lambda v: v.name != baseline)
     memory = evaluation_memory(plan, config)
-    divergence = (
-        _divergence_plan(plan, config, memory)
-        if baseline is not None and any(m.name in DIVERGENCE_METRICS for m in metrics)
-        else DivergencePlan("exact", "")
-    )
+    if baseline is not None and "divergence" in config.metric_names():
+        divergence = _divergence_plan(plan, config, memory)
+    elif baseline is not None and any(m.name in DIVERGENCE_METRICS for m in metrics):
+        divergence = NO_DIVERGENCE
+    else:
+        divergence = DivergencePlan("exact", "")
     params_of = {m.name: _params(m, config) for m in metrics}
     configs = {
         (m.name, p): m.key_config(config, p) if p else m.key_config(config)  # type: ignore[call-arg]

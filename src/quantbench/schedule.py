@@ -64,7 +64,8 @@ class Capacity:
     """CPU cores to share out as threads; None: the executor places the work (Ray)."""
     memory_bytes: int | None = None
     max_parallel: int | None = None
-    gpus: int = 1
+    gpus: int | None = 1
+    """GPU jobs at once (workers use the default device); None: the executor places them."""
 
     @classmethod
     def here(cls, memory_bytes: int | None, max_parallel: int | None) -> Capacity:
@@ -125,7 +126,11 @@ def admit(
             and sum(claim.memory_bytes for claim in claims) + memory > capacity.memory_bytes
         ):
             continue
-        if job.gpu and sum(claim.gpu for claim in claims) >= capacity.gpus:
+        if (
+            job.gpu
+            and capacity.gpus is not None
+            and sum(claim.gpu for claim in claims) >= capacity.gpus
+        ):
             continue
         claims.append(Claim(job.name, threads or 0, memory, False, job.gpu))
         started.append((job, threads))

@@ -76,7 +76,7 @@ class RayExecutor:
         """Ray places every job by the resources it asks for (`executors.resources`), so
         the scheduler gives no thread counts and counts no memory; jobs that measure time
         still run with nothing else of the study running."""
-        return Capacity(cores=None, memory_bytes=None, max_parallel=max_parallel)
+        return Capacity(cores=None, memory_bytes=None, max_parallel=max_parallel, gpus=None)
 
     def launch(
         self,

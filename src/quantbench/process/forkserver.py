@@ -37,6 +37,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from quantbench.process.child import die_with_parent
@@ -56,6 +57,25 @@ READY_TIMEOUT_S = 300.0
 """How long the driver waits for the preload; past it, workers start as fresh interpreters."""
 
 _MESSAGE_BYTES = 1 << 20
+_POLL_S = 1.0
+"""How often a driver thread waiting on the server checks that the server still lives."""
+
+
+def _receive(sock: socket.socket, server: subprocess.Popen[bytes] | None) -> bytes:
+    """The next message on `sock`, or b"" once `server` has exited: a dead server's reply
+    sockets do not always read as closed (a descriptor still in flight in an unread message
+    keeps them open), and a driver thread must never wait on one for ever."""
+    sock.settimeout(_POLL_S)
+    try:
+        while True:
+            try:
+                return sock.recv(_MESSAGE_BYTES)
+            except TimeoutError:
+                if server is None or server.poll() is not None:
+                    return b""
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(None)
 
 
 def supported() -> bool:
@@ -65,6 +85,18 @@ def supported() -> bool:
     return sys.platform.startswith("linux") and hasattr(os, "pidfd_open")
 
 
+SET_BY_PRELOAD = frozenset({"KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK", "TORCHINDUCTOR_CACHE_DIR"})
+"""Variables importing torch sets in the process that imports it. The driver imports torch
+after starting the server (to tokenize), so its environment gains them; the server imported
+torch too, and a worker gets the driver's environment whole, so they are no reason to start
+the server again (which costs the whole preload, several seconds)."""
+
+
+def _same_environment(first: Mapping[str, str], second: Mapping[str, str]) -> bool:
+    keys = (set(first) | set(second)) - SET_BY_PRELOAD
+    return all(first.get(key) == second.get(key) for key in keys)
+
+
 class ForkServerUnavailable(RuntimeError):
     """The server could not start or died; the caller starts a fresh interpreter instead."""
 
@@ -72,15 +104,18 @@ class ForkServerUnavailable(RuntimeError):
 class ForkedWorker:
     """A child of the fork server, seen from the driver: a pid, a process group, a status."""
 
-    def __init__(self, pid: int, reply: socket.socket) -> None:
+    def __init__(
+        self, pid: int, reply: socket.socket, server: subprocess.Popen[bytes] | None = None
+    ) -> None:
         self.pid = pid
         self._reply = reply
+        self._server = server
         self.returncode: int | None = None
 
     def wait(self) -> int:
         """Block until the server reports the exit status (a killed server: SIGKILL)."""
         if self.returncode is None:
-            data = self._reply.recv(_MESSAGE_BYTES)
+            data = _receive(self._reply, self._server)
             if data:
                 self.returncode = int(json.loads(data)["exit"])
             else:  # the server died, and its children with it (parent-death signal)
@@ -107,6 +142,11 @@ class ForkServer:
         self._ready = False
         self._broken: str | None = None
         self._lock = threading.Lock()
+        # Linux sends the parent-death signal the server asks for (`die_with_parent`) when
+        # the *thread* that started it exits, not the process: a server restarted from a
+        # short-lived job thread would die with that job. It is always started from this
+        # pool's one thread, which lives as long as the handle.
+        self._starter: ThreadPoolExecutor | None = None
 
     def start(self, env: Mapping[str, str]) -> None:
         """Start the server with `env` (it is what the preloaded modules saw at import);
@@ -115,13 +155,21 @@ class ForkServer:
             self._start(dict(env))
 
     def _start(self, env: dict[str, str]) -> None:
-        if self._process is not None and self._env == env and self._broken is None:
+        if (
+            self._process is not None
+            and self._env is not None
+            and _same_environment(self._env, env)
+            and self._broken is None
+        ):
             return
         self._stop()
         self._env, self._ready, self._broken = env, False, None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        if self._starter is None:
+            self._starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fork-server")
         try:
-            self._process = subprocess.Popen(
+            self._process = self._starter.submit(
+                subprocess.Popen,
                 [sys.executable, "-m", __name__, str(theirs.fileno()), *self.preload],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
@@ -129,7 +177,7 @@ class ForkServer:
                 stderr=subprocess.DEVNULL,
                 env=env,
                 start_new_session=True,
-            )
+            ).result()
         except OSError as exc:
             ours.close()
             self._broken = f"could not start: {exc}"
@@ -157,7 +205,7 @@ class ForkServer:
                 socket.send_fds(
                     control, [json.dumps(request).encode()], [theirs.fileno(), stdout_fd, stderr_fd]
                 )
-                data = ours.recv(_MESSAGE_BYTES)
+                data = _receive(ours, self._process)
             except OSError as exc:
                 ours.close()
                 raise self._fail(f"lost the server: {exc}") from None
@@ -166,7 +214,7 @@ class ForkServer:
             if not data:
                 ours.close()
                 raise self._fail("the server died")
-            return ForkedWorker(int(json.loads(data)["pid"]), ours)
+            return ForkedWorker(int(json.loads(data)["pid"]), ours, self._process)
 
     def _await_ready(self) -> socket.socket:
         if self._broken is not None or self._control is None:
@@ -206,6 +254,9 @@ class ForkServer:
         """Stop the server; workers it started and that still run are not waited for."""
         with self._lock:
             self._stop()
+            if self._starter is not None:
+                self._starter.shutdown(wait=False)
+                self._starter = None
 
 
 # --- server side ---------------------------------------------------------------------------
