@@ -224,6 +224,7 @@ def run_script(args: argparse.Namespace) -> None:
         script.write_text(
             SCRIPT.format(seq_len=SEQ_LEN, eval_tokens=EVAL_TOKENS, new_tokens=NEW_TOKENS)
         )
+        RESULTS.with_name("vs_script_plain_script.txt").write_text(script.read_text())
         config = group_size_64(folder)
         rounds: list[dict[str, Any]] = []
         for index in range(args.rounds):
@@ -255,8 +256,7 @@ def run_script(args: argparse.Namespace) -> None:
                     "schedule": qb["provenance"]["schedule"],
                 }
             )
-        (folder / "plain_script.py").replace(RESULTS.with_name("vs_script_plain_script.py"))
-    write_script_results(rounds, cpu_class())
+            write_script_results(rounds, cpu_class())  # after every round: partial is kept
 
 
 def write_script_results(rounds: list[dict[str, Any]], machine: str) -> None:
@@ -274,7 +274,7 @@ def write_script_results(rounds: list[dict[str, Any]], machine: str) -> None:
         f"(quantbench's calibration stage: {rounds[0]['calibration_tokens']} tokens); "
         f"WikiText-2 perplexity on {EVAL_TOKENS} tokens; one {NEW_TOKENS}-token greedy "
         "generation per variant",
-        "- the script, as run: [vs_script_plain_script.py](vs_script_plain_script.py)",
+        "- the script, as run: [vs_script_plain_script.txt](vs_script_plain_script.txt)",
         "",
         "| round | order | script s | quantbench s | ratio |",
         "|---:|---|---:|---:|---:|",
