@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import VOCAB
+from conftest import VOCAB, process_gone
 from faults.harness import (
     KillPoint,
     StageId,
@@ -358,6 +358,18 @@ def _run_with_faults(
     return subprocess.CompletedProcess(first.args, first.returncode, stdout, stderr)
 
 
+def _await_killed_writers(out: Path, timeout_s: float = 30) -> None:
+    """Wait until the workers of a killed run are gone: each unfinished stage folder is named
+    `.tmp-<key>-<worker pid>-<nonce>`. A worker dies by its parent-death signal (on Ray, when
+    Ray reaps the dead driver's tasks), asynchronously; a rerun that starts while one lives
+    rightly leaves its folder alone, and the folder it is still writing outlives the rerun's
+    sweep. The check is on what the next run sweeps, so the rerun must see a settled folder."""
+    for folder in out.glob("stages/*/.tmp-*"):
+        pid = folder.name.split("-")[-2]
+        if pid.isdigit():
+            assert process_gone(int(pid), timeout_s), f"worker {pid} outlived its driver"
+
+
 def run_round(study: FaultStudy, round_: Round) -> list[set[StageId]]:
     """Every faulted run of the round, each checked for what it left; then the clean rerun.
     All of the round's points must act (a point that never acts is a plan that no longer
@@ -378,6 +390,7 @@ def run_round(study: FaultStudy, round_: Round) -> list[set[StageId]]:
         assert not problems, f"after\n{_describe(points)}\n" + "\n".join(problems)
         committed.append(set(committed_stages(out)))
     args = ["run", "--config", str(study.config), *round_.run_args]
+    _await_killed_writers(out)
     rerun = run_quantbench(args, out, folder / "clean")
     assert rerun.returncode == 0, f"after\n{_describe(round_.points)}\n{rerun.stderr[-3000:]}"
     assert not leftovers(out), leftovers(out)
