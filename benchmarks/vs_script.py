@@ -31,6 +31,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -298,7 +299,10 @@ def write_script_results(rounds: list[dict[str, Any]], machine: str) -> None:
     ]
     last = rounds[-1]
     for name, ppl in last["script_ppl"].items():
-        theirs = last["quantbench_ppl"].get(name, float("nan"))
+        theirs = next(  # quantbench names the variant by its options too (w4a16-gptq-g64)
+            (v for k, v in last["quantbench_ppl"].items() if re.sub(r"-g\d+$", "", k) == name),
+            float("nan"),
+        )
         lines.append(f"| {name} | {ppl:.3f} | {theirs:.3f} |")
     lines += ["", "quantbench's schedule in the last round (seconds from the first job):", ""]
     lines += ["| job | threads | start | end |", "|---|---:|---:|---:|"]
