@@ -17,7 +17,6 @@ from quantbench.executors import local as local_executor
 from quantbench.schedule import JobRun, overlapping
 from quantbench.study import run_study
 from quantbench.study_files import load_results
-from test_schedule import run_fields
 
 
 def _float64_logprobs(artifact: Path, windows: list[list[int]]) -> list[np.ndarray]:
@@ -132,7 +131,7 @@ def test_a_study_times_its_variants_alone_and_records_each_stages_threads(
     schedule = json.loads((evaluated / "first-run-results.json").read_text())["provenance"][
         "schedule"
     ]
-    runs = [JobRun(**run_fields(job)) for job in schedule["jobs"]]
+    runs = [JobRun.from_record(job) for job in schedule["jobs"]]
     ended = {r.name: r.ended_s for r in runs}
     for run in runs:  # a variant's evaluation starts after its quantization and the baseline's
         variant = run.name.split(" ", 1)[1]

@@ -153,18 +153,6 @@ def schedule_of(out: Path) -> dict[str, Any]:
     return schedule
 
 
-def run_fields(job: dict[str, Any]) -> dict[str, Any]:
-    """A `JobRun`'s fields from its record in `provenance.schedule`."""
-    return {
-        "name": job["job"],
-        "outcome": job["outcome"],
-        "threads": job["threads"],
-        "alone": job["alone"],
-        "started_s": job["started_s"],
-        "ended_s": job["ended_s"],
-    }
-
-
 def test_jobs_1_runs_one_stage_at_a_time_with_every_core(tiny_model: Path, tmp_path: Path) -> None:
     config = tiny_study_yaml(
         tmp_path / "study.yaml", tiny_model, tmp_path / "out", ["bf16", "fp8-dynamic"]
@@ -172,7 +160,7 @@ def test_jobs_1_runs_one_stage_at_a_time_with_every_core(tiny_model: Path, tmp_p
     result = run_cli("run", "--config", str(config), "--jobs", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     schedule = schedule_of(tmp_path / "out")
-    runs = [JobRun(**run_fields(job)) for job in schedule["jobs"]]
+    runs = [JobRun.from_record(job) for job in schedule["jobs"]]
     assert [r.name for r in runs] == ["quantize bf16", "quantize fp8-dynamic"]
     assert overlapping(runs) == []
     assert {r.threads for r in runs} == {schedule["cores"]}

@@ -41,6 +41,7 @@ from quantbench.process.child import (
     emit,
     limit_threads,
     peak_rss_bytes,
+    torch_threads,
 )
 from quantbench.process.requests import (
     DivergenceChoice,
@@ -426,12 +427,6 @@ def collect_metrics(
     return VariantMetrics.model_validate({**records, "errors": reported})
 
 
-def _torch_threads() -> int:
-    import torch
-
-    return int(torch.get_num_threads())
-
-
 def _worker_main(request_path: Path) -> None:
     die_with_parent()
     request = read_request(request_path, EvaluateRequest)
@@ -585,7 +580,7 @@ def _worker_main(request_path: Path) -> None:
                 peak_rss_bytes=peak_rss_bytes(),
                 peak_anonymous_bytes=anonymous.peak_bytes,
                 engine_peak_bytes=getattr(loaded.get("backend"), "engine_peak_bytes", None),
-                threads=_torch_threads(),
+                threads=torch_threads(),
                 ran_alone=request.alone,
             )
             store.commit(ref, work, stage.model_dump(mode="json"))

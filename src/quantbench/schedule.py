@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Outcome = Literal["ok", "failed", "skipped"]
 
@@ -148,6 +148,18 @@ class JobRun:
     started_s: float | None = None
     ended_s: float | None = None
     memory_bytes: int | None = None
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> JobRun:
+        """The run `record()` wrote into `provenance.schedule`."""
+        return cls(
+            record["job"],
+            record["outcome"],
+            record["threads"],
+            record["alone"],
+            record["started_s"],
+            record["ended_s"],
+        )
 
     def record(self) -> dict[str, object]:
         return {

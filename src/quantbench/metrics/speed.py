@@ -15,6 +15,7 @@ from quantbench import stats
 from quantbench.config import EvaluationConfig
 from quantbench.corpus import builtin_eval_text
 from quantbench.metrics.base import EvalContext
+from quantbench.process.child import torch_threads
 from quantbench.results import SpeedPoint, SpeedRecord, Spread
 
 
@@ -29,12 +30,6 @@ def fixed_prompts(tokenizer: Any, batch_size: int, prompt_tokens: int) -> list[l
     while len(ids) < needed:
         ids = ids + ids
     return [ids[i * prompt_tokens : (i + 1) * prompt_tokens] for i in range(batch_size)]
-
-
-def _torch_threads() -> int:
-    import torch
-
-    return int(torch.get_num_threads())
 
 
 class SpeedMetric:
@@ -90,7 +85,7 @@ class SpeedMetric:
             execution_mode=load.execution_mode,
             detail=load.detail,
             device=load.device,
-            threads=_torch_threads(),
+            threads=torch_threads(),
             ran_alone=ctx.alone,
             warmup=settings.warmup,
             repeats=settings.repeats,

@@ -50,6 +50,13 @@ def limit_threads(threads: int | None) -> None:
         os.environ[name] = str(threads)
 
 
+def torch_threads() -> int:
+    """torch's intra-op thread count in this worker now."""
+    import torch
+
+    return int(torch.get_num_threads())
+
+
 def peak_rss_bytes() -> int:
     """Peak resident memory of this process so far, bytes (ru_maxrss is KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
