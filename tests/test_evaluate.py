@@ -152,3 +152,10 @@ def test_a_study_times_its_variants_alone_and_records_each_stages_threads(
         if "metric" in stage:
             assert stage["threads"] >= 1
             assert stage["ran_alone"] is (stage["metric"] in ("speed", "size"))
+            if stage.get("threads_raised_to") is not None:  # lent cores while it ran
+                (job,) = [r for r in runs if r.name == f"evaluate {stage['variant']}"]
+                assert stage["threads_raised_to"] in [n for _, n in job.raised]
+                assert stage["threads_raised_to"] > stage["threads"]
+    for run in runs:  # only untimed evaluations are lent cores, and only up to the machine's
+        assert not run.raised or run.name.startswith("evaluate")
+        assert all(n <= schedule["cores"] for _, n in run.raised)

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conftest import run_cli, tiny_study_yaml
-from quantbench.schedule import Capacity, Claim, Job, JobRun, admit, overlapping, run_jobs
+from quantbench.process.child import ThreadGrant, grant_threads, torch_threads
+from quantbench.schedule import (
+    Capacity,
+    Claim,
+    Job,
+    JobRun,
+    admit,
+    lend,
+    overlapping,
+    run_jobs,
+)
 from quantbench.study_files import load_results
 
 
@@ -121,6 +132,80 @@ def test_run_jobs_follows_needs_runs_timed_jobs_alone_and_skips_after_a_failure(
     pairs = overlapping(runs)
     assert ("q1", "q2") in pairs
     assert not [pair for pair in pairs if "t1" in pair]
+
+
+def test_free_cores_are_lent_only_when_no_waiting_job_could_use_them() -> None:
+    one_each = [Claim("a", 1, 0, False, False), Claim("b", 1, 0, False, False)]
+    alone_one = [Claim("a", 1, 0, False, False)]
+    four = Capacity(cores=4, memory_bytes=None, max_parallel=4)
+    assert lend([], alone_one, ["a"], TWO_CORES) == {"a": 2}
+    assert lend([job("t", alone=True)], alone_one, ["a"], TWO_CORES) == {"a": 2}
+    # an untimed job still waiting (for a running quantization) will want the core
+    assert lend([job("e", needs=("q",))], alone_one, ["a"], TWO_CORES) == {}
+    assert lend([], alone_one, [], TWO_CORES) == {}  # the running job cannot grow
+    assert lend([], one_each, ["a", "b"], TWO_CORES) == {}  # no core is free
+    assert lend([], one_each, ["a", "b"], four) == {"a": 2, "b": 2}
+    assert lend([], one_each, ["b", "a"], Capacity(5, None, 5)) == {"b": 3, "a": 2}
+    assert lend([], one_each, ["b"], four) == {"b": 3}
+    timed = [Claim("t", 1, 0, True, False)]
+    assert lend([], timed, ["t"], TWO_CORES) == {}  # a timed job keeps its threads
+    cluster = Capacity(cores=None, memory_bytes=None, max_parallel=None, gpus=None)
+    assert lend([], [Claim("a", 0, 0, False, False)], ["a"], cluster) == {}
+
+
+def test_a_job_left_running_alone_is_lent_the_cores_of_those_that_ended() -> None:
+    raised: list[tuple[str, int]] = []
+    shown: list[tuple[str, int]] = []
+
+    def sleeper(seconds: float) -> Callable[[int | None], bool]:
+        def run(threads: int | None) -> bool:
+            time.sleep(seconds)
+            return True
+
+        return run
+
+    jobs = [
+        Job("long", sleeper(0.4), grow=lambda n: raised.append(("long", n))),
+        Job("short", sleeper(0.05), grow=lambda n: raised.append(("short", n))),
+        Job("fixed", sleeper(0.05), threads=1, grow=lambda n: raised.append(("fixed", n))),
+        Job("timed", sleeper(0.01), alone=True, needs=("long",)),
+    ]
+    four = Capacity(cores=4, memory_bytes=None, max_parallel=4)
+    runs = {
+        r.name: r for r in run_jobs(jobs, four, on_raise=lambda j, n: shown.append((j.name, n)))
+    }
+    # long and short start with 1 thread each beside fixed's 1: one core is free at once
+    # and every waiting job runs alone, so long (started first) and short share it
+    assert runs["long"].threads == 1 and runs["short"].threads == 1
+    assert raised[0] == ("long", 2)
+    assert raised[-1] == ("long", 4)  # short and fixed ended: every core
+    assert ("fixed", 2) not in raised  # a fixed count is never raised
+    assert shown == raised
+    assert [n for _, n in runs["long"].raised] == [n for name, n in raised if name == "long"]
+    record = runs["long"].record()
+    assert JobRun.from_record(record).raised == [(round(at, 2), n) for at, n in runs["long"].raised]
+    assert "raised" not in runs["timed"].record()
+
+
+def test_a_worker_raises_its_threads_when_the_scheduler_grants_more(tmp_path: Path) -> None:
+    before = torch_threads()
+    path = str(tmp_path / "eval-x.threads")
+    grant = ThreadGrant(path)
+    try:
+        assert grant.poll() is None  # no file yet
+        grant_threads(path, before + 1)
+        assert grant.poll() == before + 1
+        assert torch_threads() == before + 1
+        assert grant.poll() is None  # unchanged since
+        grant_threads(path, 1)
+        assert grant.poll() is None and torch_threads() == before + 1  # never lowered
+        Path(path).write_text("half")
+        assert grant.poll() is None
+        assert ThreadGrant(None).poll() is None
+    finally:
+        import torch
+
+        torch.set_num_threads(before)
 
 
 def test_an_exception_in_a_job_waits_for_the_others_then_is_raised() -> None:

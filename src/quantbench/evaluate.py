@@ -37,6 +37,7 @@ from quantbench.plan import StudyPlan, VariantPlan, library_versions
 from quantbench.preflight import SCORE_BATCH_WINDOWS, EvaluationMemory, available_memory_bytes
 from quantbench.process.child import (
     AnonymousPeak,
+    ThreadGrant,
     die_with_parent,
     emit,
     limit_threads,
@@ -350,9 +351,11 @@ def evaluate_variant(
     resources: Resources | None = None,
     timed: bool = False,
     threads: int | None = None,
+    threads_file: Path | None = None,
 ) -> dict[str, str]:
     """Compute `variant`'s pending untimed metric stages (or, `timed`, its timed ones, in a
-    worker that the scheduler runs alone) in one worker; the reason of each that failed."""
+    worker that the scheduler runs alone) in one worker; the reason of each that failed.
+    `threads_file`: where the scheduler may raise the worker's `threads` while it runs."""
     store = output.stages()
     refs = eval_plan.stages.get(variant.name, {})
     pending = pending_stages(eval_plan, variant.name, store, timed)
@@ -376,6 +379,7 @@ def evaluate_variant(
             baseline_artifact=eval_plan.baseline_artifact,
             threads=threads,
             alone=timed,
+            threads_file=None if threads_file is None else str(threads_file),
         )
         finished: list[dict[str, str]] = []
 
@@ -431,6 +435,7 @@ def _worker_main(request_path: Path) -> None:
     die_with_parent()
     request = read_request(request_path, EvaluateRequest)
     limit_threads(request.threads)
+    grant = ThreadGrant(request.threads_file)
 
     config = request.config
     store = OutputFolder.open(request.output).stages()
@@ -537,6 +542,7 @@ def _worker_main(request_path: Path) -> None:
         emit(name)
 
         def progress(phase: str, done: int, total: int) -> None:
+            grant.poll()
             emit(phase, done=done, total=total)
 
         with store.build(ref) as work:
@@ -565,6 +571,8 @@ def _worker_main(request_path: Path) -> None:
                 alone=request.alone,
             )
             started = time.perf_counter()
+            grant.poll()
+            threads_at_start = torch_threads()
             try:
                 with AnonymousPeak() as anonymous:
                     record = metric.compute(context)
@@ -580,7 +588,10 @@ def _worker_main(request_path: Path) -> None:
                 peak_rss_bytes=peak_rss_bytes(),
                 peak_anonymous_bytes=anonymous.peak_bytes,
                 engine_peak_bytes=getattr(loaded.get("backend"), "engine_peak_bytes", None),
-                threads=torch_threads(),
+                threads=threads_at_start,
+                threads_raised_to=(
+                    torch_threads() if torch_threads() != threads_at_start else None
+                ),
                 ran_alone=request.alone,
             )
             store.commit(ref, work, stage.model_dump(mode="json"))

@@ -18,6 +18,11 @@ jobs it needs have finished and `admit` finds room for it:
   other ready job; nothing starts beside it.
 - **max_parallel** caps the jobs running at once; 1 runs them one after the other in
   priority order with every core, as a plain script would.
+- **lent cores**: when cores are free and every job still waiting runs alone (so none of
+  them could use a core before the running jobs end), `lend` gives the free cores to the
+  running jobs that can take more threads while they run (`Job.grow`: an evaluation raises
+  torch's thread count between windows). Without it the study's last evaluation runs on
+  one core while the others idle.
 
 `admit` is a pure function of the ready jobs, the running ones and the capacity; `run_jobs`
 is the loop that calls it as jobs finish. On a cluster (Ray) the cores and memory are
@@ -26,6 +31,7 @@ Ray's to place: the capacity then has no cores and jobs get no thread count.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import threading
@@ -54,6 +60,9 @@ class Job:
     alone: bool = False
     """The job measures time: it runs with no other job running."""
     gpu: bool = False
+    grow: Callable[[int], None] | None = None
+    """Raise the running job's thread count to the given one (None: it cannot change
+    while it runs)."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +146,28 @@ def admit(
     return started
 
 
+def lend(
+    waiting: Sequence[Job], running: Sequence[Claim], growable: Sequence[str], capacity: Capacity
+) -> dict[str, int]:
+    """The new thread counts of running jobs named in `growable` (in start order) that get
+    the free cores: only when every waiting job runs alone, so no waiting job could have
+    used them; the free cores are shared evenly, the earliest started taking the rest."""
+    if capacity.cores is None or any(not job.alone for job in waiting):
+        return {}
+    if any(claim.alone for claim in running):
+        return {}
+    free = capacity.cores - sum(claim.threads for claim in running)
+    claims = {claim.name: claim for claim in running}
+    takers = [name for name in growable if name in claims and claims[name].threads > 0]
+    if free < 1 or not takers:
+        return {}
+    share, rest = divmod(free, len(takers))
+    raised = {
+        name: claims[name].threads + share + (index < rest) for index, name in enumerate(takers)
+    }
+    return {name: threads for name, threads in raised.items() if threads > claims[name].threads}
+
+
 @dataclass
 class JobRun:
     """When a job ran, relative to the start of `run_jobs` (seconds), and how."""
@@ -148,6 +179,8 @@ class JobRun:
     started_s: float | None = None
     ended_s: float | None = None
     memory_bytes: int | None = None
+    raised: list[tuple[float, int]] = field(default_factory=list)
+    """(seconds, threads): when the job was lent cores while it ran, and its new count."""
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> JobRun:
@@ -159,6 +192,7 @@ class JobRun:
             record["alone"],
             record["started_s"],
             record["ended_s"],
+            raised=[(at, threads) for at, threads in record.get("raised", [])],
         )
 
     def record(self) -> dict[str, object]:
@@ -169,6 +203,7 @@ class JobRun:
             "alone": self.alone,
             "started_s": None if self.started_s is None else round(self.started_s, 2),
             "ended_s": None if self.ended_s is None else round(self.ended_s, 2),
+            **({"raised": [[round(at, 2), n] for at, n in self.raised]} if self.raised else {}),
         }
 
 
@@ -177,6 +212,7 @@ class _State:
     waiting: list[Job]
     running: dict[str, Claim] = field(default_factory=dict)
     runs: dict[str, JobRun] = field(default_factory=dict)
+    growable: dict[str, Job] = field(default_factory=dict)
 
 
 def run_jobs(
@@ -184,6 +220,7 @@ def run_jobs(
     capacity: Capacity,
     on_start: Callable[[Job, int | None], None] = lambda job, threads: None,
     on_skip: Callable[[Job], None] = lambda job: None,
+    on_raise: Callable[[Job, int], None] = lambda job, threads: None,
 ) -> list[JobRun]:
     """Run `jobs` (in priority order) under `capacity`; every job's run, in `jobs` order.
 
@@ -193,7 +230,10 @@ def run_jobs(
     unknown = sorted({need for job in jobs for need in job.needs} - names)
     if unknown:
         raise ValueError(f"jobs need unknown jobs: {', '.join(unknown)}")
-    state = _State(waiting=list(jobs))
+    state = _State(
+        waiting=list(jobs),
+        growable={j.name: j for j in jobs if j.grow is not None and j.threads is None},
+    )
     finished: queue.Queue[tuple[str, bool | BaseException]] = queue.Queue()
     clock = time.monotonic
     origin = clock()
@@ -226,6 +266,16 @@ def run_jobs(
                 )
                 on_start(job, threads)
                 threading.Thread(target=work, args=(job, threads), daemon=True).start()
+            growable = [name for name in state.running if name in state.growable]
+            for name, threads in lend(
+                state.waiting, list(state.running.values()), growable, capacity
+            ).items():
+                grow = state.growable[name].grow
+                assert grow is not None
+                grow(threads)
+                state.running[name] = dataclasses.replace(state.running[name], threads=threads)
+                state.runs[name].raised.append((clock() - origin, threads))
+                on_raise(state.growable[name], threads)
         else:
             state.waiting.clear()
         if not state.running:

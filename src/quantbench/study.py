@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 import os
 import shutil
 import threading
@@ -59,6 +60,7 @@ from quantbench.preflight import (
     preflight_variants,
     vllm_problem,
 )
+from quantbench.process.child import grant_threads
 from quantbench.process.requests import QuantizedStage, QuantizePlan, QuantizeRequest, stage_record
 from quantbench.quantize import ARTIFACT_DIR, calibration_dtype_here, run_worker
 from quantbench.quantize import Progress as WorkerProgress
@@ -440,7 +442,10 @@ def _run_jobs(
         def on_skip(job: Job) -> None:
             progress.update(rows[job.name], phase="[dim]skipped: its quantization failed")
 
-        runs = run_jobs(jobs, capacity, on_start, on_skip)
+        def on_raise(job: Job, threads: int) -> None:
+            progress.update(rows[job.name], threads=f"{threads} threads (cores lent)")
+
+        runs = run_jobs(jobs, capacity, on_start, on_skip, on_raise)
     variants = []
     for variant in plan.variants:
         result = results[variant.name]
@@ -520,6 +525,9 @@ def _evaluation_jobs(
             job_needs: tuple[str, ...] = needs
             if not timed and variant.name in readers and eval_plan.baseline:
                 job_needs = (*needs, f"evaluate {eval_plan.baseline}")
+            # An untimed evaluation on this machine's cores may be lent cores that free up
+            # while it runs; a timed one keeps its threads, and a fixed count stays fixed.
+            grant = logs / f"eval-{variant.name}.threads" if cores and not timed else None
             jobs.append(
                 Job(
                     name,
@@ -534,12 +542,14 @@ def _evaluation_jobs(
                         errors,
                         runner,
                         timed,
+                        grant,
                     ),
                     needs=job_needs,
                     memory_bytes=evaluation_stage_bytes(study.plan, eval_plan, variant.name),
                     threads=threads,
                     alone=timed,
                     gpu=gpus_visible() and config.device != "cpu",
+                    grow=None if grant is None else functools.partial(grant_threads, str(grant)),
                 )
             )
     return jobs
@@ -556,6 +566,7 @@ def _evaluation_job(
     errors: dict[str, dict[str, str]],
     runner: Executor,
     timed: bool,
+    grant: Path | None,
 ) -> Callable[[int | None], bool]:
     def on_progress(phase: str, done: int | None, total: int | None) -> None:
         if total:
@@ -564,6 +575,9 @@ def _evaluation_job(
             progress.update(task, phase=phase)
 
     def run(threads: int | None) -> bool:
+        if grant is not None:  # a count lent to an earlier, killed run of this job
+            logs.mkdir(parents=True, exist_ok=True)
+            grant.unlink(missing_ok=True)
         failed = evaluate_variant(
             eval_plan,
             variant,
@@ -574,7 +588,10 @@ def _evaluation_job(
             study.worker_resources("evaluate", variant=variant.name),
             timed=timed,
             threads=threads,
+            threads_file=grant,
         )
+        if grant is not None:
+            grant.unlink(missing_ok=True)
         errors[variant.name].update(failed)
         reasons = ", ".join(failed)
         progress.update(

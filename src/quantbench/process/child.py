@@ -50,6 +50,48 @@ def limit_threads(threads: int | None) -> None:
         os.environ[name] = str(threads)
 
 
+class ThreadGrant:
+    """Threads the scheduler lends this worker while it runs: it writes the new count into
+    a file the request names, and the worker reads it at its next progress event (between
+    windows, prompts and task chunks) and raises torch's intra-op threads to it. A count
+    never falls: the scheduler lends cores only when no waiting job could use them."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self._seen: tuple[float, int] | None = None
+
+    def poll(self) -> int | None:
+        """The raised thread count now in force, when the file says more threads than the
+        worker has; None otherwise (no file, unchanged, unreadable)."""
+        if self.path is None:
+            return None
+        try:
+            stat = os.stat(self.path)
+            if self._seen == (stat.st_mtime, stat.st_size):
+                return None
+            self._seen = (stat.st_mtime, stat.st_size)
+            with open(self.path) as handle:
+                granted = int(handle.read().strip())
+        except (OSError, ValueError):
+            return None
+        if granted <= torch_threads():
+            return None
+        limit_threads(granted)
+        return granted
+
+
+def grant_threads(path: str, threads: int) -> None:
+    """The scheduler's side of `ThreadGrant`: the count, written whole (a rename), so the
+    worker never reads half of it."""
+    partial = f"{path}.partial"
+    try:
+        with open(partial, "w") as handle:
+            handle.write(str(threads))
+        os.replace(partial, path)
+    except OSError:
+        pass  # the worker keeps its threads; nothing is measured wrong
+
+
 def torch_threads() -> int:
     """torch's intra-op thread count in this worker now."""
     import torch

@@ -206,6 +206,11 @@ class EvaluateRequest(_Record):
     alone: bool = Field(
         default=False, description="the scheduler runs no other stage while this worker runs"
     )
+    threads_file: str | None = Field(
+        default=None,
+        description="a file where the scheduler may raise `threads` while the worker runs "
+        "(process/child.py ThreadGrant); None: the count stays",
+    )
 
 
 class MetricStage(_Record):
@@ -234,7 +239,13 @@ class MetricStage(_Record):
         "engine: summed PSS, sampled), bytes; None for a backend in the worker itself",
     )
     threads: int | None = Field(
-        default=None, description="torch's intra-op threads in the worker that computed it"
+        default=None,
+        description="torch's intra-op threads in the worker when it started this stage",
+    )
+    threads_raised_to: int | None = Field(
+        default=None,
+        description="the thread count the scheduler raised the worker to while it computed "
+        "this stage (cores another job freed); None: `threads` throughout",
     )
     ran_alone: bool | None = Field(
         default=None, description="whether the study ran no other stage beside this worker"
