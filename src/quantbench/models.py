@@ -449,8 +449,24 @@ class ModelInfo:
         return 2 * self.num_parameters
 
 
+_INSPECTED: dict[tuple[str, int, int], ModelInfo] = {}
+"""inspect_model's answers in this process, by folder and config.json's change time and size:
+planning, pre-flight and the memory estimates each ask, and a meta model takes seconds."""
+
+
 def inspect_model(path: Path) -> ModelInfo:
     """Build the model on the meta device to list its Linear layers and count parameters."""
+    try:
+        stat = (path / "config.json").stat()
+        seen = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        return _inspect_model(path)  # its one-line error
+    if seen not in _INSPECTED:
+        _INSPECTED[seen] = _inspect_model(path)
+    return _INSPECTED[seen]
+
+
+def _inspect_model(path: Path) -> ModelInfo:
     import torch
 
     model = _meta_model(path)

@@ -169,6 +169,14 @@ def vllm_problem(
     return f"{text}; use a machine with more memory or the hf backend"
 
 
+def check_calibration_sources(variants: list[VariantPlan], calibration: CalibrationConfig) -> None:
+    """Read every local calibration file the variants calibrate from: a bad one is refused
+    in one line, before any worker (or the fork server's imports) starts. `calibration` is
+    the default setting, a variant's own replacing it."""
+    for source in {(v.calibration_config or calibration) for v in variants if v.needs_calibration}:
+        check_local_source(source)
+
+
 def preflight_variants(
     variants: list[VariantPlan],
     info: ModelInfo,
@@ -184,8 +192,7 @@ def preflight_variants(
     in while calibrating (the study's `compute_dtype` as resolved on this machine).
     `evaluation`, when the study evaluates models, is where and in what they will run.
     """
-    for source in {(v.calibration_config or calibration) for v in variants if v.needs_calibration}:
-        check_local_source(source)  # a bad calibration file: one line, before any worker
+    check_calibration_sources(variants, calibration)
     outcomes: dict[str, Preflight] = {}
     for variant in variants:
         outcome = variant.scheme.preflight(info, variant.requested)

@@ -57,6 +57,7 @@ from quantbench.plan import StudyPlan, VariantPlan
 from quantbench.preflight import (
     EvaluationMemory,
     available_memory_bytes,
+    check_calibration_sources,
     preflight_variants,
     vllm_problem,
 )
@@ -147,9 +148,9 @@ def _executor(config: StudyConfig) -> Executor:
 
 
 def _run(config: StudyConfig, output: OutputFolder, console: Console) -> StudyResults:
-    """Everything cheap and checkable (planning, pre-flight) before the executor starts;
-    the inputs (calibration data, corpus) while it gets its workers ready; then quantize and
-    evaluate through it."""
+    """Planning first; then pre-flight and the inputs (calibration data, corpus) while the
+    executor gets its workers ready (a refusal stops it before any worker runs); then
+    quantize and evaluate through it."""
     store = output.stages()
     swept = store.sweep_stale()
     if swept:
@@ -171,13 +172,16 @@ def _run(config: StudyConfig, output: OutputFolder, console: Console) -> StudyRe
         store, study.refs(), output, lambda line: console.print(line, soft_wrap=True)
     )
     pending = [v for v in plan.variants if not store.is_done(v.quantize)]
-    preflights = _preflight(plan, pending, console, eval_plan.memory if eval_plan else None)
-    if eval_plan is not None:
-        _runtime_preflight(plan, eval_plan, console)
+    check_calibration_sources(pending, plan.config.calibration.default)
     runner = _executor(config)
     try:
         if pending or (eval_plan and _evaluation_pending(eval_plan, store)):
+            # The workers' imports, on another core, beside pre-flight's model inspection;
+            # every input a user can get wrong was checked above or in planning.
             runner.prestart()
+        preflights = _preflight(plan, pending, console, eval_plan.memory if eval_plan else None)
+        if eval_plan is not None:
+            _runtime_preflight(plan, eval_plan, console)
         calibrations = _calibration(plan, pending, damaged, store, console)
         if eval_plan and eval_plan.corpus and not store.is_done(eval_plan.corpus):
             with console.status("tokenizing the evaluation corpus"):
