@@ -307,7 +307,9 @@ def write_script_results(rounds: list[dict[str, Any]], machine: str) -> None:
     lines += ["", "quantbench's schedule in the last round (seconds from the first job):", ""]
     lines += ["| job | threads | start | end |", "|---|---:|---:|---:|"]
     for job in last["schedule"]["jobs"]:
-        threads = job["threads"] if job["threads"] is not None else "default"
+        threads = str(job["threads"]) if job["threads"] is not None else "default"
+        for at, count in job.get("raised", []):  # cores lent when another job ended
+            threads += f", {count} from {at}"
         lines.append(f"| {job['job']} | {threads} | {job['started_s']} | {job['ended_s']} |")
     section = "\n".join(lines) + "\n"
     _write_section("script", section)
@@ -322,15 +324,17 @@ def run_default_study(args: argparse.Namespace) -> None:
             wall = timed(command, Path(tmp) / f"{out.name}.log")
             print(f"{label}: {wall:.1f} s", flush=True)
             results = json.loads((out / "results.json").read_text())
-            threads = {}
-            for manifest in out.glob("stages/*/*/*/manifest.json"):
+            threads: dict[tuple[str, str], str] = {}
+            for variant in results["variants"]:
+                quantization = variant.get("quantization") or {}
+                threads[(variant["name"], "quantize")] = str(quantization.get("torch_threads"))
+            for manifest in out.glob("stages/*/*/manifest.json"):  # stages/<kind>/<key>/
                 stage = json.loads(manifest.read_text())
                 if "metric" in stage:
-                    threads[(stage["variant"], stage["metric"])] = stage.get("threads")
-                elif "quantization" in stage:
-                    threads[(stage.get("variant", manifest.parts[-3]), "quantize")] = stage[
-                        "quantization"
-                    ].get("torch_threads")
+                    count = str(stage.get("threads"))
+                    if stage.get("threads_raised_to"):
+                        count += f"->{stage['threads_raised_to']}"
+                    threads[(stage["variant"], stage["metric"])] = count
             rows[label] = {"wall": wall, "results": results, "threads": threads}
     write_default_results(rows, cpu_class())
 

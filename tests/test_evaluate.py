@@ -147,15 +147,18 @@ def test_a_study_times_its_variants_alone_and_records_each_stages_threads(
     results = load_results(out)
     for variant in results.variants:
         assert variant.metrics.speed is not None and variant.metrics.speed.ran_alone is True
-    for manifest in out.glob("stages/*/*/*/manifest.json"):
+    metric_stages = 0
+    for manifest in out.glob("stages/*/*/manifest.json"):  # stages/<kind>/<key>/
         stage = json.loads(manifest.read_text())
         if "metric" in stage:
+            metric_stages += 1
             assert stage["threads"] >= 1
             assert stage["ran_alone"] is (stage["metric"] in ("speed", "size"))
             if stage.get("threads_raised_to") is not None:  # lent cores while it ran
                 (job,) = [r for r in runs if r.name == f"evaluate {stage['variant']}"]
                 assert stage["threads_raised_to"] in [n for _, n in job.raised]
                 assert stage["threads_raised_to"] > stage["threads"]
+    assert metric_stages >= 3 * 4  # scores, perplexity, generations, speed... per variant
     for run in runs:  # only untimed evaluations are lent cores, and only up to the machine's
         assert not run.raised or run.name.startswith("evaluate")
         assert all(n <= schedule["cores"] for _, n in run.raised)
