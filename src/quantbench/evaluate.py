@@ -580,6 +580,7 @@ def _worker_main(request_path: Path) -> None:
                 traceback.print_exc()
                 errors[name] = f"{type(exc).__name__}: {exc}"
                 continue
+            threads_at_end = torch_threads()
             stage = MetricStage(
                 metric=name,
                 variant=request.variant,
@@ -589,9 +590,7 @@ def _worker_main(request_path: Path) -> None:
                 peak_anonymous_bytes=anonymous.peak_bytes,
                 engine_peak_bytes=getattr(loaded.get("backend"), "engine_peak_bytes", None),
                 threads=threads_at_start,
-                threads_raised_to=(
-                    torch_threads() if torch_threads() != threads_at_start else None
-                ),
+                threads_raised_to=threads_at_end if threads_at_end != threads_at_start else None,
                 ran_alone=request.alone,
             )
             store.commit(ref, work, stage.model_dump(mode="json"))
