@@ -102,9 +102,11 @@ mode = os.environ["FAKE_MODE"]
 out = os.fdopen(os.dup(1), "w", buffering=1)
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
 open(os.environ["FAKE_CHILD"], "w").write(str(child.pid))
-out.write(json.dumps({"hello": "fake", "protocol": 99 if mode == "protocol" else 2}) + "\\n")
+out.write(json.dumps({"hello": "fake", "protocol": 99 if mode == "protocol" else 3}) + "\\n")
 for line in sys.stdin:
     request = json.loads(line)
+    with open(os.environ["FAKE_CHILD"] + ".calls", "a") as calls:
+        calls.write(line)
     if mode == "hang":
         time.sleep(600)
     if mode == "die":
@@ -119,6 +121,13 @@ for line in sys.stdin:
         result = {"total_s": arrivals[-1][-1] + 0.01, "arrivals_s": arrivals}
     elif request["op"] == "generate":
         result = {"outputs": [{"token_ids": [5, 6], "text": "ok"} for _ in request["prompts"]]}
+    elif request["op"] == "complete":  # "<prompt length>", then a stop string vLLM would cut
+        texts = [f"{len(p)} tokens" + q["stop"][0] + "after" for p, q in
+                 zip(request["prompts"], request["params"])]
+        result = {"texts": texts}
+    elif request["op"] == "loglikelihood":  # -(continuation length), greedy when it is 1
+        result = {"answers": [[-(len(s) - c), len(s) - c == 1] for s, c in
+                              zip(request["sequences"], request["context_lengths"])]}
     elif request["op"] == "score":  # row j of window i: log-prob -(i + j) for every token
         import numpy as np
         gathers = dict(np.load(request["inputs"])) if request["inputs"] else {}
@@ -495,3 +504,46 @@ def test_a_study_times_its_speed_through_vllm_end_to_end(tmp_path: Path) -> None
         # Quality stays on the transformers backend.
         assert metrics["size"]["backend"] == "hf"
         assert metrics["perplexity"]["perplexity"]["estimate"] > 1
+
+
+def test_task_requests_cross_to_the_worker_in_batches_longest_first(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lm-eval's two request types go to the worker as token ids, `TASK_BATCH` to a call,
+    longest first; answers come back in the requests' order, and a generation is cut at its
+    stop sequence here too (the fake returns text past it)."""
+    from lm_eval.api.instance import Instance
+
+    monkeypatch.setattr("quantbench.backends.vllm.TASK_BATCH", 2)
+    backend = _fake_backend(tmp_path, "ok", monkeypatch)
+    artifact = _artifact(tmp_path, None)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (tiny_model / name).is_file():
+            (artifact / name).write_bytes((tiny_model / name).read_bytes())
+    backend.load(artifact)
+    phases: list[tuple[str, int, int]] = []
+    lm = backend.lm_eval_model(8, lambda phase, done, total: phases.append((phase, done, total)))
+    tokenizer = backend.tokenizer()
+    contexts = ["a b", "a b c d e", "a", "a b c"]
+    generated = lm.generate_until(
+        [
+            Instance("generate_until", {}, (c, {"until": ["|"], "max_gen_toks": 3}), i)
+            for i, c in enumerate(contexts)
+        ]
+    )
+    lengths = [len(tokenizer.encode(c)) for c in contexts]
+    assert generated == [f"{n} tokens" for n in lengths]
+    scored = lm.loglikelihood(
+        [Instance("loglikelihood", {}, ("a b", " c" * k), k) for k in (1, 3, 2)]
+    )
+    backend.close()
+    calls = [json.loads(line) for line in (tmp_path / "child.pid.calls").read_text().splitlines()]
+    completes = [c for c in calls if c["op"] == "complete"]
+    assert [len(c["prompts"]) for c in completes] == [2, 2]
+    sent = [len(p) for c in completes for p in c["prompts"]]
+    assert sent == sorted(lengths, reverse=True)
+    assert all(p["max_tokens"] == 3 and "|" in p["stop"] for c in completes for p in c["params"])
+    continuation = [len(tokenizer.encode(" c" * k, add_special_tokens=False)) for k in (1, 3, 2)]
+    assert scored == [(-n, n == 1) for n in continuation]
+    assert [len(c["sequences"]) for c in calls if c["op"] == "loglikelihood"] == [2, 1]
+    assert ("generating", 4, 4) in phases and ("scoring", 3, 3) in phases

@@ -92,6 +92,18 @@ def _percent(value: str) -> float:
         ) from None
 
 
+def _count_or_fraction(value: str) -> int | float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if number <= 0 or (number >= 1 and not number.is_integer()):
+        raise UserError(
+            f"--limit takes a number of items (200) or a fraction below 1 (0.1), not '{value}'"
+        )
+    return int(number) if number >= 1 else number
+
+
 @dataclass(frozen=True)
 class StudyFlag:
     """One command-line flag of `run` and `plan`: where its value goes in the study config.
@@ -124,6 +136,9 @@ class StudyFlag:
             return _keyword(self.name, Annotated[Optional[list[str]], info], None)  # noqa: UP045
         if self.kind is bool:
             declaration = f"{self.option}/--no-{self.option[2:]}"
+            if default is None:
+                info = typer.Option(declaration, help=self.help, show_default=self.unset)
+                return _keyword(self.name, Annotated[Optional[bool], info], None)  # noqa: UP045
             info = typer.Option(declaration, help=self.help)
             return _keyword(self.name, Annotated[bool, info], bool(default))
         if isinstance(default, list):  # schemes (entries) and metrics
@@ -220,6 +235,13 @@ STUDY_FLAGS: tuple[StudyFlag, ...] = (
         unset="--backend",
     ),
     StudyFlag(
+        "tasks_backend",
+        str,
+        "backend for task accuracy only, e.g. vllm",
+        ("evaluation", "tasks_backend"),
+        unset="--backend",
+    ),
+    StudyFlag(
         "vllm_python",
         str,
         "interpreter of an env with vLLM",
@@ -234,10 +256,11 @@ STUDY_FLAGS: tuple[StudyFlag, ...] = (
     ),
     StudyFlag(
         "limit",
-        int,
-        "items per task (spread over a group's subtasks)",
+        str,
+        "items per task (spread over a group's subtasks), or a fraction below 1 of each",
         ("evaluation", "tasks", "limit"),
         unset="every item",
+        convert=_count_or_fraction,
     ),
     StudyFlag(
         "task_data",
@@ -265,6 +288,7 @@ STUDY_FLAGS: tuple[StudyFlag, ...] = (
         bool,
         "render task prompts with the chat template",
         ("evaluation", "tasks", "apply_chat_template"),
+        unset="on when the model has one",
     ),
     StudyFlag(
         "max_gen_tokens",

@@ -267,25 +267,36 @@ class TasksConfig(_Strict):
     """
 
     names: tuple[str, ...] = Field(default=(), description="lm-eval task or group names")
-    limit: int | None = Field(
+    limit: int | float | None = Field(
         default=None,
         gt=0,
-        description="items per task named (a group's items are spread over its subtasks); "
-        "the first items, so every variant sees the same ones",
+        description="items per task named (a group's items are spread over its subtasks), or "
+        "a fraction below 1 of each subtask's items; the first items, so every variant sees "
+        "the same ones; none: every item",
     )
     data_dir: Path | None = Field(
         default=None, description="folder of local task data (layout of shared/data/)"
     )
     allow_code_execution: bool = False
     num_fewshot: int | None = Field(default=None, ge=0, description="None: each task's own")
-    apply_chat_template: bool = False
+    apply_chat_template: bool | None = Field(
+        default=None,
+        description="render task prompts through the tokenizer's chat template (few-shot as "
+        "multi-turn); none: on when the model has one, as instruction-tuned models are served",
+    )
     max_gen_tokens: int | None = Field(
         default=256,
         ge=0,
         description="cap on generated tokens per item (0 or None: each task's own, up to 2048 "
         "for mmlu_pro); 256 keeps CPU runs to minutes",
     )
-    batch_size: int = Field(default=8, gt=0)
+    batch_size: int = Field(default=8, gt=0, description="the hf backend's batch")
+    chunk_items: int = Field(
+        default=64,
+        gt=0,
+        description="items per lm-eval call: a killed task stage resumes at the first chunk "
+        "not saved, and the vllm backend batches a chunk's requests together",
+    )
     code_timeout_s: float = Field(default=10.0, gt=0, description="wall clock per program")
     code_memory_mb: int = Field(default=1024, gt=0, description="address space per program")
 
@@ -296,15 +307,27 @@ class TasksConfig(_Strict):
             return tuple(t.strip() for t in value.split(",") if t.strip())
         return value
 
+    @field_validator("limit")
+    @classmethod
+    def _count_or_fraction(cls, value: int | float | None) -> int | float | None:
+        if isinstance(value, float):
+            if value.is_integer() and value >= 1:
+                return int(value)
+            if value >= 1:
+                raise ValueError(
+                    f"limit {value:g}: give a whole number of items or a fraction below 1"
+                )
+        return value
+
     @field_validator("max_gen_tokens")
     @classmethod
     def _zero_means_task_default(cls, value: int | None) -> int | None:
         return value or None
 
 
-VLLM_METRICS = ("perplexity", "divergence", "speed", "generations")
-"""What runs through the vllm backend: size measures the transformers process, and task
-accuracy runs lm-evaluation-harness on a transformers model."""
+VLLM_METRICS = ("perplexity", "divergence", "speed", "generations", "tasks")
+"""What runs through the vllm backend: size measures the transformers process and the
+model's files, so it has no vLLM form."""
 
 
 ComputeDtype = Literal["auto", "bfloat16", "float16", "float32"]
@@ -355,6 +378,11 @@ class EvaluationConfig(_Strict):
     speed_backend: str | None = Field(
         default=None, description="backend for the speed metric only (default: `backend`)"
     )
+    tasks_backend: str | None = Field(
+        default=None,
+        description="backend for task accuracy only (default: `backend`); vllm batches "
+        "generation with its own scheduler",
+    )
     vllm: VLLMSettings = VLLMSettings()
     device: str = Field(default="auto", description="'auto', 'cpu' or 'cuda'")
     threads: int | None = Field(default=None, gt=0, description="torch threads; default all")
@@ -370,7 +398,7 @@ class EvaluationConfig(_Strict):
     tasks: TasksConfig = TasksConfig()
     seed: int = Field(default=0, description="bootstrap seed")
 
-    @field_validator("backend", "speed_backend")
+    @field_validator("backend", "speed_backend", "tasks_backend")
     @classmethod
     def _known_backend(cls, value: str | None) -> str | None:
 
@@ -393,9 +421,11 @@ class EvaluationConfig(_Strict):
         return self
 
     def backend_for(self, metric: str) -> str:
-        """The backend a metric runs through (speed may have its own)."""
+        """The backend a metric runs through (speed and tasks may have their own)."""
         if metric == "speed" and self.speed_backend:
             return self.speed_backend
+        if metric == "tasks" and self.tasks_backend:
+            return self.tasks_backend
         return self.backend
 
     def backend_key(self, metric: str) -> dict[str, Any]:

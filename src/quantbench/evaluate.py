@@ -31,7 +31,7 @@ from quantbench.hardware import gpus_visible, hardware_here
 from quantbench.memory import scores_stage_bytes
 from quantbench.metrics import REGISTRY, load_metric, split_stage_name, stage_name, stages_for
 from quantbench.metrics.base import EvalContext
-from quantbench.models import ModelInfo, inspect_model
+from quantbench.models import ModelInfo, has_chat_template, inspect_model
 from quantbench.output import OutputFolder
 from quantbench.plan import StudyPlan, VariantPlan, library_versions
 from quantbench.preflight import SCORE_BATCH_WINDOWS, EvaluationMemory, available_memory_bytes
@@ -236,9 +236,22 @@ def with_absolute_paths(config: EvaluationConfig) -> EvaluationConfig:
     return config.model_copy(update={"tasks": tasks, "generations": generations})
 
 
+def with_chat_template_choice(config: EvaluationConfig, tokenizer_folder: Path) -> EvaluationConfig:
+    """Settle `apply_chat_template` left open: on when the model's tokenizer has a chat
+    template (instruction-tuned models are served through it), off for base models. The
+    settled value is what task stages key on and record."""
+    tasks = config.tasks
+    if not tasks.names or tasks.apply_chat_template is not None:
+        return config
+    chosen = has_chat_template(tokenizer_folder)
+    return config.model_copy(
+        update={"tasks": tasks.model_copy(update={"apply_chat_template": chosen})}
+    )
+
+
 def plan_evaluation(plan: StudyPlan, config: EvaluationConfig) -> EvalPlan:
 
-    config = with_absolute_paths(config)
+    config = with_chat_template_choice(with_absolute_paths(config), plan.model.tokenizer_folder)
     metrics = stages_for(config.metric_names())
     corpus = corpus_ref(config.corpus, plan.model) if any(m.uses_corpus for m in metrics) else None
     baseline = baseline_name(plan.variants)
@@ -569,6 +582,7 @@ def _worker_main(request_path: Path) -> None:
                     else None
                 ),
                 alone=request.alone,
+                resume=store.partial(ref) if getattr(metric, "resumable", False) else None,
             )
             started = time.perf_counter()
             grant.poll()

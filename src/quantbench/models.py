@@ -537,6 +537,19 @@ def check_tokenizer_files(folder: Path, spec: str) -> None:
     )
 
 
+def has_chat_template(folder: Path) -> bool:
+    """Whether a tokenizer folder carries a chat template, the mark of an instruction-tuned
+    model (transformers keeps it in `chat_template.jinja`, `chat_template.json` or, in older
+    saves, under `chat_template` in tokenizer_config.json)."""
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    config = folder / "tokenizer_config.json"
+    try:
+        return bool(json.loads(config.read_text()).get("chat_template"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def read_safetensors_header(path: Path) -> dict[str, tuple[int, ...]]:
     """Tensor names and shapes of a safetensors file, read from its header only, after
     checking that the header is well formed and the data it describes is all there (a

@@ -48,6 +48,8 @@ STORE_FIELDS = frozenset({"stage", "key", FILES_KEY, "attempt"})
 _TMP_PREFIX = ".tmp-"
 _PROBE_PREFIX = f"{_TMP_PREFIX}probe-"
 """A second run's writability probe: taken before its lock, so never swept."""
+_PARTIAL_PREFIX = ".partial-"
+"""A stage's progress kept across kills (`partial`): never swept, removed on commit."""
 _HASH_CHUNK = 1 << 22
 
 
@@ -194,6 +196,15 @@ class StageStore:
             if work.exists():
                 shutil.rmtree(work, ignore_errors=True)
 
+    def partial(self, ref: StageRef) -> Path:
+        """A folder where a long stage keeps finished pieces of its work (scored task items)
+        so that a killed run resumes there. It is named by the stage's key, so only a run
+        with the very same inputs and settings reads it, and it goes when the stage commits.
+        Whatever writes into it writes each file atomically."""
+        folder = self.root / ref.stage / f"{_PARTIAL_PREFIX}{ref.key}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
     def commit(self, ref: StageRef, work: Path, manifest: Mapping[str, Any]) -> Path:
         """Write the manifest last, then move the folder into place in one rename (and, with
         a URL, upload it: the attempt's files first, the manifest naming them last).
@@ -224,6 +235,7 @@ class StageStore:
             if final.exists():
                 shutil.rmtree(final)  # no manifest: an interrupted leftover, never trusted
             os.rename(work, final)
+        shutil.rmtree(self.root / ref.stage / f"{_PARTIAL_PREFIX}{ref.key}", ignore_errors=True)
         return final
 
     def _mirror_lock(self, ref: StageRef) -> contextlib.AbstractContextManager[object]:
@@ -344,6 +356,8 @@ class StageStore:
                 if entry.name.startswith(_TMP_PREFIX):
                     shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink()
                     removed.append(entry)
+                elif entry.name.startswith(_PARTIAL_PREFIX):
+                    continue
                 elif entry.is_dir() and not (entry / MANIFEST).exists():
                     shutil.rmtree(entry, ignore_errors=True)
                     removed.append(entry)

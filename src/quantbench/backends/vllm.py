@@ -38,15 +38,19 @@ from quantbench.backends.base import (
     end_of_sequence_ids,
 )
 from quantbench.backends.vllm_support import Support, hardware_here, support_for_artifact
+from quantbench.backends.vllm_tasks import vllm_task_model
 from quantbench.config import VLLMSettings
 from quantbench.envs import vllm_python
 
-PROTOCOL = 2
+PROTOCOL = 3
 WORKER = Path(__file__).with_name("vllm_worker.py")
 _SELECTED = re.compile(r"(?:Selected|Using) (\w+Kernel) for (\w+)")
 KILL_GRACE_S = 5.0
 SCORE_BATCH = 8
 """Windows per score call: large enough to batch, small enough for steady progress."""
+TASK_BATCH = 256
+"""Task requests per worker call: vLLM's own scheduler batches within a call, so a call is
+as large as a task chunk (`tasks.chunk_items` items, a few requests each)."""
 
 
 CPU_AOT_COMPILE = "0"
@@ -403,7 +407,46 @@ class VLLMBackend:
         )
 
     def lm_eval_model(self, batch_size: int, progress: Callable[[str, int, int], None]) -> Any:
-        raise NotImplementedError("task accuracy runs through the hf backend")
+        """An lm-eval model whose requests run in this worker, `TASK_BATCH` to a call
+        (vLLM's scheduler batches them; `batch_size` is the hf backend's)."""
+        return vllm_task_model(
+            self.tokenizer(),
+            self.complete,
+            self.loglikelihood,
+            max_length=self.settings.max_model_len,
+            batch=TASK_BATCH,
+            progress=progress,
+        )
+
+    def complete(self, prompts: list[list[int]], params: list[dict[str, Any]]) -> list[str]:
+        """Continuations of token prompts, each with its settings (max_tokens, stop strings,
+        temperature), decoded without special tokens as lm-eval's transformers model
+        decodes them."""
+        result = self._call(
+            "complete", self.settings.call_timeout_s, prompts=prompts, params=params
+        )
+        texts = [str(text) for text in result["texts"]]
+        if len(texts) != len(prompts):
+            raise BackendCallFailed(f"vLLM returned {len(texts)} texts for {len(prompts)} prompts")
+        return texts
+
+    def loglikelihood(
+        self, sequences: list[list[int]], context_lengths: list[int]
+    ) -> list[tuple[float, bool]]:
+        """For each token sequence, the summed log-prob of its tokens after the first
+        `context_length` and whether each of them is the most likely one there."""
+        result = self._call(
+            "loglikelihood",
+            self.settings.call_timeout_s,
+            sequences=sequences,
+            context_lengths=context_lengths,
+        )
+        answers = [(float(total), bool(greedy)) for total, greedy in result["answers"]]
+        if len(answers) != len(sequences):
+            raise BackendCallFailed(
+                f"vLLM returned {len(answers)} answers for {len(sequences)} sequences"
+            )
+        return answers
 
     def close(self) -> None:
         if self._process is not None:

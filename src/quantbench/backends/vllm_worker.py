@@ -12,7 +12,8 @@ the protocol version; every answer is {"id", "ok": true, "result"} or {"id", "ok
 
 Operations: load, score (prompt log-probs over token windows), generate (greedy), timed
 (one batched run of a fixed number of tokens, end-of-sequence ignored, sampled as `vllm
-bench` samples, with every token's arrival time), close.
+bench` samples, with every token's arrival time), complete and loglikelihood (lm-eval's two
+request types, for task accuracy), close.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 import traceback
 from typing import Any
 
-PROTOCOL = 2
+PROTOCOL = 3
 
 # Run as a script, this file's folder comes first on sys.path, and quantbench's own
 # `backends/vllm.py` would shadow the vllm package: the folder is taken off.
@@ -153,6 +154,52 @@ class Worker:
                 for o in outputs
             ]
         }
+
+    def complete(self, request: dict[str, Any]) -> dict[str, Any]:
+        """lm-eval's generation requests: token prompts, each with its token cap, stop
+        strings and temperature (0: greedy); the texts end before the stop string."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = [
+            SamplingParams(
+                max_tokens=int(p["max_tokens"]),
+                stop=list(p["stop"]) or None,
+                temperature=float(p.get("temperature", 0.0)),
+                skip_special_tokens=True,
+                seed=int(request.get("seed", 0)),
+            )
+            for p in request["params"]
+        ]
+        prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in request["prompts"]]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        return {"texts": [o.outputs[0].text for o in outputs]}
+
+    def loglikelihood(self, request: dict[str, Any]) -> dict[str, Any]:
+        """lm-eval's log-likelihood requests: for each token sequence, the summed prompt
+        log-prob of its tokens after `context_lengths[i]` and whether each is the most
+        likely token there (vLLM returns the actual token and its top-1 per position)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        sequences = [list(s) for s in request["sequences"]]
+        params = SamplingParams(max_tokens=1, prompt_logprobs=1, temperature=0.0, detokenize=False)
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=s) for s in sequences], params, use_tqdm=False
+        )
+        answers = []
+        for tokens, context, output in zip(
+            sequences, request["context_lengths"], outputs, strict=True
+        ):
+            total, greedy = 0.0, True
+            for position in range(max(1, int(context)), len(tokens)):
+                entry = output.prompt_logprobs[position]
+                token = tokens[position]
+                total += float(entry[token].logprob)
+                best = max(entry, key=lambda t: entry[t].logprob)
+                greedy = greedy and best == token
+            answers.append([total, greedy])
+        return {"answers": answers}
 
     def timed(self, request: dict[str, Any]) -> dict[str, Any]:
         """One batched run of exactly `max_new_tokens` tokens per prompt, sampled as `vllm
@@ -384,7 +431,7 @@ def main() -> None:
             break
 
 
-OPERATIONS = ("load", "score", "generate", "timed", "close")
+OPERATIONS = ("load", "score", "generate", "timed", "complete", "loglikelihood", "close")
 
 if __name__ == "__main__":
     main()

@@ -56,6 +56,9 @@ class EvalContext:
     caller closes it); None for the baseline itself."""
     alone: bool = False
     """The study runs no other stage while this worker runs (timed metrics' workers)."""
+    resume: Path | None = None
+    """This stage's folder of finished pieces, kept across kills (`StageStore.partial`):
+    a long metric (a task) saves its scored items there and skips them when run again."""
 
     def backend(self) -> tuple[Backend, LoadInfo]:
         return self.backend_factory(self.backend_name)
@@ -77,7 +80,10 @@ class Metric(Protocol):
     reported: bool
     timed: bool
     """Its figures are times: its stage runs in a worker of its own with no other stage of
-    the study running (`quantbench.schedule`)."""
+    the study running (`quantbench.schedule`).
+
+    A metric may also set `resumable = True`: its stage then gets a folder kept across kills
+    (`EvalContext.resume`) for the pieces it has finished."""
 
     def key_config(self, config: EvaluationConfig) -> dict[str, Any]:
         """The config slice that determines this metric's output."""

@@ -24,7 +24,14 @@ from quantbench.metrics.base import EvalContext
 from quantbench.models import cache_dir
 from quantbench.results import Interval, PairedTaskComparison, TaskRecord
 from quantbench.tasks.data import OFFLINE_LAYOUTS
-from quantbench.tasks.harness import check_task, data_files, files_sha256, run_task, runs_code
+from quantbench.tasks.harness import (
+    ItemProgress,
+    check_task,
+    data_files,
+    files_sha256,
+    run_task,
+    runs_code,
+)
 from quantbench.tasks.punkt import use_punkt_tab
 
 ITEMS_FILE = "items.json"
@@ -40,13 +47,15 @@ def _lm_eval_task_names() -> tuple[str, ...]:
 
 class TasksMetric:
     name = "tasks"
-    version = 1
+    version = 2
     needs_model = True
     uses_corpus = False
     own_inputs: tuple[str, ...] = ()
     baseline_inputs: tuple[str, ...] = ("tasks",)
     reported = True
     timed = False
+    resumable = True
+    """A stage keeps its scored chunks across kills and resumes at the first unscored one."""
 
     def params(self, config: EvaluationConfig) -> tuple[str, ...]:
         """One stage per task name, so adding a task later does not re-run the others."""
@@ -67,6 +76,7 @@ class TasksMetric:
             "apply_chat_template": settings.apply_chat_template,
             "max_gen_tokens": settings.max_gen_tokens,
             "batch_size": settings.batch_size,
+            "chunk_items": settings.chunk_items,
             "data_sha256": files_sha256(data_files(param, settings)),
             "lm_eval": _lm_eval_version(),
         }
@@ -87,10 +97,10 @@ class TasksMetric:
         if ctx.task_manager is None:
             raise RuntimeError("the evaluation worker gives task stages its lm-eval task index")
         manager = ctx.task_manager(lambda: _task_manager(settings))
-        relay = _ProgressRelay(ctx, task)
-        lm = backend.lm_eval_model(settings.batch_size, relay)
+        meter = ItemProgress(_ProgressRelay(ctx, task))
+        lm = backend.lm_eval_model(settings.batch_size, meter.within_chunk)
         start = time.perf_counter()
-        run = run_task(task, lm, settings, manager, relay)
+        run = run_task(task, lm, settings, manager, meter, resume=ctx.resume)
         wall_s = time.perf_counter() - start
         (ctx.work / ITEMS_FILE).write_text(
             json.dumps(

@@ -9,6 +9,8 @@ the pairing with the baseline can be checked rather than assumed.
 from __future__ import annotations
 
 import json
+import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ from quantbench.config import TasksConfig
 from quantbench.errors import UserError, did_you_mean
 from quantbench.models import file_sha256
 from quantbench.sandbox import SandboxLimits, describe_sandbox, sandbox_available
+from quantbench.store import write_json_atomic
 from quantbench.tasks.code import CODE_TASKS, PASS_METRIC, code_task_config
 from quantbench.tasks.data import OFFLINE_LAYOUTS, dataset_overrides, resolve_files
 
@@ -137,15 +140,21 @@ def build_leaves(name: str, config: TasksConfig, task_manager: Any) -> list[Leaf
     return leaves
 
 
-def choose_items(leaves: list[LeafTask], limit: int | None) -> None:
-    """Set how many of each leaf's first documents run: all, or `limit` spread evenly."""
+def choose_items(leaves: list[LeafTask], limit: int | float | None) -> None:
+    """Set how many of each leaf's first documents run: all; a fraction (below 1) of each
+    leaf's, rounded up as lm-eval rounds its own `--limit 0.1`; or `limit` items spread
+    evenly over the leaves."""
     for leaf in leaves:
         leaf.n_docs = len(leaf.task.eval_docs)
     if limit is None:
         for leaf in leaves:
             leaf.take = leaf.n_docs
         return
-    remaining = limit
+    if isinstance(limit, float) and limit < 1:
+        for leaf in leaves:
+            leaf.take = min(leaf.n_docs, math.ceil(leaf.n_docs * limit))
+        return
+    remaining = int(limit)
     open_leaves = [leaf for leaf in leaves if leaf.n_docs > 0]
     for leaf in leaves:
         leaf.take = 0
@@ -159,6 +168,25 @@ def choose_items(leaves: list[LeafTask], limit: int | None) -> None:
                 open_leaves.remove(leaf)
             if remaining == 0:
                 break
+
+
+def item_chunks(chosen: list[LeafTask], size: int) -> list[dict[str, list[int]]]:
+    """The chosen items (each leaf's first `take` documents, leaves in order) cut into
+    consecutive chunks of `size` items: leaf name → document ids, per chunk.
+
+    A chunk is one lm-eval call, and its scored items are saved before the next starts, so
+    a killed stage resumes at this granularity. The cut points are part of a task stage's
+    key (`chunk_items`): lm-eval reseeds its few-shot sampler per call, so for randomly
+    sampled few-shot tasks they shape the prompts (the prompt hashes check that every
+    variant saw the same ones)."""
+    flat = [(leaf.name, doc) for leaf in chosen for doc in range(leaf.take)]
+    chunks = []
+    for start in range(0, len(flat), size):
+        chunk: dict[str, list[int]] = {}
+        for leaf_name, doc in flat[start : start + size]:
+            chunk.setdefault(leaf_name, []).append(doc)
+        chunks.append(chunk)
+    return chunks
 
 
 LM_EVAL_DEFAULT_MAX_GEN_TOKS = 256
@@ -191,9 +219,15 @@ def run_task(
     lm: Any,
     config: TasksConfig,
     task_manager: Any,
-    progress: Callable[[str, int, int], None],
+    meter: ItemProgress,
+    resume: Path | None = None,
 ) -> TaskRun:
-    """Run task `name` through `lm` (an lm-eval `LM`) and score every chosen item."""
+    """Run task `name` through `lm` (an lm-eval `LM`, reporting its requests to
+    `meter.within_chunk`) and score every chosen item.
+
+    The items run in chunks of `config.chunk_items`; with `resume` (a folder kept across kills)
+    each chunk's scored items are saved there, and chunks found there are not run again.
+    `config.apply_chat_template` must be settled (`evaluate.with_chat_template_choice`)."""
     import lm_eval
 
     leaves = build_leaves(name, config, task_manager)
@@ -205,53 +239,179 @@ def run_task(
     if config.max_gen_tokens:
         for leaf in chosen:
             cap_generation(leaf.task, config.max_gen_tokens)
-    progress(f"{sum(leaf.take for leaf in chosen)} items", 0, 1)
-    output = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=[leaf.task for leaf in chosen],
-        samples={leaf.name: list(range(leaf.take)) for leaf in chosen},
-        num_fewshot=config.num_fewshot,
-        apply_chat_template=config.apply_chat_template,
-        fewshot_as_multiturn=config.apply_chat_template,
-        log_samples=True,
-        bootstrap_iters=0,
-        task_manager=task_manager,
-        confirm_run_unsafe_code=runs_code(name),
-    )
-    if output is None:
-        raise RuntimeError("lm-eval returned no results")
-    items = []
-    for leaf in chosen:
-        kept = [s for s in output["samples"][leaf.name] if s.get("filter") == filter_name]
-        if len(kept) != leaf.take:
-            raise RuntimeError(
-                f"{leaf.name}: lm-eval logged {len(kept)} items for filter '{filter_name}', "
-                f"expected {leaf.take}"
-            )
-        for sample in sorted(kept, key=lambda s: int(s["doc_id"])):
-            items.append(_item(leaf.name, sample, metric))
-    aggregates = {
-        leaf.name: {
-            k: float(v)
-            for k, v in output["results"].get(leaf.name, {}).items()
-            if isinstance(v, int | float) and not isinstance(v, bool)
-        }
-        for leaf in chosen
-    }
+    chat = bool(config.apply_chat_template)
+    by_name = {leaf.name: leaf for leaf in chosen}
+    chunks = item_chunks(chosen, config.chunk_items)
+    meter.begin(sum(leaf.take for leaf in chosen))
+    pieces: list[dict[str, Any]] = []
+    for index, chunk in enumerate(chunks):
+        saved = resume / f"chunk-{index:05d}.json" if resume is not None else None
+        piece = _read_piece(saved, chunk)
+        if piece is not None:
+            pieces.append(piece)
+            meter.resumed(sum(map(len, chunk.values())))
+            continue
+        meter.start_chunk(sum(map(len, chunk.values())))
+        output = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=[by_name[leaf_name].task for leaf_name in chunk],
+            samples=chunk,
+            num_fewshot=config.num_fewshot,
+            apply_chat_template=chat,
+            fewshot_as_multiturn=chat,
+            log_samples=True,
+            bootstrap_iters=0,
+            task_manager=task_manager,
+            confirm_run_unsafe_code=runs_code(name),
+        )
+        if output is None:
+            raise RuntimeError("lm-eval returned no results")
+        piece = _piece(output, chunk, filter_name, metric)
+        if saved is not None:
+            write_json_atomic(saved, piece)
+        pieces.append(piece)
+        meter.end_chunk()
+    items = [item for piece in pieces for item in piece["items"]]
     settings = {
         "limit": config.limit,
         "items_per_subtask": {leaf.name: leaf.take for leaf in chosen},
         "docs_per_subtask": {leaf.name: leaf.n_docs for leaf in chosen},
-        "num_fewshot": {leaf.name: output.get("n-shot", {}).get(leaf.name) for leaf in chosen},
-        "apply_chat_template": config.apply_chat_template,
+        "num_fewshot": {
+            leaf.name: next(
+                (p["n_shot"][leaf.name] for p in pieces if leaf.name in p["n_shot"]), None
+            )
+            for leaf in chosen
+        },
+        "apply_chat_template": chat,
         "max_gen_tokens": config.max_gen_tokens,
         "batch_size": config.batch_size,
+        "chunk_items": config.chunk_items,
+        "resumed_items": meter.resumed_items,
+        "truncated_prompts": getattr(lm, "truncated", None),
         "lm_eval_version": lm_eval.__version__,
     }
     if runs_code(name):
         settings["sandbox"] = describe_sandbox(sandbox_limits(config))
     files = {split: str(path) for split, path in data_files(name, config).items()}
-    return TaskRun(name, metric, filter_name, items, aggregates, settings, files)
+    return TaskRun(name, metric, filter_name, items, combine_aggregates(pieces), settings, files)
+
+
+class ItemProgress:
+    """Reports a task's progress in items (done / total), with the rate of this run's own
+    scoring and the time left at that rate; requests within a chunk move it in between."""
+
+    def __init__(self, report: Callable[[str, int, int], None]) -> None:
+        self.report = report
+        self.total = 0
+        self.done = 0
+        self.resumed_items = 0
+        self.scored = 0
+        self.scoring_s = 0.0
+        self._chunk = 0
+        self._chunk_started = 0.0
+
+    def begin(self, total: int) -> None:
+        self.total = total
+        self.report(self._describe(), 0, total)
+
+    def resumed(self, count: int) -> None:
+        self.done += count
+        self.resumed_items += count
+
+    def start_chunk(self, count: int) -> None:
+        self._chunk = count
+        self._chunk_started = time.perf_counter()
+        self.report(self._describe(), self.done, self.total)
+
+    def within_chunk(self, phase: str, done: int, total: int) -> None:
+        """Request progress inside the running chunk (from the lm-eval model)."""
+        share = round(self._chunk * done / total) if total else 0
+        self.report(f"{phase}, {self._describe()}", self.done + share, self.total)
+
+    def end_chunk(self) -> None:
+        self.scoring_s += time.perf_counter() - self._chunk_started
+        self.scored += self._chunk
+        self.done += self._chunk
+        self._chunk = 0
+        self.report(self._describe(), self.done, self.total)
+
+    def _describe(self) -> str:
+        text = f"{self.done:,}/{self.total:,} items"
+        if self.resumed_items:
+            text += f" ({self.resumed_items:,} resumed)"
+        if self.scored and self.scoring_s > 0:
+            rate = self.scored / self.scoring_s
+            left = (self.total - self.done) / rate
+            text += f", {rate:.2f} items/s, {format_duration(left)} left"
+        return text
+
+
+def format_duration(seconds: float) -> str:
+    """A duration for a person: "45 s", "12 min", "3.4 h"."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _piece(
+    output: dict[str, Any], chunk: dict[str, list[int]], filter_name: str, metric: str
+) -> dict[str, Any]:
+    """One chunk's scored items, its per-leaf lm-eval aggregates and item counts."""
+    items = []
+    for leaf_name, docs in chunk.items():
+        kept = [s for s in output["samples"][leaf_name] if s.get("filter") == filter_name]
+        if sorted(int(s["doc_id"]) for s in kept) != docs:
+            raise RuntimeError(
+                f"{leaf_name}: lm-eval logged {len(kept)} items for filter '{filter_name}', "
+                f"expected documents {docs[0]}-{docs[-1]}"
+            )
+        for sample in sorted(kept, key=lambda s: int(s["doc_id"])):
+            items.append(_item(leaf_name, sample, metric))
+    results = {
+        leaf_name: {
+            k: float(v)
+            for k, v in output["results"].get(leaf_name, {}).items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and "_stderr" not in k
+        }
+        for leaf_name in chunk
+    }
+    n_shot = {leaf_name: output.get("n-shot", {}).get(leaf_name) for leaf_name in chunk}
+    counts = {leaf_name: len(docs) for leaf_name, docs in chunk.items()}
+    return {"items": items, "results": results, "counts": counts, "n_shot": n_shot}
+
+
+def _read_piece(path: Path | None, chunk: dict[str, list[int]]) -> dict[str, Any] | None:
+    """A chunk saved by an earlier, killed run of this stage, if it covers exactly `chunk`."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        piece: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    ids = sorted((item["subtask"], item["doc_id"]) for item in piece.get("items", []))
+    expected = sorted((leaf, doc) for leaf, docs in chunk.items() for doc in docs)
+    return piece if ids == expected else None
+
+
+def combine_aggregates(pieces: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Each leaf's lm-eval aggregates over all chunks: the item-weighted mean of the chunks'
+    (lm-eval's task metrics aggregate by mean; standard errors are not combined)."""
+    sums: dict[str, dict[str, float]] = {}
+    weights: dict[str, dict[str, int]] = {}
+    for piece in pieces:
+        for leaf_name, values in piece["results"].items():
+            count = int(piece["counts"][leaf_name])
+            for key, value in values.items():
+                sums.setdefault(leaf_name, {}).setdefault(key, 0.0)
+                sums[leaf_name][key] += value * count
+                weights.setdefault(leaf_name, {}).setdefault(key, 0)
+                weights[leaf_name][key] += count
+    return {
+        leaf_name: {key: total / weights[leaf_name][key] for key, total in values.items()}
+        for leaf_name, values in sums.items()
+    }
 
 
 def in_chunks(
