@@ -1,0 +1,273 @@
+"""Task accuracy at the scale that resolves differences: tasks through vLLM against
+transformers, and the full-size task study.
+
+    .venv/bin/python benchmarks/tasks_at_scale.py --compare-backends --limit 100 [--tasks gsm8k]
+    .venv/bin/python benchmarks/tasks_at_scale.py --full [--study DIR]
+
+`--compare-backends`: the built-in model's bf16 and w8a8-int8 variants run the same task
+items (the first `--limit` of each task, chat template on, as by default) through the hf
+backend and through the vllm backend (`--tasks-backend`), in one study folder, one after the
+other, nothing else running. For each task and variant it writes the items per second of
+each backend (items over the task's own scoring time, engine start and model load apart)
+and how many items scored the same on both, listing every disagreement with both answers.
+
+`--full`: bf16, fp8-dynamic, w4a16-gptq and w8a8-int8 through the vllm backend on every item
+of GSM8K (1,319), IFEval (541) and HumanEval+ (164), and 100 questions per subject of
+MMLU-Pro (1,400), chat template on; the paired table and the wall time per task and variant.
+It runs for hours on a 2-core CPU and is resumable: run the same command again after a kill
+and every finished chunk of items is kept.
+
+Both need `quantbench env create vllm` and the real data in ../shared/data (`--data`). Run by
+hand on a quiet machine; results go to benchmarks/results/tasks_at_scale.md, each mode in
+its own section, with the command and the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "tasks_at_scale.md"
+DATA = ROOT.parent / "shared" / "data"
+MAX_MODEL_LEN = 4096
+"""vLLM's context for task stages: 5-shot MMLU-Pro prompts with the chat template run past
+the default 2,048 (transformers takes the model's 8,192), and a cut prompt is another item."""
+
+
+def cpu_class() -> str:
+    name, flags = "unknown CPU", set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name") and name == "unknown CPU":
+            name = line.split(":", 1)[1].strip()
+        if line.startswith("flags") and not flags:
+            flags = set(line.split(":", 1)[1].split())
+    isa = "AMX" if "amx_tile" in flags else "AVX-512" if "avx512f" in flags else "AVX2"
+    bf16 = ", avx512_bf16" if "avx512_bf16" in flags else ""
+    return f"{name}, {os.cpu_count()} logical cores, {isa}{bf16}"
+
+
+def run_study(study: dict[str, Any], folder: Path, log: Path) -> float:
+    """`quantbench run --config` on `study`; the wall time, seconds."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / f"study-{log.stem}.yaml"
+    config.write_text(yaml.safe_dump(study))
+    command = [sys.executable, "-m", "quantbench", "run", "--config", str(config)]
+    started = time.perf_counter()
+    with open(log, "w") as handle:
+        done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({done.returncode}); see {log}")
+    return time.perf_counter() - started
+
+
+def study_file(
+    out: Path, schemes: list[str], tasks: list[str], limit: int | None, backend: str, data: Path
+) -> dict[str, Any]:
+    return {
+        "schemes": schemes,
+        "out": str(out),
+        "execution": {"max_parallel": 1},
+        "evaluation": {
+            "metrics": [],
+            "tasks_backend": backend,
+            "vllm": {"max_model_len": MAX_MODEL_LEN},
+            "tasks": {
+                "names": tasks,
+                "limit": limit,
+                "data_dir": str(data),
+                "allow_code_execution": "humaneval_plus" in tasks,
+            },
+        },
+    }
+
+
+def task_stages(out: Path) -> list[dict[str, Any]]:
+    """Every finished task stage of the study folder: variant, task, backend, record,
+    stage wall time and the items."""
+    stages = []
+    for manifest_path in sorted((out / "stages").glob("tasks.*/*/manifest.json")):
+        manifest = json.loads(manifest_path.read_text())
+        items = json.loads((manifest_path.parent / "items.json").read_text())["items"]
+        record = manifest["record"]
+        stages.append(
+            {
+                "variant": manifest["variant"],
+                "task": record["task"],
+                "backend": manifest.get("backend", {}).get("name", "?"),
+                "record": record,
+                "stage_s": manifest.get("wall_s"),
+                "items": {item["id"]: item for item in items},
+            }
+        )
+    return stages
+
+
+def compare_backends(args: argparse.Namespace) -> None:
+    out = Path(args.study)
+    tasks = args.tasks.split(",")
+    schemes = ["bf16", "w8a8-int8"]
+    quantize = study_file(out, schemes, [], None, "hf", Path(args.data))
+    quantize["evaluation"].pop("tasks")
+    run_study(quantize, out, out / "quantize.log")  # apart: nothing runs beside the tasks
+    walls = {}
+    for backend in ("hf", "vllm"):
+        study = study_file(out, schemes, tasks, args.limit, backend, Path(args.data))
+        walls[backend] = run_study(study, out, out / f"{backend}.log")
+        print(f"{backend}: {walls[backend]:.0f} s", flush=True)
+    stages = [s for s in task_stages(out) if s["record"]["settings"].get("limit") == args.limit]
+    found = {(s["task"], s["variant"], s["backend"]): s for s in stages}
+    lines = [
+        f"Command: `.venv/bin/python benchmarks/tasks_at_scale.py --compare-backends "
+        f"--limit {args.limit} --tasks {args.tasks}`",
+        "",
+        f"Machine: {cpu_class()}; {dt.date.today().isoformat()}; each run quantized nothing "
+        f"(done before) and ran one stage at a time (`--jobs 1`): hf {walls['hf']:.0f} s, "
+        f"vllm {walls['vllm']:.0f} s.",
+        "",
+        "Items per second are a task's items over its own scoring time (the record's `wall_s`:"
+        " lm-eval's calls, after the model is loaded or the engine started); the stage column"
+        " adds loading and, for vLLM, the engine start.",
+        "",
+        "| task | variant | items | hf items/s | vllm items/s | vllm / hf | hf stage s "
+        "| vllm stage s | hf acc % | vllm acc % | same score |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    disagreements = []
+    for task in tasks:
+        for variant in schemes:
+            hf, vllm = found.get((task, variant, "hf")), found.get((task, variant, "vllm"))
+            if hf is None or vllm is None:
+                lines.append(
+                    f"| {task} | {variant} | missing: hf {hf is not None}, vllm "
+                    f"{vllm is not None} |"
+                )
+                continue
+            n = hf["record"]["n_items"]
+            rate = {
+                b: s["record"]["n_items"] / s["record"]["wall_s"]
+                for b, s in (("hf", hf), ("vllm", vllm))
+            }
+            same = [i for i in hf["items"] if hf["items"][i]["score"] == vllm["items"][i]["score"]]
+            prompts_equal = all(
+                hf["items"][i]["prompt_hash"] == vllm["items"][i]["prompt_hash"]
+                for i in hf["items"]
+            )
+            mark = "" if prompts_equal else " PROMPTS DIFFER"
+            lines.append(
+                f"| {task} | {variant} | {n} | {rate['hf']:.3f} | {rate['vllm']:.3f} | "
+                f"{rate['vllm'] / rate['hf']:.1f}x | {hf['stage_s']:.0f} | {vllm['stage_s']:.0f} | "
+                f"{100 * hf['record']['accuracy']['estimate']:.1f} | "
+                f"{100 * vllm['record']['accuracy']['estimate']:.1f} | "
+                f"{len(same)}/{n} ({100 * len(same) / n:.1f}%){mark} |"
+            )
+            for item_id in sorted(set(hf["items"]) - set(same)):
+                a, b = hf["items"][item_id], vllm["items"][item_id]
+                disagreements.append(
+                    f"| {task} | {variant} | {item_id} | {a['score']:g} / {b['score']:g} | "
+                    f"{_cell(a['extracted'])} / {_cell(b['extracted'])} | "
+                    f"{_first_difference(a['response'], b['response'])} |"
+                )
+    lines += [
+        "",
+        "Disagreements (score hf / vllm; lm-eval's extracted answers; where the two greedy "
+        "responses first differ, in characters of the response):",
+        "",
+        "| task | variant | item | score | extracted | responses first differ at |",
+        "|---|---|---|---|---|---|",
+        *disagreements,
+        "",
+    ]
+    write_section("compare-backends", "\n".join(lines) + "\n")
+
+
+def _cell(text: str) -> str:
+    return "`" + str(text).replace("|", "\\|").replace("`", "'")[:60] + "`"
+
+
+def _first_difference(a: str, b: str) -> str:
+    for index, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return str(index)
+    return "one is a prefix of the other" if len(a) != len(b) else "identical"
+
+
+def full_study(args: argparse.Namespace) -> None:
+    out = Path(args.study)
+    schemes = ["bf16", "fp8-dynamic", "w4a16-gptq", "w8a8-int8"]
+    data = Path(args.data)
+    parts = [
+        ("whole", ["gsm8k", "ifeval", "humaneval_plus"], None),
+        ("mmlu_pro", ["mmlu_pro"], 1400),
+    ]
+    walls = {}
+    for name, tasks, limit in parts:
+        study = study_file(out, schemes, tasks, limit, "vllm", data)
+        walls[name] = run_study(study, out, out / f"full-{name}.log")
+    from quantbench.report.markdown import escape_cell
+    from quantbench.report.tasks_table import TASK_HEADERS, task_cells, task_rows
+    from quantbench.study_files import load_results
+
+    lines = [
+        "Command: `.venv/bin/python benchmarks/tasks_at_scale.py --full`",
+        "",
+        f"Machine: {cpu_class()}; {dt.date.today().isoformat()}; "
+        + ", ".join(f"{k} {v / 3600:.2f} h" for k, v in walls.items()),
+        "",
+    ]
+    results = load_results(out)
+    rows = task_rows(results)
+    lines += ["| " + " | ".join(TASK_HEADERS) + " |", "|" + "---|" * len(TASK_HEADERS)]
+    lines += ["| " + " | ".join(escape_cell(c) for c in task_cells(r)) + " |" for r in rows]
+    lines += ["", "| task | variant | items | scoring s |", "|---|---|---:|---:|"]
+    for stage in task_stages(out):
+        if stage["backend"] == "vllm":
+            record = stage["record"]
+            lines.append(
+                f"| {stage['task']} | {stage['variant']} | {record['n_items']} | "
+                f"{record['wall_s']:.0f} |"
+            )
+    write_section("full", "\n".join(lines) + "\n")
+
+
+def write_section(name: str, text: str) -> None:
+    """Each mode's results in its own part of the results file."""
+    begin, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    old = RESULTS.read_text() if RESULTS.exists() else "# Task accuracy at scale\n\n"
+    block = f"{begin}\n{text}{end}\n"
+    if begin in old:
+        head, rest = old.split(begin, 1)
+        old = head + block + rest.split(end, 1)[1].lstrip("\n")
+    else:
+        old = old + ("\n" if not old.endswith("\n\n") else "") + block
+    RESULTS.write_text(old)
+    print(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--compare-backends", action="store_true")
+    mode.add_argument("--full", action="store_true")
+    parser.add_argument("--limit", type=int, default=100)
+    parser.add_argument("--tasks", default="gsm8k")
+    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--study", default=str(ROOT.parent / "tasks-at-scale-study"))
+    args = parser.parse_args()
+    if args.compare_backends:
+        compare_backends(args)
+    else:
+        full_study(args)
+
+
+if __name__ == "__main__":
+    main()
