@@ -103,7 +103,7 @@ def task_stages(out: Path) -> list[dict[str, Any]]:
             {
                 "variant": manifest["variant"],
                 "task": record["task"],
-                "backend": manifest.get("backend", {}).get("name", "?"),
+                "backend": record["settings"].get("backend", {}).get("name", "?"),
                 "record": record,
                 "stage_s": manifest.get("wall_s"),
                 "items": {item["id"]: item for item in items},

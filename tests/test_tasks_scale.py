@@ -228,6 +228,16 @@ def test_a_study_killed_inside_a_task_stage_resumes_its_items(
     run.wait()
     saved = len(list(partial.glob(".partial-*/chunk-*.json")))
     assert not list(partial.glob("*/manifest.json")) and 2 <= saved < 20, saved
+    plan = subprocess.run(
+        [sys.executable, "-m", "quantbench", "plan", "--config", str(study)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "400"},
+    )
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    assert f"at the rate of this stage's first {2 * saved} items" in plan.stdout, plan.stdout
+    assert "40 items, about" in plan.stdout
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     record = read_json(out / "results.json")["variants"][0]["metrics"]["tasks"]["gsm8k"]  # type: ignore[index]
@@ -243,3 +253,45 @@ def test_a_bad_limit_on_the_command_line_is_one_line(tiny_model: Path) -> None:
     for bad in ("1.5", "0", "-3", "many"):
         with pytest.raises(UserError, match="--limit takes"):
             _count_or_fraction(bad)
+
+
+def _mmlu_pro(root: Path, per_category: dict[str, int]) -> Path:
+    rows = [
+        {"question": "q", "options": ["a", "b"], "answer": "A", "cot_content": "", "category": c}
+        for c, n in per_category.items()
+        for _ in range(n)
+    ]
+    folder = root / "mmlu_pro"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in ("test", "validation"):
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_plan_counts_a_pending_task_stage_items_and_estimates_its_time(tmp_path: Path) -> None:
+    from quantbench.metrics.tasks import planned_work
+    from quantbench.tasks.data import eval_counts
+    from quantbench.tasks.harness import planned_items
+
+    data = _mmlu_pro(_gsm8k(tmp_path / "data", 7), {"law": 10, "math": 3, "history": 5})
+    assert eval_counts("gsm8k", data) == [7]
+    assert sorted(eval_counts("mmlu_pro", data)) == [3, 5, 10]
+    assert planned_items([10, 3, 5], None) == 18
+    assert planned_items([10, 3, 5], 12) == 12 and planned_items([10, 3, 5], 40) == 18
+    assert planned_items([10, 3, 5], 0.25) == 3 + 1 + 2  # each subtask's share, rounded up
+
+    config = TasksConfig(names=("mmlu_pro",), data_dir=data, limit=0.5)
+    unmeasured = planned_work("mmlu_pro", config, [], [])
+    assert (unmeasured.items, unmeasured.seconds) == (10, None)
+    assert unmeasured.describe().startswith("10 items; no rate measured yet")
+    # A killed run scored 4 of them in 8 s: 6 left at 2 s each.
+    resumed = planned_work("mmlu_pro", config, [(2, 3.0), (2, 5.0)], [(100, 1.0)])
+    assert resumed.seconds == pytest.approx(12.0)
+    assert resumed.describe() == "10 items, about 12 s (at the rate of this stage's first 4 items)"
+    # Another variant's finished stage scored 50 items in 150 s: 10 at 3 s each.
+    borrowed = planned_work("mmlu_pro", config, [], [(50, 150.0)])
+    assert (
+        borrowed.seconds == pytest.approx(30.0) and "50 items of this task" in borrowed.describe()
+    )
+    hub = planned_work("arc_easy", TasksConfig(names=("arc_easy",)), [], [(5, 1.0)])
+    assert hub.items is None and "hub data" in hub.describe()

@@ -452,7 +452,9 @@ def plan_study_command(study: Any) -> None:
     err = Console(stderr=True)
     stages = inventory(study, on_status=lambda s: err.print(f"[dim]{escape(s)}"))
     table = Table(title=f"quantbench plan · {study.out}", title_justify="left")
-    for column in ("stage", "variant", "key", "state", "runs on", "resources"):
+    works = any(stage.work for stage in stages)
+    columns = ("stage", "variant", "key", "state", "runs on", "resources")
+    for column in (*columns, "work") if works else columns:
         table.add_column(column, no_wrap=column in ("stage", "key"))
     for stage in stages:
         resources = ", ".join(
@@ -461,7 +463,8 @@ def plan_study_command(study: Any) -> None:
         )
         state = "[green]done" if stage.done else "pending"
         runs_on = f"{stage.runs_on}, alone" if stage.alone else stage.runs_on
-        table.add_row(stage.stage, stage.variant, stage.key, state, runs_on, resources or "–")
+        row = [stage.stage, stage.variant, stage.key, state, runs_on, resources or "–"]
+        table.add_row(*row, *([escape(stage.work) or "–"] if works else []))
     _stdout().print(table)
     pending = sum(not s.done for s in stages)
     _stdout().print(

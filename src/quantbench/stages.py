@@ -13,6 +13,7 @@ here: keys hash the model's files and the options, and no model is loaded.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -23,13 +24,14 @@ from quantbench.executors.base import Resources
 from quantbench.executors.resources import stage_resources
 from quantbench.hardware import gpus_visible
 from quantbench.metrics import get_metric, load_metric, split_stage_name
+from quantbench.metrics.tasks import planned_work
 from quantbench.models import ResolvedModel, inspect_model, resolve_model
 from quantbench.output import OutputFolder
 from quantbench.plan import StudyPlan, build_plan
 from quantbench.preflight import available_memory_bytes, preflight_variants
 from quantbench.quantize import calibration_dtype_here
 from quantbench.schemes import get_scheme
-from quantbench.store import StageRef
+from quantbench.store import StageRef, StageStore
 
 RunsOn = Literal["driver", "worker"]
 
@@ -174,6 +176,8 @@ class PlannedStage:
     resources: Resources = field(default_factory=dict)
     axes: dict[str, Any] = field(default_factory=dict)
     alone: bool = False
+    work: str = ""
+    """For a pending task stage: its items and estimated duration (`TaskWork.describe`)."""
 
 
 def inventory(
@@ -236,7 +240,42 @@ def _inventory_one(config: StudyConfig, on_status: Callable[[str], None]) -> lis
 
     return [
         PlannedStage(
-            s.kind, s.variant, s.ref.key, done(s.ref), s.runs_on, resources(s), s.axes, s.alone
+            s.kind,
+            s.variant,
+            s.ref.key,
+            done(s.ref),
+            s.runs_on,
+            resources(s),
+            s.axes,
+            s.alone,
+            "" if done(s.ref) else _task_work(study, store, s),
         )
         for s in study.stages
     ]
+
+
+def _task_work(study: StudyStages, store: StageStore, stage: Stage) -> str:
+    """A pending task stage's items and estimated duration, from the rate of what this
+    folder has measured: the stage's own chunks saved by a killed run, else finished stages
+    of the same task on the same backend (items over scoring seconds)."""
+    metric, task = split_stage_name(stage.kind)
+    if metric != "tasks" or task is None or study.evaluation is None:
+        return ""
+    config = study.evaluation.config
+    backend = config.backend_for("tasks")
+    saved = []
+    for path in sorted(store.partial(stage.ref, create=False).glob("chunk-*.json")):
+        try:
+            piece = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if piece.get("scoring_s"):
+            saved.append((sum(piece["counts"].values()), float(piece["scoring_s"])))
+    finished = []
+    for manifest in store.manifests(stage.kind):
+        record = manifest.get("record", {})
+        settings = record.get("settings", {})
+        if settings.get("backend", {}).get("name") == backend and record.get("wall_s"):
+            scored = int(record["n_items"]) - int(settings.get("resumed_items") or 0)
+            finished.append((scored, float(record["wall_s"])))
+    return planned_work(task, config.tasks, saved, finished).describe()

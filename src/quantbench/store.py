@@ -196,14 +196,26 @@ class StageStore:
             if work.exists():
                 shutil.rmtree(work, ignore_errors=True)
 
-    def partial(self, ref: StageRef) -> Path:
+    def partial(self, ref: StageRef, create: bool = True) -> Path:
         """A folder where a long stage keeps finished pieces of its work (scored task items)
         so that a killed run resumes there. It is named by the stage's key, so only a run
         with the very same inputs and settings reads it, and it goes when the stage commits.
         Whatever writes into it writes each file atomically."""
         folder = self.root / ref.stage / f"{_PARTIAL_PREFIX}{ref.key}"
-        folder.mkdir(parents=True, exist_ok=True)
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
         return folder
+
+    def manifests(self, stage: str) -> Iterator[dict[str, Any]]:
+        """The manifests of every finished local stage of kind `stage` (any key)."""
+        folder = self.root / stage
+        if not folder.is_dir():
+            return
+        for path in sorted(folder.glob(f"*/{MANIFEST}")):
+            try:
+                yield json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
 
     def commit(self, ref: StageRef, work: Path, manifest: Mapping[str, Any]) -> Path:
         """Write the manifest last, then move the folder into place in one rename (and, with

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,14 @@ from quantbench.errors import UserError
 from quantbench.metrics.base import EvalContext
 from quantbench.models import cache_dir
 from quantbench.results import Interval, PairedTaskComparison, TaskRecord
-from quantbench.tasks.data import OFFLINE_LAYOUTS
+from quantbench.tasks.data import OFFLINE_LAYOUTS, eval_counts
 from quantbench.tasks.harness import (
     ItemProgress,
     check_task,
     data_files,
     files_sha256,
+    format_duration,
+    planned_items,
     run_task,
     runs_code,
 )
@@ -102,6 +105,7 @@ class TasksMetric:
         start = time.perf_counter()
         run = run_task(task, lm, settings, manager, meter, resume=ctx.resume)
         wall_s = time.perf_counter() - start
+        run.settings["backend"] = ctx.config.backend_key(self.name)
         (ctx.work / ITEMS_FILE).write_text(
             json.dumps(
                 {"task": task, "metric": run.metric, "filter": run.filter, "items": run.items},
@@ -133,6 +137,52 @@ class _ProgressRelay:
 
     def __call__(self, phase: str, done: int, total: int) -> None:
         self.ctx.progress(f"{self.task}: {phase}", done, total)
+
+
+@dataclass(frozen=True)
+class TaskWork:
+    """What a pending task stage will do, for `quantbench plan`: its item count (None for a
+    task whose documents only lm-eval can count: hub data) and an estimate of its duration,
+    seconds, from a measured rate (None when nothing was measured yet)."""
+
+    items: int | None
+    seconds: float | None
+    source: str
+
+    def describe(self) -> str:
+        if self.items is None:
+            return "items counted when lm-eval builds the task (hub data)"
+        text = f"{self.items:,} items"
+        if self.seconds is None:
+            return f"{text}; {self.source}"
+        return f"{text}, about {format_duration(self.seconds)} ({self.source})"
+
+
+def planned_work(
+    task: str,
+    settings: TasksConfig,
+    saved_chunks: list[tuple[int, float]],
+    finished: list[tuple[int, float]],
+) -> TaskWork:
+    """A pending task stage's items and duration. The rate comes from this stage's own saved
+    chunks (items, scoring seconds) when a killed run left some, else from finished stages
+    of the same task on the same backend in this folder (items, scoring seconds), else it is
+    unknown: per-item cost varies too much between tasks to borrow another task's."""
+    items = None
+    if settings.data_dir is not None and task in OFFLINE_LAYOUTS:
+        items = planned_items(eval_counts(task, settings.data_dir), settings.limit)
+    if items is None:
+        return TaskWork(None, None, "")
+    for pieces, source in (
+        (saved_chunks, "at the rate of this stage's first {n:,} items"),
+        (finished, "at the rate of {n:,} items of this task already scored here"),
+    ):
+        done = sum(n for n, _ in pieces)
+        seconds = sum(s for _, s in pieces)
+        if done and seconds > 0:
+            left = items - (done if pieces is saved_chunks else 0)
+            return TaskWork(items, max(0, left) * seconds / done, source.format(n=done))
+    return TaskWork(items, None, "no rate measured yet (one appears once a chunk is scored)")
 
 
 def _read_items(stage_dir: Path) -> list[dict[str, Any]]:

@@ -94,6 +94,35 @@ def resolve_files(task: str, data_dir: Path) -> dict[str, Path]:
     return files
 
 
+EVAL_SPLITS = {"ifeval": "train"}
+"""The split lm-eval scores, where it is not `test`."""
+SUBTASK_FIELD = {"mmlu_pro": "category"}
+"""The row field that splits a task into its group's subtasks."""
+
+
+def eval_counts(task: str, data_dir: Path) -> list[int]:
+    """How many documents the scored split of a local task holds, per subtask (a group's
+    subtasks split it by a field: MMLU-Pro's 14 by `category`); read from the files alone,
+    for `quantbench plan`, without building lm-eval's tasks."""
+    path = resolve_files(task, data_dir)[EVAL_SPLITS.get(task, "test")]
+    field = SUBTASK_FIELD.get(task)
+    if path.name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        if field is None:
+            return [pq.read_metadata(path).num_rows]
+        values = pq.read_table(path, columns=[field]).column(field).to_pylist()
+    else:
+        rows = [row for _, row in json_lines(path)]
+        if field is None:
+            return [len(rows)]
+        values = [row.get(field) for row in rows]
+    counts: dict[Any, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return list(counts.values())
+
+
 def dataset_overrides(files: dict[str, Path]) -> dict[str, Any]:
     """The lm-eval task keys that point a stock task at local files instead of the hub."""
     kinds = {"parquet" if p.name.endswith(".parquet") else "json" for p in files.values()}

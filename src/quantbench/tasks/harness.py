@@ -170,6 +170,16 @@ def choose_items(leaves: list[LeafTask], limit: int | float | None) -> None:
                 break
 
 
+def planned_items(counts: list[int], limit: int | float | None) -> int:
+    """How many items `choose_items` takes from subtasks of these sizes (a count limit is
+    spread until it is spent or every subtask is exhausted, so only the total matters)."""
+    if limit is None:
+        return sum(counts)
+    if isinstance(limit, float) and limit < 1:
+        return sum(min(n, math.ceil(n * limit)) for n in counts)
+    return min(int(limit), sum(counts))
+
+
 def item_chunks(chosen: list[LeafTask], size: int) -> list[dict[str, list[int]]]:
     """The chosen items (each leaf's first `take` documents, leaves in order) cut into
     consecutive chunks of `size` items: leaf name → document ids, per chunk.
@@ -267,6 +277,7 @@ def run_task(
         if output is None:
             raise RuntimeError("lm-eval returned no results")
         piece = _piece(output, chunk, filter_name, metric)
+        piece["scoring_s"] = time.perf_counter() - meter.chunk_started
         if saved is not None:
             write_json_atomic(saved, piece)
         pieces.append(piece)
@@ -308,7 +319,7 @@ class ItemProgress:
         self.scored = 0
         self.scoring_s = 0.0
         self._chunk = 0
-        self._chunk_started = 0.0
+        self.chunk_started = 0.0
 
     def begin(self, total: int) -> None:
         self.total = total
@@ -320,7 +331,7 @@ class ItemProgress:
 
     def start_chunk(self, count: int) -> None:
         self._chunk = count
-        self._chunk_started = time.perf_counter()
+        self.chunk_started = time.perf_counter()
         self.report(self._describe(), self.done, self.total)
 
     def within_chunk(self, phase: str, done: int, total: int) -> None:
@@ -329,7 +340,7 @@ class ItemProgress:
         self.report(f"{phase}, {self._describe()}", self.done + share, self.total)
 
     def end_chunk(self) -> None:
-        self.scoring_s += time.perf_counter() - self._chunk_started
+        self.scoring_s += time.perf_counter() - self.chunk_started
         self.scored += self._chunk
         self.done += self._chunk
         self._chunk = 0
