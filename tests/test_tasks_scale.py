@@ -58,8 +58,8 @@ def test_items_are_cut_into_consecutive_chunks_across_subtasks() -> None:
 
 
 class _CountingLM:
-    """An lm-eval model answering every GSM8K question "#### 3" (right for i = 1), that can
-    stop the run after a number of calls as a kill would."""
+    """An lm-eval model answering the GSM8K-shaped questions right when their number is
+    even, that can stop the run after a number of calls as a kill would."""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         from lm_eval.api.model import LM
@@ -74,7 +74,11 @@ class _CountingLM:
                 if self.fail_after is not None and len(self.calls) >= self.fail_after:
                     raise KeyboardInterrupt("killed")
                 self.calls.append(len(requests))
-                return ["#### 3"] * len(requests)
+                answers = []
+                for request in requests:
+                    n = int(request.args[0].split("Tom has ")[1].split(" ")[0])
+                    answers.append(f"#### {n + 2}" if n % 2 == 0 else "#### 0")
+                return answers
 
             def loglikelihood(self, requests: Any, disable_tqdm: bool = False) -> Any:
                 raise AssertionError("gsm8k generates")
@@ -87,8 +91,8 @@ class _CountingLM:
 
 def test_a_killed_task_resumes_at_the_first_unsaved_chunk(tmp_path: Path) -> None:
     """Chunks of 2 over 5 items: a run stopped during its second chunk leaves the first
-    saved; the rerun asks the model for the last two chunks only and ends with the items an
-    uninterrupted run scores."""
+    saved; the rerun asks the model for the last two chunks only and ends with the items
+    (ids, prompts and scores) an uninterrupted run scores."""
     data = _gsm8k(tmp_path / "data", 5)
     config = TasksConfig(
         names=("gsm8k",), data_dir=data, num_fewshot=0, chunk_items=2, apply_chat_template=False
@@ -107,10 +111,10 @@ def test_a_killed_task_resumes_at_the_first_unsaved_chunk(tmp_path: Path) -> Non
     assert again.calls == [2, 1]
     whole = run_task("gsm8k", _CountingLM(None), config, manager, ItemProgress(lambda *a: None))
     assert resumed.items == whole.items and len(whole.items) == 5
-    assert [item["score"] for item in whole.items] == [0, 1, 0, 0, 0]
+    assert [item["score"] for item in whole.items] == [1, 0, 1, 0, 1]
     assert resumed.settings["resumed_items"] == 2 and whole.settings["resumed_items"] == 0
     assert resumed.aggregates == whole.aggregates
-    assert whole.aggregates["gsm8k"]["exact_match,strict-match"] == pytest.approx(0.2)
+    assert whole.aggregates["gsm8k"]["exact_match,strict-match"] == pytest.approx(0.6)
     assert reports[0] == ("0/5 items", 0, 5) and reports[-1][1:] == (2, 5)
 
 
@@ -242,7 +246,7 @@ def test_a_study_killed_inside_a_task_stage_resumes_its_items(
     assert again.returncode == 0, again.stderr[-3000:]
     record = read_json(out / "results.json")["variants"][0]["metrics"]["tasks"]["gsm8k"]  # type: ignore[index]
     assert record["n_items"] == 40
-    assert record["settings"]["resumed_items"] >= 2 * saved - 2
+    assert record["settings"]["resumed_items"] == 2 * saved
     assert not list(partial.glob(".partial-*"))  # gone with the commit
 
 
@@ -295,3 +299,29 @@ def test_plan_counts_a_pending_task_stage_items_and_estimates_its_time(tmp_path:
     )
     hub = planned_work("arc_easy", TasksConfig(names=("arc_easy",)), [], [(5, 1.0)])
     assert hub.items is None and "hub data" in hub.describe()
+
+
+def test_chunk_aggregates_combine_only_means_over_items() -> None:
+    """Two chunks of 3 and 1 items: a mean-aggregated metric combines exactly (weighted by
+    items); one that is not (IFEval's instruction-level accuracy) is left out, and a leaf
+    scored in a single chunk keeps lm-eval's figures as they are."""
+    from quantbench.tasks.harness import combine_aggregates
+
+    def piece(values: dict[str, dict[str, float]], counts: dict[str, int]) -> dict[str, Any]:
+        means = {leaf: ["prompt_level_strict_acc"] for leaf in values}
+        return {"results": values, "counts": counts, "mean_metrics": means}
+
+    first = piece(
+        {
+            "ifeval": {"prompt_level_strict_acc,none": 1 / 3, "inst_level_strict_acc,none": 0.5},
+            "solo": {"prompt_level_strict_acc,none": 0.25, "inst_level_strict_acc,none": 0.4},
+        },
+        {"ifeval": 3, "solo": 4},
+    )
+    second = piece(
+        {"ifeval": {"prompt_level_strict_acc,none": 1.0, "inst_level_strict_acc,none": 1.0}},
+        {"ifeval": 1},
+    )
+    combined = combine_aggregates([first, second])
+    assert combined["ifeval"] == {"prompt_level_strict_acc,none": pytest.approx(0.5)}
+    assert combined["solo"] == first["results"]["solo"]

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -365,6 +366,19 @@ VLLM_LOGPROB_GAP = 0.05
 ids, same weights and windows."""
 
 
+def _task_requests() -> tuple[list[Any], list[Any]]:
+    from lm_eval.api.instance import Instance
+
+    pairs = [
+        ("The capital of France is", " Paris"),
+        ("The capital of France is", " a city in the north of Italy"),
+        ("Water is made of hydrogen and", " oxygen"),
+    ]
+    likelihood = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+    prompt = ("Count: 1, 2, 3,", {"until": ["\n"], "max_gen_toks": 8})
+    return likelihood, [Instance("generate_until", {}, prompt, 0)]
+
+
 @pytest.mark.vllm
 def test_vllm_agrees_with_hf_on_the_baseline_and_runs_its_speed(tmp_path: Path) -> None:
     import numpy as np
@@ -386,6 +400,10 @@ def test_vllm_agrees_with_hf_on_the_baseline_and_runs_its_speed(tmp_path: Path) 
     windows = make_windows(ids, 256, 256, 1024).windows
     hf_scores = list(hf.score_windows(windows, 5))
     hf_nll = -np.concatenate([s.token_logprobs for s in hf_scores]).mean()
+    task_pairs, task_prompts = _task_requests()
+    hf_lm = hf.lm_eval_model(4, lambda *a: None)
+    hf_likelihoods = hf_lm.loglikelihood(task_pairs)
+    hf_texts = hf_lm.generate_until(task_prompts)
     hf.close()
 
     settings = VLLMSettings(python=python, max_model_len=512, enforce_eager=True)
@@ -422,6 +440,15 @@ def test_vllm_agrees_with_hf_on_the_baseline_and_runs_its_speed(tmp_path: Path) 
         prompt = tokenizer("The capital of France is", add_special_tokens=False)["input_ids"]
         (answer,) = vllm.generate([prompt], 8)
         assert "Paris" in answer.text
+
+        # lm-eval's two request types through the worker, against lm-eval's own HFLM: the
+        # same continuation log-probs (bf16 on both), greedy flags and greedy text.
+        task_lm = vllm.lm_eval_model(4, lambda *a: None)
+        likelihoods = task_lm.loglikelihood(task_pairs)
+        for (ours, greedy), (theirs, hf_greedy) in zip(likelihoods, hf_likelihoods, strict=True):
+            assert abs(ours - theirs) < 0.1 * max(1.0, abs(theirs)), (likelihoods, hf_likelihoods)
+            assert greedy == hf_greedy
+        assert task_lm.generate_until(task_prompts) == hf_texts and "4" in hf_texts[0]
 
         timing = vllm.timed_generate([windows[0][:64]] * 4, 16)
         assert timing.batch_size == 4 and timing.new_tokens_per_sequence == 16

@@ -226,6 +226,11 @@ class StageStore:
         clash = STORE_FIELDS & manifest.keys()
         if clash:
             raise ValueError(f"a stage's record may not set the store's fields {sorted(clash)}")
+        final = self._commit(ref, work, manifest)
+        shutil.rmtree(self.partial(ref, create=False), ignore_errors=True)
+        return final
+
+    def _commit(self, ref: StageRef, work: Path, manifest: Mapping[str, Any]) -> Path:
         files = list_files(work)
         record = {"stage": ref.stage, "key": ref.key, **manifest, FILES_KEY: files}
         if self.remote is not None:
@@ -247,7 +252,6 @@ class StageStore:
             if final.exists():
                 shutil.rmtree(final)  # no manifest: an interrupted leftover, never trusted
             os.rename(work, final)
-        shutil.rmtree(self.root / ref.stage / f"{_PARTIAL_PREFIX}{ref.key}", ignore_errors=True)
         return final
 
     def _mirror_lock(self, ref: StageRef) -> contextlib.AbstractContextManager[object]:

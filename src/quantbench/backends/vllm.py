@@ -418,12 +418,17 @@ class VLLMBackend:
             progress=progress,
         )
 
+    def _task_timeout(self, requests: int) -> float:
+        """A task call's limit: `call_timeout_s` per `SCORE_BATCH` requests, since one call
+        carries a whole chunk (a limit for the chunk would fail it again on every rerun)."""
+        return self.settings.call_timeout_s * max(1.0, requests / SCORE_BATCH)
+
     def complete(self, prompts: list[list[int]], params: list[dict[str, Any]]) -> list[str]:
         """Continuations of token prompts, each with its settings (max_tokens, stop strings,
         temperature), decoded without special tokens as lm-eval's transformers model
         decodes them."""
         result = self._call(
-            "complete", self.settings.call_timeout_s, prompts=prompts, params=params
+            "complete", self._task_timeout(len(prompts)), prompts=prompts, params=params
         )
         texts = [str(text) for text in result["texts"]]
         if len(texts) != len(prompts):
@@ -437,7 +442,7 @@ class VLLMBackend:
         `context_length` and whether each of them is the most likely one there."""
         result = self._call(
             "loglikelihood",
-            self.settings.call_timeout_s,
+            self._task_timeout(len(sequences)),
             sequences=sequences,
             context_lengths=context_lengths,
         )

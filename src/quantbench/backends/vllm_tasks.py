@@ -6,7 +6,9 @@ tokenization, truncation, stop sequences, the post-hoc cut) happens here, with l
 helpers and the artifact's tokenizer, and only token ids cross to the worker, which runs
 them through vLLM's scheduler (`complete`: greedy continuations; `loglikelihood`: prompt
 log-probs of a continuation and whether it is the greedy one). Tokenization follows
-lm-eval's transformers model (`HFLM`), so both backends send a variant the same tokens.
+lm-eval's transformers model (`HFLM`), so both backends send a variant the same tokens
+whenever a prompt fits both contexts (vLLM's `max_model_len` is usually the shorter; a cut
+prompt is counted in `truncated`).
 """
 
 from __future__ import annotations
@@ -91,14 +93,24 @@ def vllm_task_model(
         def apply_chat_template(
             self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True
         ) -> str:
-            return str(
-                self.tokenizer.apply_chat_template(
-                    chat_history,
-                    tokenize=False,
-                    add_generation_prompt=add_generation_prompt,
-                    continue_final_message=not add_generation_prompt,
+            """As `HFLM.apply_chat_template`: a template that refuses a system message
+            (lm-eval puts a task's description there) gets the conversation without it."""
+            import jinja2
+
+            def render(history: list[dict[str, str]]) -> str:
+                return str(
+                    self.tokenizer.apply_chat_template(
+                        history,
+                        tokenize=False,
+                        add_generation_prompt=add_generation_prompt,
+                        continue_final_message=not add_generation_prompt,
+                    )
                 )
-            )
+
+            try:
+                return render(chat_history)
+            except jinja2.exceptions.TemplateError:
+                return render([m for m in chat_history if m["role"] != "system"])
 
         def tok_encode(
             self, string: str, add_special_tokens: bool | None = None, **kwargs: Any
@@ -124,6 +136,11 @@ def vllm_task_model(
             room = self._max_length - 1
             sequences, context_lengths = [], []
             for _, context, continuation in requests:
+                if len(continuation) >= room:
+                    raise ValueError(
+                        f"a continuation of {len(continuation)} tokens does not fit vLLM's "
+                        f"context of {self._max_length}: raise evaluation.vllm.max_model_len"
+                    )
                 whole = list(context) + list(continuation)
                 if len(whole) > room:
                     self.truncated += 1
@@ -164,7 +181,13 @@ def vllm_task_model(
                 )
                 until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
                 max_tokens = int(kwargs.pop("max_gen_toks", DEFAULT_MAX_GEN_TOKS))
-                room = max(1, self._max_length - max_tokens)
+                if max_tokens >= self._max_length:
+                    raise ValueError(
+                        f"the task generates up to {max_tokens} tokens, which leaves no room "
+                        f"for its prompt in vLLM's context of {self._max_length}: raise "
+                        "evaluation.vllm.max_model_len or lower --max-gen-tokens"
+                    )
+                room = self._max_length - max_tokens
                 tokens = self.tok_encode(context)
                 if len(tokens) > room:
                     self.truncated += 1

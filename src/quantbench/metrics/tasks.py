@@ -72,6 +72,12 @@ class TasksMetric:
         if param is None:
             return {"names": list(settings.names)}
         check_task(param, settings, _lm_eval_task_names)
+        cap, context = settings.max_gen_tokens, config.vllm.max_model_len
+        if config.backend_for(self.name) == "vllm" and cap is not None and cap >= context:
+            raise UserError(
+                f"--max-gen-tokens {cap} leaves no room for task prompts in vLLM's context "
+                f"of {context} tokens: raise evaluation.vllm.max_model_len"
+            )
         key: dict[str, Any] = {
             "task": param,
             "limit": settings.limit,

@@ -262,6 +262,7 @@ def run_task(
             meter.resumed(sum(map(len, chunk.values())))
             continue
         meter.start_chunk(sum(map(len, chunk.values())))
+        truncated_before = getattr(lm, "truncated", 0)
         output = lm_eval.simple_evaluate(
             model=lm,
             tasks=[by_name[leaf_name].task for leaf_name in chunk],
@@ -276,8 +277,9 @@ def run_task(
         )
         if output is None:
             raise RuntimeError("lm-eval returned no results")
-        piece = _piece(output, chunk, filter_name, metric)
+        piece = _piece(output, chunk, filter_name, metric, by_name)
         piece["scoring_s"] = time.perf_counter() - meter.chunk_started
+        piece["truncated_prompts"] = getattr(lm, "truncated", 0) - truncated_before
         if saved is not None:
             write_json_atomic(saved, piece)
         pieces.append(piece)
@@ -298,7 +300,7 @@ def run_task(
         "batch_size": config.batch_size,
         "chunk_items": config.chunk_items,
         "resumed_items": meter.resumed_items,
-        "truncated_prompts": getattr(lm, "truncated", None),
+        "truncated_prompts": sum(int(p.get("truncated_prompts") or 0) for p in pieces),
         "lm_eval_version": lm_eval.__version__,
     }
     if runs_code(name):
@@ -367,9 +369,14 @@ def format_duration(seconds: float) -> str:
 
 
 def _piece(
-    output: dict[str, Any], chunk: dict[str, list[int]], filter_name: str, metric: str
+    output: dict[str, Any],
+    chunk: dict[str, list[int]],
+    filter_name: str,
+    metric: str,
+    leaves: dict[str, LeafTask],
 ) -> dict[str, Any]:
-    """One chunk's scored items, its per-leaf lm-eval aggregates and item counts."""
+    """One chunk's scored items, its per-leaf lm-eval aggregates, item counts and which of
+    the aggregates are means over items (the only ones chunks can be combined into)."""
     items = []
     for leaf_name, docs in chunk.items():
         kept = [s for s in output["samples"][leaf_name] if s.get("filter") == filter_name]
@@ -390,7 +397,25 @@ def _piece(
     }
     n_shot = {leaf_name: output.get("n-shot", {}).get(leaf_name) for leaf_name in chunk}
     counts = {leaf_name: len(docs) for leaf_name, docs in chunk.items()}
-    return {"items": items, "results": results, "counts": counts, "n_shot": n_shot}
+    means = {leaf_name: _mean_metrics(leaves[leaf_name].task) for leaf_name in chunk}
+    return {
+        "items": items,
+        "results": results,
+        "counts": counts,
+        "n_shot": n_shot,
+        "mean_metrics": means,
+    }
+
+
+def _mean_metrics(task: Any) -> list[str]:
+    """The task's metrics that lm-eval aggregates as a plain mean over items."""
+    from lm_eval.api.metrics import mean
+
+    try:
+        aggregation = task.aggregation()
+    except Exception:  # a task without the usual config: keep nothing across chunks
+        return []
+    return sorted(name for name, function in aggregation.items() if function is mean)
 
 
 def _read_piece(path: Path | None, chunk: dict[str, list[int]]) -> dict[str, Any] | None:
@@ -407,14 +432,24 @@ def _read_piece(path: Path | None, chunk: dict[str, list[int]]) -> dict[str, Any
 
 
 def combine_aggregates(pieces: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Each leaf's lm-eval aggregates over all chunks: the item-weighted mean of the chunks'
-    (lm-eval's task metrics aggregate by mean; standard errors are not combined)."""
+    """Each leaf's lm-eval aggregates over all its chunks. A leaf scored in one chunk keeps
+    lm-eval's figures as they are; over several, only the metrics lm-eval aggregates as a
+    plain mean are combined (the item-weighted mean of the chunks' means is then exact), and
+    the rest (IFEval's instruction-level accuracy, corpus metrics, standard errors) are
+    left out rather than approximated."""
+    chunks_of: dict[str, int] = {}
+    for piece in pieces:
+        for leaf_name in piece["results"]:
+            chunks_of[leaf_name] = chunks_of.get(leaf_name, 0) + 1
     sums: dict[str, dict[str, float]] = {}
     weights: dict[str, dict[str, int]] = {}
     for piece in pieces:
         for leaf_name, values in piece["results"].items():
             count = int(piece["counts"][leaf_name])
+            means = set(piece.get("mean_metrics", {}).get(leaf_name, []))
             for key, value in values.items():
+                if chunks_of[leaf_name] > 1 and key.split(",")[0] not in means:
+                    continue
                 sums.setdefault(leaf_name, {}).setdefault(key, 0.0)
                 sums[leaf_name][key] += value * count
                 weights.setdefault(leaf_name, {}).setdefault(key, 0)
