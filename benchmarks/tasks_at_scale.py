@@ -56,8 +56,10 @@ def cpu_class() -> str:
     return f"{name}, {os.cpu_count()} logical cores, {isa}{bf16}"
 
 
-def run_study(study: dict[str, Any], folder: Path, log: Path) -> float:
-    """`quantbench run --config` on `study`; the wall time, seconds."""
+def run_study(study: dict[str, Any], folder: Path, log: Path, failures_ok: bool = False) -> float:
+    """`quantbench run --config` on `study`; the wall time, seconds. With `failures_ok`, a
+    run whose variants failed a metric (exit 1: fp8-dynamic where vLLM cannot load it) is
+    taken, and the reasons are read from results.json."""
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / f"study-{log.stem}.yaml"
     config.write_text(yaml.safe_dump(study))
@@ -65,7 +67,7 @@ def run_study(study: dict[str, Any], folder: Path, log: Path) -> float:
     started = time.perf_counter()
     with open(log, "w") as handle:
         done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False)
-    if done.returncode != 0:
+    if done.returncode not in ((0, 1) if failures_ok else (0,)):
         raise SystemExit(f"{' '.join(command)} failed ({done.returncode}); see {log}")
     return time.perf_counter() - started
 
@@ -157,6 +159,9 @@ def compare_backends(args: argparse.Namespace) -> None:
                 b: s["record"]["n_items"] / s["record"]["wall_s"]
                 for b, s in (("hf", hf), ("vllm", vllm))
             }
+            if set(hf["items"]) != set(vllm["items"]):
+                lines.append(f"| {task} | {variant} | the backends ran different items |")
+                continue
             same = [i for i in hf["items"] if hf["items"][i]["score"] == vllm["items"][i]["score"]]
             prompts_equal = all(
                 hf["items"][i]["prompt_hash"] == vllm["items"][i]["prompt_hash"]
@@ -210,24 +215,38 @@ def full_study(args: argparse.Namespace) -> None:
         ("mmlu_pro", ["mmlu_pro"], 1400),
     ]
     walls = {}
-    for name, tasks, limit in parts:
-        study = study_file(out, schemes, tasks, limit, "vllm", data)
-        walls[name] = run_study(study, out, out / f"full-{name}.log")
+    rows, failures = [], []
     from quantbench.report.markdown import escape_cell
     from quantbench.report.tasks_table import TASK_HEADERS, task_cells, task_rows
     from quantbench.study_files import load_results
 
+    if args.progress_only:
+        write_section("full-progress", full_progress(out, [t for _, ts, _ in parts for t in ts]))
+        return
+    for name, tasks, limit in parts:
+        study = study_file(out, schemes, tasks, limit, "vllm", data)
+        walls[name] = run_study(study, out, out / f"full-{name}.log", failures_ok=True)
+        results = load_results(out)
+        rows += task_rows(results)
+        failures += [
+            f"- {variant.name}, {metric}: {why}"
+            for variant in results.variants
+            for metric, why in variant.metrics.errors.items()
+        ]
     lines = [
         "Command: `.venv/bin/python benchmarks/tasks_at_scale.py --full`",
         "",
         f"Machine: {cpu_class()}; {dt.date.today().isoformat()}; "
-        + ", ".join(f"{k} {v / 3600:.2f} h" for k, v in walls.items()),
+        + ", ".join(f"{k} {v / 3600:.2f} h" for k, v in walls.items())
+        + " (the last run's wall time: a resumed study reports only its own part)",
         "",
+        "| " + " | ".join(TASK_HEADERS) + " |",
+        "|" + "---|" * len(TASK_HEADERS),
+        *("| " + " | ".join(escape_cell(c) for c in task_cells(r)) + " |" for r in rows),
+        "",
+        "Variants without task figures, and why:" if failures else "Every variant ran.",
+        *failures,
     ]
-    results = load_results(out)
-    rows = task_rows(results)
-    lines += ["| " + " | ".join(TASK_HEADERS) + " |", "|" + "---|" * len(TASK_HEADERS)]
-    lines += ["| " + " | ".join(escape_cell(c) for c in task_cells(r)) + " |" for r in rows]
     lines += ["", "| task | variant | items | scoring s |", "|---|---|---:|---:|"]
     for stage in task_stages(out):
         if stage["backend"] == "vllm":
@@ -237,6 +256,46 @@ def full_study(args: argparse.Namespace) -> None:
                 f"{record['wall_s']:.0f} |"
             )
     write_section("full", "\n".join(lines) + "\n")
+
+
+def full_progress(out: Path, tasks: list[str]) -> str:
+    """Where an unfinished full-size study stands: finished task stages (items, accuracy,
+    scoring time) and the chunks saved by stages still under way."""
+    lines = [
+        "Command: `.venv/bin/python benchmarks/tasks_at_scale.py --full --progress-only` "
+        "(the full study was stopped before its end; rerunning `--full` resumes it)",
+        "",
+        f"Machine: {cpu_class()}; {dt.date.today().isoformat()}",
+        "",
+        "| task | variant | state | items | accuracy % | scoring s | items/s |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for stage in task_stages(out):
+        record = stage["record"]
+        settings = record["settings"]
+        if stage["backend"] != "vllm" or stage["task"] not in tasks:
+            continue
+        if settings.get("limit") not in (None, 1400):
+            continue
+        lines.append(
+            f"| {stage['task']} | {stage['variant']} | done | {record['n_items']} | "
+            f"{100 * record['accuracy']['estimate']:.1f} | {record['wall_s']:.0f} | "
+            f"{record['n_items'] / record['wall_s']:.3f} |"
+        )
+    for task in tasks:
+        for folder in sorted((out / "stages" / f"tasks.{task}").glob(".partial-*")):
+            pieces = [json.loads(p.read_text()) for p in sorted(folder.glob("chunk-*.json"))]
+            if not pieces:
+                continue
+            items = sum(sum(p["counts"].values()) for p in pieces)
+            right = sum(i["score"] for p in pieces for i in p["items"])
+            seconds = sum(p.get("scoring_s", 0.0) for p in pieces)
+            lines.append(
+                f"| {task} | (key {folder.name.removeprefix('.partial-')}) | under way | "
+                f"{items} saved | {100 * right / items:.1f} | {seconds:.0f} | "
+                f"{items / seconds:.3f} |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def write_section(name: str, text: str) -> None:
@@ -258,6 +317,11 @@ def main() -> None:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--compare-backends", action="store_true")
     mode.add_argument("--full", action="store_true")
+    parser.add_argument(
+        "--progress-only",
+        action="store_true",
+        help="with --full: write where an unfinished full study stands, run nothing",
+    )
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--tasks", default="gsm8k")
     parser.add_argument("--data", default=str(DATA))
