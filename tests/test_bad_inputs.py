@@ -470,14 +470,14 @@ def _task_data_missing(tmp: Path, model: Path) -> list[str]:
     )
 
 
-@case("--limit 0", "evaluation.tasks.limit")
+@case("--limit 0", "--limit takes a number of items")
 def _limit_zero(tmp: Path, model: Path) -> list[str]:
     return run("--tasks", "gsm8k", "--limit", "0")(tmp, model)
 
 
-@case("tasks on the vllm backend", "backend vllm runs")
-def _tasks_vllm(tmp: Path, model: Path) -> list[str]:
-    return run("--backend", "vllm", "--tasks", "gsm8k")(tmp, model)
+@case("size on the vllm backend", "backend vllm runs")
+def _size_vllm(tmp: Path, model: Path) -> list[str]:
+    return run("--backend", "vllm", "--metrics", "size,perplexity")(tmp, model)
 
 
 # --- plan, report, compare, env ----------------------------------------------------------------

@@ -416,7 +416,8 @@ class EvaluationConfig(_Strict):
                     f"backend vllm runs {', '.join(VLLM_METRICS)} only, not "
                     f"{', '.join(others)} (they need transformers): leave them out "
                     f"(--metrics {','.join(VLLM_METRICS)}), or keep backend hf and set "
-                    "speed_backend: vllm (--speed-backend vllm)"
+                    "speed_backend: vllm or tasks_backend: vllm (--speed-backend vllm, "
+                    "--tasks-backend vllm)"
                 )
         return self
 

@@ -227,7 +227,9 @@ class StageStore:
         if clash:
             raise ValueError(f"a stage's record may not set the store's fields {sorted(clash)}")
         final = self._commit(ref, work, manifest)
-        shutil.rmtree(self.partial(ref, create=False), ignore_errors=True)
+        partial = self.partial(ref, create=False)
+        if partial.exists():
+            shutil.rmtree(partial, ignore_errors=True)
         return final
 
     def _commit(self, ref: StageRef, work: Path, manifest: Mapping[str, Any]) -> Path:

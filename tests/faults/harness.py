@@ -282,6 +282,7 @@ VOLATILE = frozenset(
         "attempt",
         "method_detail",  # names the memory available when the stage ran
         "files",  # a manifest's file list: sizes and hashes (.npz archives hold timestamps)
+        "resumed_items",  # how many task items a run took from a killed run's saved chunks
     }
 )
 """Timings, memory peaks and provenance: they differ between any two runs (so does every key

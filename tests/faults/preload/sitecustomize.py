@@ -65,6 +65,8 @@ def _classify(relative: tuple[str, ...], event: str) -> tuple[str, str | None] |
         return None
     if name.startswith(".tmp-"):
         return (kind, name[len(".tmp-") :].split("-")[0])
+    if name.startswith(".partial-"):  # a task stage's saved chunks (StageStore.partial)
+        return (kind, name[len(".partial-") :])
     if event == "shutil.rmtree" or len(relative) == 3:
         return (kind, name)  # placing or sweeping a stage folder
     return ("report", None)  # a file into a committed stage: a model card
