@@ -258,6 +258,13 @@ def full_study(args: argparse.Namespace) -> None:
     write_section("full", "\n".join(lines) + "\n")
 
 
+def _percent(interval: dict[str, float]) -> str:
+    return (
+        f"{100 * interval['estimate']:.1f} "
+        f"[{100 * interval['low']:.1f}, {100 * interval['high']:.1f}]"
+    )
+
+
 def full_progress(out: Path, tasks: list[str]) -> str:
     """Where an unfinished full-size study stands: finished task stages (items, accuracy,
     scoring time) and the chunks saved by stages still under way."""
@@ -267,7 +274,7 @@ def full_progress(out: Path, tasks: list[str]) -> str:
         "",
         f"Machine: {cpu_class()}; {dt.date.today().isoformat()}",
         "",
-        "| task | variant | state | items | accuracy % | scoring s | items/s |",
+        "| task | variant | state | items | accuracy % [95% CI] | scoring s | items/s |",
         "|---|---|---|---:|---:|---:|---:|",
     ]
     for stage in task_stages(out):
@@ -279,7 +286,7 @@ def full_progress(out: Path, tasks: list[str]) -> str:
             continue
         lines.append(
             f"| {stage['task']} | {stage['variant']} | done | {record['n_items']} | "
-            f"{100 * record['accuracy']['estimate']:.1f} | {record['wall_s']:.0f} | "
+            f"{_percent(record['accuracy'])} | {record['wall_s']:.0f} | "
             f"{record['n_items'] / record['wall_s']:.3f} |"
         )
     for task in tasks:
