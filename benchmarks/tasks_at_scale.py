@@ -2,9 +2,11 @@
 transformers, and the full-size task study.
 
     .venv/bin/python benchmarks/tasks_at_scale.py --compare-backends --limit 100 [--tasks gsm8k]
+        [--schemes bf16,w8a8-int8]
     .venv/bin/python benchmarks/tasks_at_scale.py --full [--study DIR]
 
-`--compare-backends`: the built-in model's bf16 and w8a8-int8 variants run the same task
+`--compare-backends`: the built-in model's variants (`--schemes`, bf16 and w8a8-int8 by
+default) run the same task
 items (the first `--limit` of each task, chat template on, as by default) through the hf
 backend and through the vllm backend (`--tasks-backend`), in one study folder, one after the
 other, nothing else running. For each task and variant it writes the items per second of
@@ -117,7 +119,7 @@ def task_stages(out: Path) -> list[dict[str, Any]]:
 def compare_backends(args: argparse.Namespace) -> None:
     out = Path(args.study)
     tasks = args.tasks.split(",")
-    schemes = ["bf16", "w8a8-int8"]
+    schemes = args.schemes.split(",")
     quantize = study_file(out, schemes, [], None, "hf", Path(args.data))
     quantize["evaluation"].pop("tasks")
     run_study(quantize, out, out / "quantize.log")  # apart: nothing runs beside the tasks
@@ -130,7 +132,7 @@ def compare_backends(args: argparse.Namespace) -> None:
     found = {(s["task"], s["variant"], s["backend"]): s for s in stages}
     lines = [
         f"Command: `.venv/bin/python benchmarks/tasks_at_scale.py --compare-backends "
-        f"--limit {args.limit} --tasks {args.tasks}`",
+        f"--limit {args.limit} --tasks {args.tasks} --schemes {args.schemes}`",
         "",
         f"Machine: {cpu_class()}; {dt.date.today().isoformat()}; each run quantized nothing "
         f"(done before) and ran one stage at a time (`--jobs 1`): hf {walls['hf']:.0f} s, "
@@ -192,7 +194,7 @@ def compare_backends(args: argparse.Namespace) -> None:
         *disagreements,
         "",
     ]
-    write_section("compare-backends", "\n".join(lines) + "\n")
+    write_section(f"compare-backends-limit-{args.limit}", "\n".join(lines) + "\n")
 
 
 def _cell(text: str) -> str:
@@ -331,6 +333,7 @@ def main() -> None:
     )
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--tasks", default="gsm8k")
+    parser.add_argument("--schemes", default="bf16,w8a8-int8", help="with --compare-backends")
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--study", default=str(ROOT.parent / "tasks-at-scale-study"))
     args = parser.parse_args()
