@@ -264,6 +264,29 @@ def test_set_reaches_any_config_key_over_the_file_and_the_flags(tmp_path: Path) 
     assert list(evaluation.metric_names()) == ["size", "speed"]
 
 
+def test_set_null_clears_what_the_file_sets(tmp_path: Path) -> None:
+    """A flag left out means "as the file says"; `--set KEY=null` is how a user clears a
+    key the file sets (here the task limit, to run every item)."""
+    import typer
+    from typer.testing import CliRunner
+
+    from quantbench.cli import _study_command
+
+    seen = []
+    app = typer.Typer()
+    app.command("run")(_study_command(seen.append))
+    app.command("other")(lambda: None)
+    study = tmp_path / "study.yaml"
+    study.write_text("evaluation: {tasks: {names: [gsm8k], limit: 20, max_gen_tokens: 64}}\n")
+    argv = ["run", "-c", str(study), "--set", "evaluation.tasks.limit=null"]
+    result = CliRunner().invoke(app, [*argv, "--set", "evaluation.tasks.max_gen_tokens="])
+    assert result.exit_code == 0, result.output
+    tasks = seen[-1].evaluation.tasks
+    assert tasks.limit is None and tasks.max_gen_tokens is None and tuple(tasks.names) == ("gsm8k",)
+    result = CliRunner().invoke(app, ["run", "-c", str(study)])
+    assert seen[-1].evaluation.tasks.limit == 20
+
+
 @pytest.mark.parametrize(
     ("assignment", "message"),
     [

@@ -16,6 +16,7 @@ import pytest
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from quantbench.config import (
+    EXPLICIT_NULL,
     CalibrationConfig,
     CalibrationGrid,
     CorpusConfig,
@@ -451,7 +452,9 @@ def test_set_refuses_an_assignment_without_a_dotted_key(assignment: str) -> None
         ("k='007'", "007"),
         ("k=plain text", "plain text"),
         ("k= 12 ", 12),
-        ("k=", None),
+        ("k=", EXPLICIT_NULL),  # YAML's empty value: clears the key, as null does
+        ("k=null", EXPLICIT_NULL),
+        ("k=~", EXPLICIT_NULL),
         ("k=a=b", "a=b"),  # the first '=' splits
         # Not YAML: the text exactly as written, spaces and all.
         ("k=[unclosed", "[unclosed"),

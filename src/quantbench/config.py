@@ -741,15 +741,16 @@ def load_study_config(
         data = loaded
     _merge(data, overrides or {})
     try:
-        return StudyConfig.model_validate(data)
+        return StudyConfig.model_validate(_settle_nulls(data))
     except ValidationError as exc:
         raise UserError(_explain(exc, origin)) from None
 
 
 def assignment_overrides(assignments: Sequence[str]) -> dict[str, Any]:
     """`--set` assignments (`evaluation.corpus.max_tokens=4096`) as nested overrides, later
-    ones winning. A value is read as YAML (`4096` an integer, `[size, perplexity]` a list);
-    the key is checked with the rest of the config."""
+    ones winning. A value is read as YAML (`4096` an integer, `[size, perplexity]` a list,
+    `null` clears the key, which a flag left out cannot); the key is checked with the rest
+    of the config."""
     overrides: dict[str, Any] = {}
     for assignment in assignments:
         key, equals, text = assignment.partition("=")
@@ -763,6 +764,8 @@ def assignment_overrides(assignments: Sequence[str]) -> dict[str, Any]:
             value = yaml.safe_load(text)
         except yaml.YAMLError:
             value = text  # not YAML (an unbalanced bracket, say): the text as it is
+        if value is None:
+            value = EXPLICIT_NULL
         node = overrides
         for part in parts[:-1]:
             child = node.get(part)
@@ -771,6 +774,22 @@ def assignment_overrides(assignments: Sequence[str]) -> dict[str, Any]:
             node = child
         node[parts[-1]] = value
     return overrides
+
+
+class _ExplicitNull:
+    """An override that sets a key to null: a plain None in overrides means "not given"."""
+
+    def __repr__(self) -> str:
+        return "null"
+
+
+EXPLICIT_NULL = _ExplicitNull()
+
+
+def _settle_nulls(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {key: _settle_nulls(value) for key, value in data.items()}
+    return None if data is EXPLICIT_NULL else data
 
 
 def merged_overrides(*layers: Mapping[str, Any]) -> dict[str, Any]:
