@@ -23,11 +23,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from machine import cpu_class
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "gptq_threads.md"
@@ -85,22 +86,14 @@ def quantize(model_dir: str, dtype: str, threads: int, pin_cholesky: bool, out: 
 
 
 def digest(state: dict) -> str:  # type: ignore[type-arg]
+    """The first 16 hex digits of a SHA-256 over every tensor's name and raw bytes."""
+    import torch
+
     h = hashlib.sha256()
     for name in sorted(state):
         h.update(name.encode())
-        h.update(state[name].contiguous().view(-1).view(dtype=__import__("torch").uint8).numpy())
+        h.update(state[name].contiguous().view(-1).view(dtype=torch.uint8).numpy())
     return h.hexdigest()[:16]
-
-
-def cpu_class() -> str:
-    name, flags = "unknown CPU", set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name") and name == "unknown CPU":
-            name = line.split(":", 1)[1].strip()
-        if line.startswith("flags") and not flags:
-            flags = set(line.split(":", 1)[1].split())
-    isa = "AMX" if "amx_tile" in flags else "AVX-512" if "avx512f" in flags else "AVX2"
-    return f"{name}, {os.cpu_count()} logical cores, {isa}"
 
 
 def main() -> None:

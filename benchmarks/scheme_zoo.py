@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import cpu_class
 
 from quantbench.results import StudyResults, VariantResult
 from quantbench.study_files import load_results
@@ -35,21 +35,6 @@ BUDGET = [
     "--metrics",
     "size,perplexity,divergence",
 ]
-
-
-def cpu_class() -> str:
-    """The CPU's model name and the instruction sets that matter to the figures."""
-    name = platform.processor() or "unknown CPU"
-    flags: set[str] = set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name") and name in ("unknown CPU", "x86_64", ""):
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16") if f in flags]
-    return f"{name}, {os.cpu_count()} logical cores ({', '.join(isa) or 'no AVX'})"
 
 
 def interval(low: float, estimate: float, high: float, digits: int = 4) -> str:

@@ -6,12 +6,12 @@ transformers, and the full-size task study.
     .venv/bin/python benchmarks/tasks_at_scale.py --full [--study DIR]
 
 `--compare-backends`: the built-in model's variants (`--schemes`, bf16 and w8a8-int8 by
-default) run the same task
-items (the first `--limit` of each task, chat template on, as by default) through the hf
-backend and through the vllm backend (`--tasks-backend`), in one study folder, one after the
-other, nothing else running. For each task and variant it writes the items per second of
-each backend (items over the task's own scoring time, engine start and model load apart)
-and how many items scored the same on both, listing every disagreement with both answers.
+default) run the same task items (the first `--limit` of each task, chat template on, as by
+default) through the hf backend and through the vllm backend (`--tasks-backend`), in one
+study folder, one after the other, nothing else running. For each task and variant it
+writes the items per second of each backend (items over the task's own scoring time, engine
+start and model load apart) and how many items scored the same on both, listing every
+disagreement with both answers.
 
 `--full`: bf16, fp8-dynamic, w4a16-gptq and w8a8-int8 through the vllm backend on every item
 of GSM8K (1,319), IFEval (541) and HumanEval+ (164), and 100 questions per subject of
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from machine import cpu_class
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "tasks_at_scale.md"
@@ -44,18 +44,6 @@ DATA = ROOT.parent / "shared" / "data"
 MAX_MODEL_LEN = 4096
 """vLLM's context for task stages: 5-shot MMLU-Pro prompts with the chat template run past
 the default 2,048 (transformers takes the model's 8,192), and a cut prompt is another item."""
-
-
-def cpu_class() -> str:
-    name, flags = "unknown CPU", set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name") and name == "unknown CPU":
-            name = line.split(":", 1)[1].strip()
-        if line.startswith("flags") and not flags:
-            flags = set(line.split(":", 1)[1].split())
-    isa = "AMX" if "amx_tile" in flags else "AVX-512" if "avx512f" in flags else "AVX2"
-    bf16 = ", avx512_bf16" if "avx512_bf16" in flags else ""
-    return f"{name}, {os.cpu_count()} logical cores, {isa}{bf16}"
 
 
 def run_study(study: dict[str, Any], folder: Path, log: Path, failures_ok: bool = False) -> float:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import platform
 import re
 import statistics
@@ -39,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from machine import cpu_class
 
 RESULTS = Path(__file__).parent / "results" / "vs_script.md"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -123,19 +124,6 @@ for name, (ppl, reply) in results.items():
 print(json.dumps({{"wall_s": time.perf_counter() - started,
                   "calibration_tokens": sum(len(i) for i in ids)}}))
 '''
-
-
-def cpu_class() -> str:
-    name = "unknown CPU"
-    flags: set[str] = set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name") and name == "unknown CPU":
-            name = line.split(":", 1)[1].strip()
-        if line.startswith("flags") and not flags:
-            flags = set(line.split(":", 1)[1].split())
-    isa = "AMX" if "amx_tile" in flags else "AVX-512" if "avx512f" in flags else "AVX2"
-    bf16 = ", avx512_bf16" if "avx512_bf16" in flags else ""
-    return f"{name}, {os.cpu_count()} logical cores, {isa}{bf16}"
 
 
 def builtin_model() -> Path:

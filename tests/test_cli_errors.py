@@ -3,6 +3,7 @@
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -211,6 +212,21 @@ def test_plan_takes_every_flag_run_takes() -> None:
     assert ("--tokenizer",) in options("run") and ("--corpus",) in options("plan")
 
 
+def _study_app() -> tuple[Any, list[Any], Any]:
+    """A CLI with only `run` (and a second command, so typer keeps the name), whose body
+    keeps each StudyConfig it receives; with a runner to invoke it."""
+    import typer
+    from typer.testing import CliRunner
+
+    from quantbench.cli import _study_command
+
+    seen: list[Any] = []
+    app = typer.Typer()
+    app.command("run")(_study_command(seen.append))
+    app.command("other")(lambda: None)
+    return app, seen, CliRunner()
+
+
 def test_flags_override_the_study_file_only_when_given(tmp_path: Path) -> None:
     """A flag left at its (shown) default keeps the file's value; one given replaces it."""
     import typer
@@ -242,19 +258,11 @@ def test_flags_override_the_study_file_only_when_given(tmp_path: Path) -> None:
 
 
 def test_set_reaches_any_config_key_over_the_file_and_the_flags(tmp_path: Path) -> None:
-    import typer
-    from typer.testing import CliRunner
-
-    from quantbench.cli import _study_command
-
-    seen = []
-    app = typer.Typer()
-    app.command("run")(_study_command(seen.append))
-    app.command("other")(lambda: None)
+    app, seen, runner = _study_app()
     study = tmp_path / "study.yaml"
     study.write_text("evaluation: {corpus: {max_tokens: 100, window: 128}}\n")
     argv = ["run", "-c", str(study), "--max-tokens", "200", "--set"]
-    result = CliRunner().invoke(
+    result = runner.invoke(
         app,
         [*argv, "evaluation.corpus.max_tokens=300", "--set", "evaluation.metrics=[size, speed]"],
     )
@@ -267,23 +275,15 @@ def test_set_reaches_any_config_key_over_the_file_and_the_flags(tmp_path: Path) 
 def test_set_null_clears_what_the_file_sets(tmp_path: Path) -> None:
     """A flag left out means "as the file says"; `--set KEY=null` is how a user clears a
     key the file sets (here the task limit, to run every item)."""
-    import typer
-    from typer.testing import CliRunner
-
-    from quantbench.cli import _study_command
-
-    seen = []
-    app = typer.Typer()
-    app.command("run")(_study_command(seen.append))
-    app.command("other")(lambda: None)
+    app, seen, runner = _study_app()
     study = tmp_path / "study.yaml"
     study.write_text("evaluation: {tasks: {names: [gsm8k], limit: 20, max_gen_tokens: 64}}\n")
     argv = ["run", "-c", str(study), "--set", "evaluation.tasks.limit=null"]
-    result = CliRunner().invoke(app, [*argv, "--set", "evaluation.tasks.max_gen_tokens="])
+    result = runner.invoke(app, [*argv, "--set", "evaluation.tasks.max_gen_tokens="])
     assert result.exit_code == 0, result.output
     tasks = seen[-1].evaluation.tasks
     assert tasks.limit is None and tasks.max_gen_tokens is None and tuple(tasks.names) == ("gsm8k",)
-    result = CliRunner().invoke(app, ["run", "-c", str(study)])
+    runner.invoke(app, ["run", "-c", str(study)])
     assert seen[-1].evaluation.tasks.limit == 20
 
 
