@@ -80,3 +80,56 @@ def test_store_floats_as_narrows_floats_and_keeps_the_rest(tmp_path: Path) -> No
     config = json.loads((tmp_path / "config.json").read_text())
     assert config == {"dtype": "bfloat16", "torch_dtype": "bfloat16"}
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_factorizations_run_on_one_thread_and_are_restored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+
+    from quantbench.process.child import FACTORIZATIONS, factorizations_on_one_thread
+
+    seen: dict[str, int] = {}
+
+    def spy(name: str):  # type: ignore[no-untyped-def]
+        def record(*args: object, **kwargs: object) -> str:
+            seen[name] = torch.get_num_threads()
+            return name
+
+        return record
+
+    spies = {}
+    for module_name, name in FACTORIZATIONS:
+        module = getattr(torch, module_name) if module_name else torch
+        spies[name] = spy(name)
+        monkeypatch.setattr(module, name, spies[name])
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with factorizations_on_one_thread():
+            assert torch.get_num_threads() == 2  # everything else keeps the worker's threads
+            assert torch.linalg.cholesky(None) == "cholesky"
+            assert torch.linalg.cholesky_ex(None) == "cholesky_ex"
+            assert torch.cholesky_inverse(None) == "cholesky_inverse"
+            assert torch.linalg.inv(None) == "inv"
+            assert torch.get_num_threads() == 2
+        assert seen == {name: 1 for _, name in FACTORIZATIONS}
+        assert torch.linalg.cholesky is spies["cholesky"]
+        assert torch.cholesky_inverse is spies["cholesky_inverse"]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_gptq_calls_the_factorizations_it_is_held_to() -> None:
+    """The names held to one thread are the ones llm-compressor's GPTQ calls: if an upgrade
+    moves its factorization elsewhere, this says so instead of the weights quietly moving
+    with the thread count again."""
+    import inspect
+
+    from llmcompressor.modifiers.gptq import helpers
+
+    from quantbench.process.child import FACTORIZATIONS
+
+    source = inspect.getsource(helpers.factorize_hessian)
+    for module_name, name in FACTORIZATIONS[:3]:
+        assert f"torch.{module_name + '.' if module_name else ''}{name}(" in source

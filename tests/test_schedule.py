@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from conftest import run_cli, tiny_study_yaml
+from conftest import build_tiny_model, run_cli, tiny_study_yaml
 from quantbench.process.child import ThreadGrant, grant_threads, torch_threads
 from quantbench.schedule import (
     Capacity,
@@ -36,6 +36,7 @@ def started(
 
 
 TWO_CORES = Capacity(cores=2, memory_bytes=10_000, max_parallel=2)
+HIDDEN_WIDE = 256
 
 
 def test_ready_jobs_share_the_free_cores() -> None:
@@ -250,3 +251,31 @@ def test_jobs_1_runs_one_stage_at_a_time_with_every_core(tiny_model: Path, tmp_p
     assert overlapping(runs) == []
     assert {r.threads for r in runs} == {schedule["cores"]}
     assert schedule["max_parallel"] == 1
+
+
+def test_gptq_gives_the_same_weights_on_one_thread_beside_another_job_and_on_every_core(
+    tmp_path: Path,
+) -> None:
+    """Side by side each quantization gets one of the two cores, under `--jobs 1` both: MKL's
+    threaded Cholesky would round GPTQ's Hessian factors differently on the two counts, and
+    the quantization worker holds them to one thread so that the weights do not move. The
+    model is wider than the shared tiny one: with hidden size 96 too few weights sit near a
+    rounding boundary for the difference to show at all."""
+    model = build_tiny_model(tmp_path / "model", hidden_size=HIDDEN_WIDE)
+    schemes: list[object] = [{"scheme": "w4a16-gptq", "group_size": 32}, "w8a8-int8"]
+    weights: dict[str, dict[str, bytes]] = {}
+    for schedule, flags in (("alone", ["--jobs", "1"]), ("side by side", ["--jobs", "2"])):
+        out = tmp_path / schedule
+        config = tiny_study_yaml(tmp_path / f"{schedule}.yaml", model, out, schemes)
+        result = run_cli("run", "--config", str(config), *flags)
+        assert result.returncode == 0, result.stderr[-3000:]
+        results = load_results(out)
+        threads = {v.name: v.quantization.torch_threads for v in results.variants if v.quantization}
+        assert set(threads.values()) == ({2} if schedule == "alone" else {1}), threads
+        weights[schedule] = {
+            v.name: (Path(v.artifact_path or "") / "model.safetensors").read_bytes()
+            for v in results.variants
+        }
+    assert weights["alone"].keys() == {"w4a16-gptq-g32", "w8a8-int8"}
+    for name, blob in weights["alone"].items():
+        assert blob == weights["side by side"][name], f"{name}'s weights moved with the threads"
