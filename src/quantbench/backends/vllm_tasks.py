@@ -50,24 +50,12 @@ def vllm_task_model(
         `max_length` is the engine's `max_model_len`: contexts are cut on the left to leave room
         for the tokens to generate, as lm-eval's models cut them. Requests go to the worker
         `batch` at a time (vLLM batches each call with its own scheduler), longest first, with
-        `progress(phase, done, total)` after each call."""
+        `progress(phase, done, total)` after each call. It closes over `vllm_task_model`'s
+        arguments, so it is built once, here, and takes none itself."""
 
-        def __init__(
-            self,
-            tokenizer: Any,
-            complete: CompleteCall,
-            loglikelihood: LoglikelihoodCall,
-            max_length: int,
-            batch: int,
-            progress: Callable[[str, int, int], None],
-        ) -> None:
+        def __init__(self) -> None:
             super().__init__()
             self.tokenizer = tokenizer
-            self._complete = complete
-            self._loglikelihood = loglikelihood
-            self._max_length = max_length
-            self.batch = batch
-            self.progress = progress
             self.truncated = 0
             """Requests whose context was cut on the left to fit `max_length` (recorded)."""
 
@@ -84,7 +72,7 @@ def vllm_task_model(
 
         @property
         def max_length(self) -> int:
-            return self._max_length
+            return max_length
 
         @property
         def tokenizer_name(self) -> str:
@@ -133,13 +121,13 @@ def vllm_task_model(
             """(context, continuation) token pairs: the continuation's summed log-prob and
             whether greedy decoding would have produced it, the context cut on the left so the
             whole fits with the one token vLLM must generate."""
-            room = self._max_length - 1
+            room = max_length - 1
             sequences, context_lengths = [], []
             for _, context, continuation in requests:
                 if len(continuation) >= room:
                     raise ValueError(
                         f"a continuation of {len(continuation)} tokens does not fit vLLM's "
-                        f"context of {self._max_length}: raise evaluation.vllm.max_model_len"
+                        f"context of {max_length}: raise evaluation.vllm.max_model_len"
                     )
                 whole = list(context) + list(continuation)
                 if len(whole) > room:
@@ -149,14 +137,14 @@ def vllm_task_model(
                 context_lengths.append(len(whole) - len(continuation))
             order = sorted(range(len(requests)), key=lambda i: -len(sequences[i]))
             results: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
-            for start in range(0, len(order), self.batch):
-                chosen = order[start : start + self.batch]
-                answers = self._loglikelihood(
+            for start in range(0, len(order), batch):
+                chosen = order[start : start + batch]
+                answers = loglikelihood(
                     [sequences[i] for i in chosen], [context_lengths[i] for i in chosen]
                 )
                 for index, answer in zip(chosen, answers, strict=True):
                     results[index] = answer
-                self.progress("scoring", min(start + self.batch, len(order)), len(order))
+                progress("scoring", min(start + batch, len(order)), len(order))
             return results
 
         def loglikelihood_rolling(
@@ -181,13 +169,13 @@ def vllm_task_model(
                 )
                 until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
                 max_tokens = int(kwargs.pop("max_gen_toks", DEFAULT_MAX_GEN_TOKS))
-                if max_tokens >= self._max_length:
+                if max_tokens >= max_length:
                     raise ValueError(
                         f"the task generates up to {max_tokens} tokens, which leaves no room "
-                        f"for its prompt in vLLM's context of {self._max_length}: raise "
+                        f"for its prompt in vLLM's context of {max_length}: raise "
                         "evaluation.vllm.max_model_len or lower --max-gen-tokens"
                     )
-                room = self._max_length - max_tokens
+                room = max_length - max_tokens
                 tokens = self.tok_encode(context)
                 if len(tokens) > room:
                     self.truncated += 1
@@ -203,12 +191,12 @@ def vllm_task_model(
                 )
             order = sorted(range(len(requests)), key=lambda i: -len(prompts[i]))
             texts: list[str] = [""] * len(requests)
-            for start in range(0, len(order), self.batch):
-                chosen = order[start : start + self.batch]
-                outputs = self._complete([prompts[i] for i in chosen], [params[i] for i in chosen])
+            for start in range(0, len(order), batch):
+                chosen = order[start : start + batch]
+                outputs = complete([prompts[i] for i in chosen], [params[i] for i in chosen])
                 for index, text in zip(chosen, outputs, strict=True):
                     texts[index] = postprocess_generated_text(text, stops[index], None)
-                self.progress("generating", min(start + self.batch, len(order)), len(order))
+                progress("generating", min(start + batch, len(order)), len(order))
             return texts
 
-    return VLLMTaskModel(tokenizer, complete, loglikelihood, max_length, batch, progress)
+    return VLLMTaskModel()
