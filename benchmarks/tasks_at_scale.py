@@ -37,9 +37,11 @@ from typing import Any
 
 import yaml
 from machine import cpu_class
+from sections import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "tasks_at_scale.md"
+HEADING = "# Task accuracy at scale\n\n"
 DATA = ROOT.parent / "shared" / "data"
 MAX_MODEL_LEN = 4096
 """vLLM's context for task stages: 5-shot MMLU-Pro prompts with the chat template run past
@@ -182,7 +184,8 @@ def compare_backends(args: argparse.Namespace) -> None:
         *disagreements,
         "",
     ]
-    write_section(f"compare-backends-limit-{args.limit}", "\n".join(lines) + "\n")
+    section = f"compare-backends-limit-{args.limit}"
+    write_section(RESULTS, section, "\n".join(lines) + "\n", HEADING)
 
 
 def _cell(text: str) -> str:
@@ -211,7 +214,8 @@ def full_study(args: argparse.Namespace) -> None:
     from quantbench.study_files import load_results
 
     if args.progress_only:
-        write_section("full-progress", full_progress(out, [t for _, ts, _ in parts for t in ts]))
+        progress = full_progress(out, [t for _, ts, _ in parts for t in ts])
+        write_section(RESULTS, "full-progress", progress, HEADING)
         return
     for name, tasks, limit in parts:
         study = study_file(out, schemes, tasks, limit, "vllm", data)
@@ -245,7 +249,7 @@ def full_study(args: argparse.Namespace) -> None:
                 f"| {stage['task']} | {stage['variant']} | {record['n_items']} | "
                 f"{record['wall_s']:.0f} |"
             )
-    write_section("full", "\n".join(lines) + "\n")
+    write_section(RESULTS, "full", "\n".join(lines) + "\n", HEADING)
 
 
 def _percent(interval: dict[str, float]) -> str:
@@ -293,20 +297,6 @@ def full_progress(out: Path, tasks: list[str]) -> str:
                 f"{items / seconds:.3f} |"
             )
     return "\n".join(lines) + "\n"
-
-
-def write_section(name: str, text: str) -> None:
-    """Each mode's results in its own part of the results file."""
-    begin, end = f"<!-- {name} -->", f"<!-- /{name} -->"
-    old = RESULTS.read_text() if RESULTS.exists() else "# Task accuracy at scale\n\n"
-    block = f"{begin}\n{text}{end}\n"
-    if begin in old:
-        head, rest = old.split(begin, 1)
-        old = head + block + rest.split(end, 1)[1].lstrip("\n")
-    else:
-        old = old + ("\n" if not old.endswith("\n\n") else "") + block
-    RESULTS.write_text(old)
-    print(text)
 
 
 def main() -> None:

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from machine import cpu_class
+from sections import write_section
 
 RESULTS = Path(__file__).parent / "results" / "vs_script.md"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -300,7 +301,7 @@ def write_script_results(rounds: list[dict[str, Any]], machine: str) -> None:
             threads += f", {count} from {at}"
         lines.append(f"| {job['job']} | {threads} | {job['started_s']} | {job['ended_s']} |")
     section = "\n".join(lines) + "\n"
-    _write_section("script", section)
+    write_section(RESULTS, "script", section)
 
 
 def run_default_study(args: argparse.Namespace) -> None:
@@ -380,21 +381,7 @@ def write_default_results(rows: dict[str, dict[str, Any]], machine: str) -> None
                 f"| {name} | {figure} | {x:.6g} | {y:.6g} | {diff:+.4%} | "
                 f"quantize {quantize[0]}/{quantize[1]}, {stage} {own[0]}/{own[1]} |"
             )
-    _write_section("default", "\n".join(lines) + "\n")
-
-
-def _write_section(name: str, text: str) -> None:
-    """Results of each mode in its own part of the results file."""
-    begin, end = f"<!-- {name} -->", f"<!-- /{name} -->"
-    old = RESULTS.read_text() if RESULTS.exists() else ""
-    block = f"{begin}\n{text}{end}\n"
-    if begin in old:
-        head, rest = old.split(begin, 1)
-        old = head + block + rest.split(end, 1)[1].lstrip("\n")
-    else:
-        old = old + ("\n" if old else "") + block
-    RESULTS.write_text(old)
-    print(text)
+    write_section(RESULTS, "default", "\n".join(lines) + "\n")
 
 
 def main() -> None:
