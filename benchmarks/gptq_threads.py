@@ -10,7 +10,9 @@ on the same 8 calibration sequences of 128 token ids, in a fresh process per run
 - 2 threads with the Cholesky factorizations and inverse of the Hessians
   (`torch.linalg.cholesky_ex`, `torch.cholesky_inverse`, `torch.linalg.cholesky`, as
   llm-compressor's `modifiers/gptq/helpers.py` calls them; MKL's LAPACK computes them) held
-  to one thread: is that where the difference enters?
+  to one thread, as quantbench's quantization worker holds them
+  (`quantbench.process.child.factorizations_on_one_thread`): is that where the difference
+  enters, and does the hold remove it?
 
 Each run hashes every tensor of the quantized model's state dict; the table gives the hash,
 how many tensors differ from the first run, and the largest difference. Bitwise identity is
@@ -21,6 +23,7 @@ calibration ids are drawn from a seeded generator: the question is determinism, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import hashlib
 import subprocess
@@ -33,7 +36,7 @@ from machine import cpu_class
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "gptq_threads.md"
 RUNS = [("1 thread", 1, False), ("1 thread, again", 1, False), ("2 threads", 2, False)]
-RUNS += [("2 threads, Cholesky on 1 thread", 2, True)]
+RUNS += [("2 threads, factorizations held to 1 thread as quantbench holds them", 2, True)]
 
 
 def quantize(model_dir: str, dtype: str, threads: int, pin_cholesky: bool, out: str) -> None:
@@ -45,23 +48,10 @@ def quantize(model_dir: str, dtype: str, threads: int, pin_cholesky: bool, out: 
     from llmcompressor.modifiers.quantization import GPTQModifier
     from transformers import AutoModelForCausalLM
 
+    from quantbench.process.child import factorizations_on_one_thread
+
     torch.set_num_threads(threads)
-    if pin_cholesky:
-
-        def on_one_thread(function):  # type: ignore[no-untyped-def]
-            def wrapped(*args, **kwargs):  # type: ignore[no-untyped-def]
-                before = torch.get_num_threads()
-                torch.set_num_threads(1)
-                try:
-                    return function(*args, **kwargs)
-                finally:
-                    torch.set_num_threads(before)
-
-            return wrapped
-
-        torch.linalg.cholesky = on_one_thread(torch.linalg.cholesky)
-        torch.linalg.cholesky_ex = on_one_thread(torch.linalg.cholesky_ex)
-        torch.cholesky_inverse = on_one_thread(torch.cholesky_inverse)
+    held = factorizations_on_one_thread() if pin_cholesky else contextlib.nullcontext()
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
     ids = torch.randint(100, 40000, (8, 128), generator=torch.Generator().manual_seed(0))
     dataset = Dataset.from_dict(
@@ -74,14 +64,15 @@ def quantize(model_dir: str, dtype: str, threads: int, pin_cholesky: bool, out: 
         config_groups={"group_0": QuantizationScheme(targets=["Linear"], weights=weights)},
         ignore=["lm_head"],
     )
-    oneshot(
-        model=model,
-        dataset=dataset,
-        recipe=recipe,
-        max_seq_length=128,
-        num_calibration_samples=8,
-        shuffle_calibration_samples=False,
-    )
+    with held:
+        oneshot(
+            model=model,
+            dataset=dataset,
+            recipe=recipe,
+            max_seq_length=128,
+            num_calibration_samples=8,
+            shuffle_calibration_samples=False,
+        )
     torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, out)
 
 
