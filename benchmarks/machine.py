@@ -10,7 +10,7 @@ from pathlib import Path
 def cpu_class() -> str:
     """The CPU's model name, logical cores and the widest vector ISA (AMX, AVX-512, AVX2),
     with avx512_bf16 named where present: what the figures depend on."""
-    name, flags = "unknown CPU", set()
+    name, flags = "unknown CPU", set[str]()
     cpuinfo = Path("/proc/cpuinfo")
     for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
         if line.startswith("model name") and name == "unknown CPU":

@@ -199,27 +199,41 @@ def _first_difference(a: str, b: str) -> str:
     return "one is a prefix of the other" if len(a) != len(b) else "identical"
 
 
+FULL_PARTS = [
+    ("whole", ["gsm8k", "ifeval", "humaneval_plus"], None),
+    ("mmlu_pro", ["mmlu_pro"], 1400),
+]
+"""The full study's two runs: every item of three tasks, and 1,400 MMLU-Pro questions (100
+per subject)."""
+
+
+def in_full_study(stage: dict[str, Any]) -> bool:
+    """Whether a finished task stage belongs to the full study, not to a `--compare-backends`
+    or agreement run that shares its folder (same tasks through vLLM, another limit)."""
+    if stage["backend"] != "vllm":
+        return False
+    return any(
+        stage["task"] in tasks and stage["record"]["settings"].get("limit") == limit
+        for _, tasks, limit in FULL_PARTS
+    )
+
+
 def full_study(args: argparse.Namespace) -> None:
     out = Path(args.study)
     schemes = ["bf16", "fp8-dynamic", "w4a16-gptq", "w8a8-int8"]
     data = Path(args.data)
-    parts = [
-        ("whole", ["gsm8k", "ifeval", "humaneval_plus"], None),
-        ("mmlu_pro", ["mmlu_pro"], 1400),
-    ]
-    walls = {}
     rows, failures = [], []
     from quantbench.report.markdown import escape_cell
     from quantbench.report.tasks_table import TASK_HEADERS, task_cells, task_rows
     from quantbench.study_files import load_results
 
     if args.progress_only:
-        progress = full_progress(out, [t for _, ts, _ in parts for t in ts])
+        progress = full_progress(out, [t for _, ts, _ in FULL_PARTS for t in ts])
         write_section(RESULTS, "full-progress", progress, HEADING)
         return
-    for name, tasks, limit in parts:
+    for name, tasks, limit in FULL_PARTS:
         study = study_file(out, schemes, tasks, limit, "vllm", data)
-        walls[name] = run_study(study, out, out / f"full-{name}.log", failures_ok=True)
+        run_study(study, out, out / f"full-{name}.log", failures_ok=True)
         results = load_results(out)
         rows += task_rows(results)
         failures += [
@@ -227,12 +241,15 @@ def full_study(args: argparse.Namespace) -> None:
             for variant in results.variants
             for metric, why in variant.metrics.errors.items()
         ]
+    stages = sorted(
+        (s for s in task_stages(out) if in_full_study(s)), key=lambda s: (s["task"], s["variant"])
+    )
+    total_s = sum(s["record"]["wall_s"] for s in stages)
     lines = [
         "Command: `.venv/bin/python benchmarks/tasks_at_scale.py --full`",
         "",
-        f"Machine: {cpu_class()}; {dt.date.today().isoformat()}; "
-        + ", ".join(f"{k} {v / 3600:.2f} h" for k, v in walls.items())
-        + " (the last run's wall time: a resumed study reports only its own part)",
+        f"Machine: {cpu_class()}; {dt.date.today().isoformat()}; scoring time of all task "
+        f"stages {total_s / 3600:.1f} h (summed over resumed runs, engine start-ups excluded)",
         "",
         "| " + " | ".join(TASK_HEADERS) + " |",
         "|" + "---|" * len(TASK_HEADERS),
@@ -241,14 +258,17 @@ def full_study(args: argparse.Namespace) -> None:
         "Variants without task figures, and why:" if failures else "Every variant ran.",
         *failures,
     ]
-    lines += ["", "| task | variant | items | scoring s |", "|---|---|---:|---:|"]
-    for stage in task_stages(out):
-        if stage["backend"] == "vllm":
-            record = stage["record"]
-            lines.append(
-                f"| {stage['task']} | {stage['variant']} | {record['n_items']} | "
-                f"{record['wall_s']:.0f} |"
-            )
+    lines += [
+        "",
+        "| task | variant | items | scoring s | items/s |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for stage in stages:
+        record = stage["record"]
+        lines.append(
+            f"| {stage['task']} | {stage['variant']} | {record['n_items']} | "
+            f"{record['wall_s']:.0f} | {record['n_items'] / record['wall_s']:.3f} |"
+        )
     write_section(RESULTS, "full", "\n".join(lines) + "\n", HEADING)
 
 
@@ -273,10 +293,7 @@ def full_progress(out: Path, tasks: list[str]) -> str:
     ]
     for stage in task_stages(out):
         record = stage["record"]
-        settings = record["settings"]
-        if stage["backend"] != "vllm" or stage["task"] not in tasks:
-            continue
-        if settings.get("limit") not in (None, 1400):
+        if not in_full_study(stage) or stage["task"] not in tasks:
             continue
         lines.append(
             f"| {stage['task']} | {stage['variant']} | done | {record['n_items']} | "
