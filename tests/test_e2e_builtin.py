@@ -13,14 +13,14 @@ pytestmark = pytest.mark.slow
 
 
 E2E_EVALUATION = {
-    "speed": {"batch_sizes": [1, 4], "repeats": 2, "output_tokens": 16},
-    "generations": {"max_new_tokens": 16},
+    "speed": {"batch_sizes": [1, 4], "repeats": 2, "output_tokens": 8},
+    "generations": {"max_new_tokens": 8},
 }
 E2E_CALIBRATION = {"num_samples": 8, "seq_len": 128}
 """The default study with less calibration data and a lighter evaluation, to keep CI under
 20 minutes on either CPU class these machines come in (GPTQ's layer-by-layer calibration is
-the slow part, most of all on an AVX2-only CPU); the full default is measured by
-benchmarks/default_study.py."""
+the slow part, most of all on an AVX2-only CPU; 48 prompts' generations come next); the full
+default is measured by benchmarks/default_study.py."""
 E2E_TOKENS = 2048
 
 
