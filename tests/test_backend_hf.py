@@ -146,6 +146,32 @@ def test_token_logprobs_match_float64_reference(
         assert score.full_logprobs is None
 
 
+def test_gathered_logprobs_are_the_full_rows_at_the_ids_asked_for(
+    backend: Any, token_ids: list[int]
+) -> None:
+    """How a variant is compared with the baseline's stored top-k (the top-k + tail method):
+    its log-probs at those ids, bit for bit what its full rows hold there, and its top-1 id,
+    the full row's argmax."""
+    windows = [token_ids[:30], token_ids[30:60]]
+    rng = np.random.default_rng(3)
+    vocab = len(backend.tokenizer())
+    gather = [
+        np.stack([rng.choice(vocab, size=5, replace=False) for _ in range(len(w) - 1)])
+        for w in windows
+    ]
+    gathered = list(backend.score_windows(windows, 1, full_vocab_for=0, gather_ids=gather))
+    full = list(backend.score_windows(windows, 1, full_vocab_for=len(windows)))
+    for ids, with_gather, with_full in zip(gather, gathered, full, strict=True):
+        assert with_gather.full_logprobs is None and with_full.full_logprobs is not None
+        assert with_gather.gathered_logprobs is not None
+        np.testing.assert_array_equal(
+            with_gather.gathered_logprobs, np.take_along_axis(with_full.full_logprobs, ids, 1)
+        )
+        np.testing.assert_array_equal(
+            with_gather.topk_ids[:, 0], np.argmax(with_full.full_logprobs, axis=1)
+        )
+
+
 def test_topk_sorted_and_consistent_with_full_vocab(
     backend: Any, reference: Any, token_ids: list[int]
 ) -> None:

@@ -21,7 +21,6 @@ from quantbench.stats.divergence import (
     ln_ppl_ratio_ci,
     pearson_correlation,
     ppl_ratio_ci,
-    same_top_token,
     window_mean_ci,
     window_rms_ci,
 )
@@ -191,18 +190,6 @@ def test_delta_p_summary_by_hand() -> None:
     # 99.9th: rank 4.995 -> 0.2 + 0.995 * 0.7
     assert summary["p99.9"] == pytest.approx(0.2 + 0.995 * 0.7)
     assert (summary["min"], summary["max"]) == (-0.5, 0.9)
-
-
-def test_same_top_token_compares_the_variant_argmax_with_stored_ids() -> None:
-    variant = np.log(
-        np.array([[0.1, 0.7, 0.2], [0.5, 0.25, 0.25], [0.2, 0.2, 0.6], [0.4, 0.4, 0.2]])
-    )
-    base_top = np.array([1, 1, 2, 0])  # the last row ties: argmax picks the lower id, 0
-    assert same_top_token(base_top, variant).tolist() == [True, False, True, True]
-    with pytest.raises(ValueError, match="1-D integers"):
-        same_top_token(np.array([1.0, 0.0, 2.0, 0.0]), variant)
-    with pytest.raises(ValueError, match="rows"):
-        same_top_token(np.array([1, 0]), variant)
 
 
 def test_renormalized_kl_removes_each_rows_constant_offset() -> None:

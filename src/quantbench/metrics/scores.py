@@ -32,7 +32,6 @@ from quantbench import stats
 from quantbench.backends.base import WindowScores
 from quantbench.config import EvaluationConfig
 from quantbench.metrics.base import EvalContext
-from quantbench.stats import divergence as stats_divergence
 
 SCORES_FILE = "scores.npz"
 REFERENCE_FILE = "reference.npz"
@@ -116,7 +115,12 @@ class ScoresStage:
                     baseline_backend.close()
             else:
                 _topk_tail_pass(
-                    backend.score_windows(windows.windows, 1, full_vocab_for=total),
+                    backend.score_windows(
+                        windows.windows,
+                        1,
+                        full_vocab_for=check_windows,
+                        gather_ids=_at_reference_ids(reference, windows.score_from, starts),
+                    ),
                     windows.score_from,
                     starts,
                     reference,
@@ -278,6 +282,22 @@ def _exact_pass(
         ctx.progress("scoring", index + 1, total)
 
 
+def _at_reference_ids(
+    reference: dict[str, np.ndarray], score_from: list[int], starts: np.ndarray
+) -> list[np.ndarray]:
+    """Per window, the baseline's top-k ids at every target position: the ids at which the
+    variant's log-probs are gathered (positions before `score_from` are not scored and
+    gather id 0)."""
+    ids = reference["topk_ids"]
+    gather: list[np.ndarray] = []
+    for index, skip in enumerate(score_from):
+        offset, stop = int(starts[index]), int(starts[index + 1])
+        window_ids = np.zeros((skip + stop - offset, ids.shape[1]), dtype=np.int64)
+        window_ids[skip:] = ids[offset:stop]
+        gather.append(window_ids)
+    return gather
+
+
 def _topk_tail_pass(
     scored: Iterator[WindowScores],
     score_from: list[int],
@@ -288,29 +308,34 @@ def _topk_tail_pass(
     ctx: EvalContext,
 ) -> None:
     """KL from the baseline's stored top-k + tail, Δp and top-1 from its stored token
-    log-probs and top-1 ids; the first tokens also against the stored full distribution."""
+    log-probs and top-1 ids; the first tokens also against the stored full distribution.
+
+    The variant's log-probs come gathered at the baseline's top-k ids, with its own top-1
+    id: its full distribution is materialized only for the windows of the exactness check
+    (a whole row is 49,152 floats a token for the built-in model, and the vllm backend
+    ships rows between processes)."""
     total = len(score_from)
     check_full = reference.get("check_full")
     for index, scores in enumerate(scored):
         skip = score_from[index]
         offset, stop = int(starts[index]), int(starts[index + 1])
-        assert scores.full_logprobs is not None
-        variant_full = scores.full_logprobs[skip:]
+        assert scores.gathered_logprobs is not None
         ref_ids = reference["topk_ids"][offset:stop]
-        kl = stats.kl_topk_tail_from_full(
-            ref_ids, reference["topk_logprobs"][offset:stop], variant_full
+        kl = stats.kl_topk_tail(
+            reference["topk_logprobs"][offset:stop], scores.gathered_logprobs[skip:]
         )
         m = min(check.left, len(kl))
         if check_full is not None and m > 0:
+            assert scores.full_logprobs is not None
             exact = stats.kl_divergence_per_token(
-                check_full[offset : offset + m], variant_full[:m], renormalize=True
+                check_full[offset : offset + m], scores.full_logprobs[skip:][:m], renormalize=True
             )
             check.add(exact, kl[:m])
         outputs.add(
             index,
             scores.token_logprobs[skip:],
             kl,
-            stats_divergence.same_top_token(ref_ids[:, 0], variant_full),
+            scores.topk_ids[skip:, 0] == ref_ids[:, 0],
             stats.reference_prob_delta(
                 reference["token_logprobs"][offset:stop], scores.token_logprobs[skip:]
             ),

@@ -341,30 +341,6 @@ DELTA_P_PERCENTILES: tuple[float, ...] = (99.9, 99, 95, 90, 75, 50, 25, 10, 5, 1
 """The Δp percentiles llama.cpp prints, highest first."""
 
 
-def same_top_token(
-    base_top_ids: npt.ArrayLike, variant_logprobs: npt.ArrayLike
-) -> npt.NDArray[np.bool_]:
-    """Per token: is the variant's most likely token the baseline's stored top-1 id?
-
-    For the top-k fallback, where the baseline is kept only as its top-k ids (most likely
-    first) and the variant's ``(n_tokens, vocab)`` log-probs (or logits) are at hand. Ties
-    in the variant resolve to the lowest id, as ``np.argmax`` does.
-
-    Raises:
-        ValueError: unless ``base_top_ids`` is 1-D integers with one id per variant row.
-    """
-    ids = np.asarray(base_top_ids)
-    variant = np.asarray(variant_logprobs)
-    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"base_top_ids must be 1-D integers, got {ids.dtype} {ids.shape}")
-    if variant.ndim != 2 or variant.shape[0] != ids.shape[0]:
-        raise ValueError(
-            f"variant_logprobs must be 2-D with {ids.shape[0]} rows, got shape {variant.shape}"
-        )
-    result: npt.NDArray[np.bool_] = np.argmax(variant, axis=1) == ids
-    return result
-
-
 def _window_sums(
     values: npt.ArrayLike, window_index: npt.ArrayLike
 ) -> tuple[FloatArray, FloatArray]:
