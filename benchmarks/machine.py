@@ -7,9 +7,8 @@ import os
 from pathlib import Path
 
 
-def cpu_class() -> str:
-    """The CPU's model name, logical cores and the widest vector ISA (AMX, AVX-512, AVX2),
-    with avx512_bf16 named where present: what the figures depend on."""
+def _cpuinfo() -> tuple[str, set[str]]:
+    """The first CPU's model name and flags from /proc/cpuinfo."""
     name, flags = "unknown CPU", set[str]()
     cpuinfo = Path("/proc/cpuinfo")
     for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
@@ -17,6 +16,19 @@ def cpu_class() -> str:
             name = line.split(":", 1)[1].strip()
         if line.startswith("flags") and not flags:
             flags = set(line.split(":", 1)[1].split())
-    isa = "AMX" if "amx_tile" in flags else "AVX-512" if "avx512f" in flags else "AVX2"
+    return name, flags
+
+
+def widest_isa() -> str:
+    """The widest vector ISA: AMX, AVX-512 or AVX2. The CPU class of this project's machines
+    changes between sessions, so results files keep one section per ISA."""
+    _, flags = _cpuinfo()
+    return "AMX" if "amx_tile" in flags else "AVX-512" if "avx512f" in flags else "AVX2"
+
+
+def cpu_class() -> str:
+    """The CPU's model name, logical cores and the widest vector ISA (AMX, AVX-512, AVX2),
+    with avx512_bf16 named where present: what the figures depend on."""
+    name, flags = _cpuinfo()
     bf16 = ", avx512_bf16" if "avx512_bf16" in flags else ""
-    return f"{name}, {os.cpu_count()} logical cores, {isa}{bf16}"
+    return f"{name}, {os.cpu_count()} logical cores, {widest_isa()}{bf16}"

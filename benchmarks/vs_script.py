@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from machine import cpu_class
+from machine import cpu_class, widest_isa
 from sections import write_section
 
 RESULTS = Path(__file__).parent / "results" / "vs_script.md"
@@ -301,7 +301,7 @@ def write_script_results(rounds: list[dict[str, Any]], machine: str) -> None:
             threads += f", {count} from {at}"
         lines.append(f"| {job['job']} | {threads} | {job['started_s']} | {job['ended_s']} |")
     section = "\n".join(lines) + "\n"
-    write_section(RESULTS, "script", section)
+    write_section(RESULTS, f"script {widest_isa()}", section)
 
 
 def run_default_study(args: argparse.Namespace) -> None:
@@ -381,7 +381,7 @@ def write_default_results(rows: dict[str, dict[str, Any]], machine: str) -> None
                 f"| {name} | {figure} | {x:.6g} | {y:.6g} | {diff:+.4%} | "
                 f"quantize {quantize[0]}/{quantize[1]}, {stage} {own[0]}/{own[1]} |"
             )
-    write_section(RESULTS, "default", "\n".join(lines) + "\n")
+    write_section(RESULTS, f"default {widest_isa()}", "\n".join(lines) + "\n")
 
 
 def main() -> None:
