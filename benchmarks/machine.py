@@ -19,11 +19,14 @@ def _cpuinfo() -> tuple[str, set[str]]:
     return name, flags
 
 
+def _isa(flags: set[str]) -> str:
+    return "AMX" if "amx_tile" in flags else "AVX-512" if "avx512f" in flags else "AVX2"
+
+
 def widest_isa() -> str:
     """The widest vector ISA: AMX, AVX-512 or AVX2. The CPU class of this project's machines
     changes between sessions, so results files keep one section per ISA."""
-    _, flags = _cpuinfo()
-    return "AMX" if "amx_tile" in flags else "AVX-512" if "avx512f" in flags else "AVX2"
+    return _isa(_cpuinfo()[1])
 
 
 def cpu_class() -> str:
@@ -31,4 +34,4 @@ def cpu_class() -> str:
     with avx512_bf16 named where present: what the figures depend on."""
     name, flags = _cpuinfo()
     bf16 = ", avx512_bf16" if "avx512_bf16" in flags else ""
-    return f"{name}, {os.cpu_count()} logical cores, {widest_isa()}{bf16}"
+    return f"{name}, {os.cpu_count()} logical cores, {_isa(flags)}{bf16}"
