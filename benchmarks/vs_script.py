@@ -294,12 +294,15 @@ def write_script_results(rounds: list[dict[str, Any]], machine: str) -> None:
         )
         lines.append(f"| {name} | {ppl:.3f} | {theirs:.3f} |")
     lines += ["", "quantbench's schedule in the last round (seconds from the first job):", ""]
-    lines += ["| job | threads | start | end |", "|---|---:|---:|---:|"]
+    lines += ["| job | threads | cores | start | end |", "|---|---:|---:|---:|---:|"]
     for job in last["schedule"]["jobs"]:
         threads = str(job["threads"]) if job["threads"] is not None else "default"
+        cores = str(job.get("cores")) if job.get("cores") is not None else "any"
         for at, count in job.get("raised", []):  # cores lent when another job ended
-            threads += f", {count} from {at}"
-        lines.append(f"| {job['job']} | {threads} | {job['started_s']} | {job['ended_s']} |")
+            cores += f", {count} from {at}"
+        lines.append(
+            f"| {job['job']} | {threads} | {cores} | {job['started_s']} | {job['ended_s']} |"
+        )
     section = "\n".join(lines) + "\n"
     write_section(RESULTS, f"script {widest_isa()}", section)
 
@@ -316,13 +319,15 @@ def run_default_study(args: argparse.Namespace) -> None:
             threads: dict[tuple[str, str], str] = {}
             for variant in results["variants"]:
                 quantization = variant.get("quantization") or {}
-                threads[(variant["name"], "quantize")] = str(quantization.get("torch_threads"))
+                threads[(variant["name"], "quantize")] = (
+                    f"{quantization.get('torch_threads')} on {quantization.get('cores')}"
+                )
             for manifest in out.glob("stages/*/*/manifest.json"):  # stages/<kind>/<key>/
                 stage = json.loads(manifest.read_text())
                 if "metric" in stage:
-                    count = str(stage.get("threads"))
-                    if stage.get("threads_raised_to"):
-                        count += f"->{stage['threads_raised_to']}"
+                    count = f"{stage.get('threads')} on {stage.get('cores')}"
+                    if stage.get("cores_raised_to"):
+                        count += f"->{stage['cores_raised_to']}"
                     threads[(stage["variant"], stage["metric"])] = count
             rows[label] = {"wall": wall, "results": results, "threads": threads}
     write_default_results(rows, cpu_class())
@@ -361,7 +366,8 @@ def write_default_results(rows: dict[str, dict[str, Any]], machine: str) -> None
         f"Wall time: `--jobs 1` {serial['wall']:.1f} s, default schedule {parallel['wall']:.1f} s "
         f"({parallel['wall'] / serial['wall']:.3f}x).",
         "",
-        "| variant | figure | --jobs 1 | default | relative difference | threads (1 / default) |",
+        "| variant | figure | --jobs 1 | default | relative difference "
+        "| threads on cores (1 / default) |",
         "|---|---|---:|---:|---:|---|",
     ]
     stage_of = {"ppl": "scores", "kl": "scores", "tpot_b1_ms": "speed", "tok_s_max_b": "speed"}

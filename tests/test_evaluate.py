@@ -154,10 +154,12 @@ def test_a_study_times_its_variants_alone_and_records_each_stages_threads(
             metric_stages += 1
             assert stage["threads"] >= 1
             assert stage["ran_alone"] is (stage["metric"] in ("speed", "size"))
-            if stage.get("threads_raised_to") is not None:  # lent cores while it ran
+            if stage["metric"] not in ("speed", "size"):  # the study's count, any cores
+                assert stage["threads"] == schedule["cores"]
+            if stage.get("cores_raised_to") is not None:  # lent cores while it ran
                 (job,) = [r for r in runs if r.name == f"evaluate {stage['variant']}"]
-                assert stage["threads_raised_to"] in [n for _, n in job.raised]
-                assert stage["threads_raised_to"] > stage["threads"]
+                assert stage["cores_raised_to"] in [n for _, n in job.raised]
+                assert stage["cores_raised_to"] > stage["cores"]
     assert metric_stages >= 3 * 4  # scores, perplexity, generations, speed... per variant
     for run in runs:  # only untimed evaluations are lent cores, and only up to the machine's
         assert not run.raised or run.name.startswith("evaluate")

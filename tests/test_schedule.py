@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -11,12 +12,13 @@ from typing import Any
 import pytest
 
 from conftest import build_tiny_model, run_cli, tiny_study_yaml
-from quantbench.process.child import ThreadGrant, grant_threads, torch_threads
+from quantbench.process.child import CoreGrant, grant_cores, run_on_cpus, torch_threads
 from quantbench.schedule import (
     Capacity,
     Claim,
     Job,
     JobRun,
+    Placement,
     admit,
     lend,
     overlapping,
@@ -26,7 +28,7 @@ from quantbench.study_files import load_results
 
 
 def job(name: str, **fields: object) -> Job:
-    return Job(name, lambda threads: True, **fields)  # type: ignore[arg-type]
+    return Job(name, lambda placement: True, **fields)  # type: ignore[arg-type]
 
 
 def started(
@@ -100,9 +102,9 @@ def test_run_jobs_follows_needs_runs_timed_jobs_alone_and_skips_after_a_failure(
     lock = threading.Lock()
 
     def work(name: str, ok: bool = True, seconds: float = 0.05) -> Job:
-        def run(threads: int | None) -> bool:
+        def run(placement: Placement) -> bool:
             with lock:
-                log.append(f"start {name} {threads}")
+                log.append(f"start {name} {placement.threads} {placement.cpus}")
             time.sleep(seconds)
             return ok
 
@@ -128,8 +130,9 @@ def test_run_jobs_follows_needs_runs_timed_jobs_alone_and_skips_after_a_failure(
         "t2": "skipped",
     }
     assert skipped == ["e2", "t2"]
-    assert sorted(log[:2]) == ["start q1 1", "start q2 1"]
-    assert log.index("start e1 2") < log.index("start t1 None")
+    # side by side each on a core of its own, both with the study's two threads
+    assert sorted(log[:2]) == ["start q1 2 (0,)", "start q2 2 (1,)"]
+    assert log.index("start e1 2 (0, 1)") < log.index("start t1 None None")
     pairs = overlapping(runs)
     assert ("q1", "q2") in pairs
     assert not [pair for pair in pairs if "t1" in pair]
@@ -158,17 +161,17 @@ def test_a_job_left_running_alone_is_lent_the_cores_of_those_that_ended() -> Non
     raised: list[tuple[str, int]] = []
     shown: list[tuple[str, int]] = []
 
-    def sleeper(seconds: float) -> Callable[[int | None], bool]:
-        def run(threads: int | None) -> bool:
+    def sleeper(seconds: float) -> Callable[[Placement], bool]:
+        def run(placement: Placement) -> bool:
             time.sleep(seconds)
             return True
 
         return run
 
     jobs = [
-        Job("long", sleeper(0.4), grow=lambda n: raised.append(("long", n))),
-        Job("short", sleeper(0.05), grow=lambda n: raised.append(("short", n))),
-        Job("fixed", sleeper(0.05), threads=1, grow=lambda n: raised.append(("fixed", n))),
+        Job("long", sleeper(0.4), grow=lambda cpus: raised.append(("long", len(cpus)))),
+        Job("short", sleeper(0.05), grow=lambda cpus: raised.append(("short", len(cpus)))),
+        Job("fixed", sleeper(0.05), threads=1, grow=lambda c: raised.append(("fixed", len(c)))),
         Job("timed", sleeper(0.01), alone=True, needs=("long",)),
     ]
     four = Capacity(cores=4, memory_bytes=None, max_parallel=4)
@@ -177,7 +180,8 @@ def test_a_job_left_running_alone_is_lent_the_cores_of_those_that_ended() -> Non
     }
     # long and short start with 1 thread each beside fixed's 1: one core is free at once
     # and every waiting job runs alone, so long (started first) and short share it
-    assert runs["long"].threads == 1 and runs["short"].threads == 1
+    assert runs["long"].cores == 1 and runs["short"].cores == 1
+    assert runs["long"].threads == 4 and runs["fixed"].threads == 1  # lending moves cores only
     assert raised[0] == ("long", 2)
     assert raised[-1] == ("long", 4)  # short and fixed ended: every core
     assert ("fixed", 2) not in raised  # a fixed count is never raised
@@ -188,25 +192,67 @@ def test_a_job_left_running_alone_is_lent_the_cores_of_those_that_ended() -> Non
     assert "raised" not in runs["timed"].record()
 
 
-def test_a_worker_raises_its_threads_when_the_scheduler_grants_more(tmp_path: Path) -> None:
-    before = torch_threads()
-    path = str(tmp_path / "eval-x.threads")
-    grant = ThreadGrant(path)
+def test_concurrent_jobs_get_cores_of_their_own_and_the_study_s_thread_count() -> None:
+    """The thread count a job computes with never follows its share of the cores, so a
+    variant's figures do not depend on what ran beside it; the cores never overlap."""
+    placements: dict[str, Placement] = {}
+    lock = threading.Lock()
+
+    def record(name: str) -> Callable[[Placement], bool]:
+        def run(placement: Placement) -> bool:
+            with lock:
+                placements[name] = placement
+            time.sleep(0.1)
+            return True
+
+        return run
+
+    four = Capacity(cores=4, memory_bytes=None, max_parallel=4, cpu_ids=(2, 3, 5, 7))
+    jobs = [
+        Job("a", record("a")),
+        Job("b", record("b")),
+        Job("engine", record("engine"), threads=2),
+        Job("timed", record("timed"), alone=True),
+    ]
+    runs = {r.name: r for r in run_jobs(jobs, four)}
+    assert placements["a"] == Placement(4, (2,)) and placements["b"] == Placement(4, (3,))
+    assert placements["engine"] == Placement(2, (5, 7))
+    assert placements["a"].shares_cores and not placements["engine"].shares_cores
+    assert placements["timed"] == Placement(None, None)  # torch's default, as deployed
+    assert not placements["timed"].shares_cores
+    assert (runs["a"].threads, runs["a"].cores) == (4, 1)
+    assert JobRun.from_record(runs["a"].record()).cores == 1
+    assert Placement(2, (0,)).describe() == "2 threads on 1 core"
+    assert Placement(2, (0, 1)).describe() == "2 threads"
+    assert Placement().describe() == "torch's threads"
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs two cores to move threads between",
+)
+def test_a_worker_moves_every_thread_onto_the_cores_the_scheduler_lends(tmp_path: Path) -> None:
+    before = os.sched_getaffinity(0)
+    first, second = sorted(before)[:2]
+    threads = torch_threads()
+    path = str(tmp_path / "eval-x.cores")
     try:
+        run_on_cpus([first])
+        grant = CoreGrant(path, [first])
         assert grant.poll() is None  # no file yet
-        grant_threads(path, before + 1)
-        assert grant.poll() == before + 1
-        assert torch_threads() == before + 1
+        grant_cores(path, [first, second])
+        assert grant.poll() == 2
+        for tid in os.listdir("/proc/self/task"):  # every thread, not only this one
+            assert os.sched_getaffinity(int(tid)) == {first, second}
         assert grant.poll() is None  # unchanged since
-        grant_threads(path, 1)
-        assert grant.poll() is None and torch_threads() == before + 1  # never lowered
+        grant_cores(path, [first])
+        assert grant.poll() is None and os.sched_getaffinity(0) == {first, second}  # never narrowed
         Path(path).write_text("half")
         assert grant.poll() is None
-        assert ThreadGrant(None).poll() is None
+        assert CoreGrant(None, [first]).poll() is None
+        assert torch_threads() == threads  # the cores change, the thread count does not
     finally:
-        import torch
-
-        torch.set_num_threads(before)
+        run_on_cpus(sorted(before))
 
 
 def test_an_exception_in_a_job_waits_for_the_others_then_is_raised() -> None:
@@ -250,21 +296,21 @@ def test_jobs_1_runs_one_stage_at_a_time_with_every_core(tiny_model: Path, tmp_p
     assert [r.name for r in runs] == ["quantize bf16", "quantize fp8-dynamic"]
     assert overlapping(runs) == []
     assert {r.threads for r in runs} == {schedule["cores"]}
+    assert {r.cores for r in runs} == {schedule["cores"]}
     assert schedule["max_parallel"] == 1
 
 
-def test_gptq_gives_the_same_weights_on_one_thread_beside_another_job_and_on_every_core(
+def test_gptq_gives_the_same_weights_on_one_core_beside_another_job_and_on_every_core(
     tmp_path: Path,
 ) -> None:
     """Side by side with bf16's quantization GPTQ gets half the cores, under `--jobs 1` all of
-    them: MKL's threaded Cholesky would round GPTQ's Hessian factors differently on the two
-    counts, and the quantization worker holds them to one thread so that the weights do not
-    move. The model is wider than the shared tiny one: with hidden size 96 too few weights
-    sit near a rounding boundary for the difference to show at all."""
+    them; it computes with the same threads on both, so the weights are the same byte for
+    byte. The model is wider than the shared tiny one: with hidden size 96 too few weights
+    sit near a rounding boundary for a difference to show at all."""
     model = build_tiny_model(tmp_path / "model", hidden_size=HIDDEN_WIDE)
     schemes: list[object] = ["bf16", {"scheme": "w4a16-gptq", "group_size": 32}]
     weights: dict[str, bytes] = {}
-    threads: dict[str, int | None] = {}
+    placed: dict[str, tuple[int | None, int | None]] = {}
     for schedule, flags in (("alone", ["--jobs", "1"]), ("side by side", ["--jobs", "2"])):
         out = tmp_path / schedule
         config = tiny_study_yaml(tmp_path / f"{schedule}.yaml", model, out, schemes)
@@ -272,7 +318,8 @@ def test_gptq_gives_the_same_weights_on_one_thread_beside_another_job_and_on_eve
         assert result.returncode == 0, result.stderr[-3000:]
         gptq = load_results(out).variant("w4a16-gptq-g32")
         assert gptq.quantization is not None
-        threads[schedule] = gptq.quantization.torch_threads
+        placed[schedule] = (gptq.quantization.torch_threads, gptq.quantization.cores)
         weights[schedule] = (Path(gptq.artifact_path or "") / "model.safetensors").read_bytes()
-    assert (threads["side by side"] or 0) < (threads["alone"] or 0), threads
-    assert weights["alone"] == weights["side by side"], "GPTQ's weights moved with the threads"
+    assert placed["side by side"][0] == placed["alone"][0], placed
+    assert (placed["side by side"][1] or 0) < (placed["alone"][1] or 0), placed
+    assert weights["alone"] == weights["side by side"], "GPTQ's weights moved with the cores"

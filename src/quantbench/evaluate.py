@@ -15,7 +15,7 @@ import json
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,11 +37,12 @@ from quantbench.plan import StudyPlan, VariantPlan, library_versions
 from quantbench.preflight import SCORE_BATCH_WINDOWS, EvaluationMemory, available_memory_bytes
 from quantbench.process.child import (
     AnonymousPeak,
-    ThreadGrant,
+    CoreGrant,
     die_with_parent,
     emit,
     limit_threads,
     peak_rss_bytes,
+    run_on_cpus,
     torch_threads,
 )
 from quantbench.process.requests import (
@@ -364,11 +365,13 @@ def evaluate_variant(
     resources: Resources | None = None,
     timed: bool = False,
     threads: int | None = None,
-    threads_file: Path | None = None,
+    cpus: Sequence[int] | None = None,
+    cores_file: Path | None = None,
 ) -> dict[str, str]:
     """Compute `variant`'s pending untimed metric stages (or, `timed`, its timed ones, in a
     worker that the scheduler runs alone) in one worker; the reason of each that failed.
-    `threads_file`: where the scheduler may raise the worker's `threads` while it runs."""
+    The worker computes on `threads` torch threads on the cores `cpus`; `cores_file`: where
+    the scheduler may widen those cores while it runs."""
     store = output.stages()
     refs = eval_plan.stages.get(variant.name, {})
     pending = pending_stages(eval_plan, variant.name, store, timed)
@@ -391,8 +394,9 @@ def evaluate_variant(
             ),
             baseline_artifact=eval_plan.baseline_artifact,
             threads=threads,
+            cpus=None if cpus is None else list(cpus),
             alone=timed,
-            threads_file=None if threads_file is None else str(threads_file),
+            cores_file=None if cores_file is None else str(cores_file),
         )
         finished: list[dict[str, str]] = []
 
@@ -448,7 +452,8 @@ def _worker_main(request_path: Path) -> None:
     die_with_parent()
     request = read_request(request_path, EvaluateRequest)
     limit_threads(request.threads)
-    grant = ThreadGrant(request.threads_file)
+    run_on_cpus(request.cpus)
+    grant = CoreGrant(request.cores_file, request.cpus)
 
     config = request.config
     store = OutputFolder.open(request.output).stages()
@@ -586,7 +591,7 @@ def _worker_main(request_path: Path) -> None:
             )
             started = time.perf_counter()
             grant.poll()
-            threads_at_start = torch_threads()
+            cores_at_start = None if grant.cpus is None else len(grant.cpus)
             try:
                 with AnonymousPeak() as anonymous:
                     record = metric.compute(context)
@@ -594,7 +599,7 @@ def _worker_main(request_path: Path) -> None:
                 traceback.print_exc()
                 errors[name] = f"{type(exc).__name__}: {exc}"
                 continue
-            threads_at_end = torch_threads()
+            cores_at_end = None if grant.cpus is None else len(grant.cpus)
             stage = MetricStage(
                 metric=name,
                 variant=request.variant,
@@ -603,8 +608,9 @@ def _worker_main(request_path: Path) -> None:
                 peak_rss_bytes=peak_rss_bytes(),
                 peak_anonymous_bytes=anonymous.peak_bytes,
                 engine_peak_bytes=getattr(loaded.get("backend"), "engine_peak_bytes", None),
-                threads=threads_at_start,
-                threads_raised_to=threads_at_end if threads_at_end != threads_at_start else None,
+                threads=torch_threads(),
+                cores=cores_at_start,
+                cores_raised_to=cores_at_end if cores_at_end != cores_at_start else None,
                 ran_alone=request.alone,
             )
             store.commit(ref, work, stage.model_dump(mode="json"))

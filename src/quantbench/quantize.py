@@ -32,6 +32,7 @@ from quantbench.process.child import (
     factorizations_on_one_thread,
     limit_threads,
     peak_rss_bytes,
+    run_on_cpus,
 )
 from quantbench.process.requests import (
     QuantizedStage,
@@ -106,6 +107,7 @@ def _worker_main(request_path: Path) -> None:
     die_with_parent()
     request = read_request(request_path, QuantizeRequest)
     limit_threads(request.threads)
+    run_on_cpus(request.cpus)
 
     store = OutputFolder.open(request.output).stages()
     ref = request.stage
@@ -231,6 +233,7 @@ def _quantize(
         phases=phases,
         peak_rss_bytes=peak_rss_bytes(),
         torch_threads=torch.get_num_threads(),
+        cores=None if request.cpus is None else len(request.cpus),
         compute_dtype=compute_dtype,
         notes=notes,
     ), mixed

@@ -32,6 +32,9 @@ class QuantizationRecord(_Record):
         "RSS less the file-backed pages the kernel can drop (mapped weight files)",
     )
     torch_threads: int | None = None
+    cores: int | None = Field(
+        default=None, description="cores the worker's threads ran on (None: any)"
+    )
     compute_dtype: str | None = Field(
         default=None, description="what the model computed in while it was quantized"
     )

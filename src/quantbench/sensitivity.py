@@ -36,7 +36,13 @@ from quantbench.executors.base import Launch, Resources
 from quantbench.models import ModelInfo, locate_model
 from quantbench.output import OutputFolder
 from quantbench.plan import VariantPlan
-from quantbench.process.child import die_with_parent, emit, limit_threads, peak_rss_bytes
+from quantbench.process.child import (
+    die_with_parent,
+    emit,
+    limit_threads,
+    peak_rss_bytes,
+    run_on_cpus,
+)
 from quantbench.process.requests import (
     ScreenGroup,
     SensitivityRequest,
@@ -313,6 +319,7 @@ def _worker_main(request_path: Path) -> None:
     die_with_parent()
     request = read_request(request_path, SensitivityRequest)
     limit_threads(request.threads)
+    run_on_cpus(request.cpus)
     store = OutputFolder.open(request.output).stages()
     if store.is_done(request.stage):
         emit("committed")

@@ -61,7 +61,7 @@ from quantbench.preflight import (
     preflight_variants,
     vllm_problem,
 )
-from quantbench.process.child import grant_threads
+from quantbench.process.child import grant_cores
 from quantbench.process.requests import QuantizedStage, QuantizePlan, QuantizeRequest, stage_record
 from quantbench.quantize import ARTIFACT_DIR, calibration_dtype_here, run_worker
 from quantbench.quantize import Progress as WorkerProgress
@@ -74,7 +74,7 @@ from quantbench.results import (
     StudyResults,
     VariantResult,
 )
-from quantbench.schedule import Job, run_jobs
+from quantbench.schedule import Job, Placement, run_jobs
 from quantbench.schemes import Preflight, get_scheme
 from quantbench.schemes.mixed import MixedPrecision
 from quantbench.sensitivity import (
@@ -432,22 +432,24 @@ def _run_jobs(
             for job in jobs
         ]
 
-        def on_start(job: Job, threads: int | None) -> None:
-            count = (
-                f"{threads} thread{'s' if threads != 1 else ''}" if threads else "torch's threads"
-            )
+        threads: dict[str, int | None] = {}
+
+        def on_start(job: Job, placement: Placement) -> None:
+            count = placement.describe()
             progress.start_task(rows[job.name])
             progress.update(
                 rows[job.name],
                 phase="starting",
                 threads=f"{count}, alone" if job.alone else count,
             )
+            threads[job.name] = placement.threads
 
         def on_skip(job: Job) -> None:
             progress.update(rows[job.name], phase="[dim]skipped: its quantization failed")
 
-        def on_raise(job: Job, threads: int) -> None:
-            progress.update(rows[job.name], threads=f"{threads} threads (cores lent)")
+        def on_raise(job: Job, cores: int) -> None:
+            count = Placement(threads.get(job.name), tuple(range(cores))).describe()
+            progress.update(rows[job.name], threads=f"{count} (cores lent)")
 
         runs = run_jobs(jobs, capacity, on_start, on_skip, on_raise)
     variants = []
@@ -484,12 +486,12 @@ def _quantize_job(
     row: Callable[[str], TaskID],
     results: dict[str, VariantResult],
     runner: Executor,
-) -> Callable[[int | None], bool]:
+) -> Callable[[Placement], bool]:
     task = row(f"quantize {variant.name}")
 
-    def run(threads: int | None) -> bool:
+    def run(placement: Placement) -> bool:
         result = _quantize_variant(
-            study, variant, output, preflight, progress, task, runner, threads
+            study, variant, output, preflight, progress, task, runner, placement
         )
         results[variant.name] = result
         return result.status == "ok"
@@ -531,7 +533,7 @@ def _evaluation_jobs(
                 job_needs = (*needs, f"evaluate {eval_plan.baseline}")
             # An untimed evaluation on this machine's cores may be lent cores that free up
             # while it runs; a timed one keeps its threads, and a fixed count stays fixed.
-            grant = logs / f"eval-{variant.name}.threads" if cores and not timed else None
+            grant = logs / f"eval-{variant.name}.cores" if cores and not timed else None
             jobs.append(
                 Job(
                     name,
@@ -553,7 +555,7 @@ def _evaluation_jobs(
                     threads=threads,
                     alone=timed,
                     gpu=gpus_visible() and config.device != "cpu",
-                    grow=None if grant is None else functools.partial(grant_threads, str(grant)),
+                    grow=None if grant is None else functools.partial(grant_cores, str(grant)),
                 )
             )
     return jobs
@@ -571,15 +573,15 @@ def _evaluation_job(
     runner: Executor,
     timed: bool,
     grant: Path | None,
-) -> Callable[[int | None], bool]:
+) -> Callable[[Placement], bool]:
     def on_progress(phase: str, done: int | None, total: int | None) -> None:
         if total:
             progress.update(task, total=total, completed=done or 0, phase=phase)
         else:
             progress.update(task, phase=phase)
 
-    def run(threads: int | None) -> bool:
-        if grant is not None:  # a count lent to an earlier, killed run of this job
+    def run(placement: Placement) -> bool:
+        if grant is not None:  # cores lent to an earlier, killed run of this job
             logs.mkdir(parents=True, exist_ok=True)
             grant.unlink(missing_ok=True)
         failed = evaluate_variant(
@@ -591,8 +593,9 @@ def _evaluation_job(
             runner.launch,
             study.worker_resources("evaluate", variant=variant.name),
             timed=timed,
-            threads=threads,
-            threads_file=grant,
+            threads=placement.threads,
+            cpus=placement.cpus,
+            cores_file=grant,
         )
         if grant is not None:
             grant.unlink(missing_ok=True)
@@ -731,9 +734,11 @@ def _quantize_variant(
     progress: Progress,
     task: TaskID,
     runner: Executor,
-    threads: int | None = None,
+    placement: Placement | None = None,
 ) -> VariantResult:
-    """Quantize `variant` in a worker with `threads` torch threads (None: its default)."""
+    """Quantize `variant` in a worker with the placement's threads on its cores (None:
+    torch's default threads, on any core)."""
+    placement = placement or Placement()
     plan = study.plan
     store = output.stages()
     if store.is_done(variant.quantize):
@@ -747,7 +752,7 @@ def _quantize_variant(
     if variant.sensitivity is not None:
         try:
             record = _sensitivity(
-                study, variant, preflight, output, progress, task, runner, threads
+                study, variant, preflight, output, progress, task, runner, placement
             )
             mixed, layers = search_allocation(record, preflight.resolved_options)
         except (StageFailed, UserError) as exc:
@@ -794,7 +799,8 @@ def _quantize_variant(
             model_fingerprint=plan.model.fingerprint,
             mixed=mixed,
         ),
-        threads=threads,
+        threads=placement.threads,
+        cpus=None if placement.cpus is None else list(placement.cpus),
     )
 
     def on_progress(update: WorkerProgress) -> None:
@@ -843,11 +849,12 @@ def _sensitivity(
     progress: Progress,
     task: TaskID,
     runner: Executor,
-    threads: int | None = None,
+    placement: Placement | None = None,
 ) -> SensitivityRecord:
     """The sensitivity table a mixed variant is searched from: the stage's, or screened now
     in a worker (once, whichever mixed variant asks first)."""
     assert variant.sensitivity is not None
+    placement = placement or Placement()
     store = output.stages()
     with _SENSITIVITY_LOCK:
         if not store.is_done(variant.sensitivity):
@@ -860,7 +867,12 @@ def _sensitivity(
                 store,
                 output.location,
                 study.evaluation.corpus if study.evaluation else None,
-            ).model_copy(update={"threads": threads})
+            ).model_copy(
+                update={
+                    "threads": placement.threads,
+                    "cpus": None if placement.cpus is None else list(placement.cpus),
+                }
+            )
 
             def on_progress(done: int, total: int) -> None:
                 progress.update(task, total=total, completed=done, phase="sensitivity")

@@ -6,13 +6,14 @@ forked child die with its parent, imports nothing of the driver's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -52,20 +53,39 @@ def limit_threads(threads: int | None) -> None:
         os.environ[name] = str(threads)
 
 
-class ThreadGrant:
-    """Threads the scheduler lends this worker while it runs: it writes the new count into
-    a file the request names, and the worker reads it at its next progress event (between
-    windows, prompts and task chunks) and raises torch's intra-op threads to it. A count
-    never falls: the scheduler lends cores only when no waiting job could use them."""
+def run_on_cpus(cpus: Sequence[int] | None) -> None:
+    """Run every thread of this worker (and what it starts later) on `cpus` only (None:
+    leave them). Every thread is moved, not only the calling one: torch's OpenMP pool may
+    have started already, and Linux keeps an affinity per thread."""
+    if cpus is None or not hasattr(os, "sched_setaffinity"):
+        return
+    wanted = set(cpus)
+    os.sched_setaffinity(0, wanted)
+    try:
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:
+        return
+    for tid in threads:
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            os.sched_setaffinity(tid, wanted)
 
-    def __init__(self, path: str | None) -> None:
+
+class CoreGrant:
+    """Cores the scheduler lends this worker while it runs: it writes the worker's wider
+    set of cores into a file the request names, and the worker reads it at its next
+    progress event (between windows, prompts and task chunks) and moves its threads onto
+    them. The thread count stays, so the figures do not change with the cores; the set
+    never narrows: the scheduler lends cores only when no waiting job could use them."""
+
+    def __init__(self, path: str | None, cpus: Sequence[int] | None) -> None:
         self.path = path
+        self.cpus = tuple(cpus) if cpus is not None else None
         self._seen: tuple[float, int] | None = None
 
     def poll(self) -> int | None:
-        """The raised thread count now in force, when the file says more threads than the
-        worker has; None otherwise (no file, unchanged, unreadable)."""
-        if self.path is None:
+        """The count of cores now in force, when the file names cores the worker did not
+        have; None otherwise (no file, unchanged, unreadable)."""
+        if self.path is None or self.cpus is None:
             return None
         try:
             stat = os.stat(self.path)
@@ -73,25 +93,26 @@ class ThreadGrant:
                 return None
             self._seen = (stat.st_mtime, stat.st_size)
             with open(self.path) as handle:
-                granted = int(handle.read().strip())
+                granted = tuple(int(cpu) for cpu in handle.read().split(","))
         except (OSError, ValueError):
             return None
-        if granted <= torch_threads():
+        if set(granted) <= set(self.cpus):
             return None
-        limit_threads(granted)
-        return granted
+        self.cpus = tuple(sorted({*self.cpus, *granted}))
+        run_on_cpus(self.cpus)
+        return len(self.cpus)
 
 
-def grant_threads(path: str, threads: int) -> None:
-    """The scheduler's side of `ThreadGrant`: the count, written whole (a rename), so the
-    worker never reads half of it."""
+def grant_cores(path: str, cpus: Sequence[int]) -> None:
+    """The scheduler's side of `CoreGrant`: the cores, written whole (a rename), so the
+    worker never reads half of them."""
     partial = f"{path}.partial"
     try:
         with open(partial, "w") as handle:
-            handle.write(str(threads))
+            handle.write(",".join(str(cpu) for cpu in cpus))
         os.replace(partial, path)
     except OSError:
-        pass  # the worker keeps its threads; nothing is measured wrong
+        pass  # the worker keeps its cores; nothing is measured wrong
 
 
 FACTORIZATIONS = (

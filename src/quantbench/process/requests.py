@@ -108,8 +108,11 @@ class QuantizeRequest(_Record):
     threads: int | None = Field(
         default=None,
         ge=1,
-        description="torch threads the scheduler gave this worker (None: torch's default); "
+        description="torch threads this worker computes with (None: torch's default); "
         "provenance, not part of any key",
+    )
+    cpus: list[int] | None = Field(
+        default=None, description="the cores the scheduler gave this worker (None: any)"
     )
 
 
@@ -152,8 +155,11 @@ class SensitivityRequest(_Record):
     threads: int | None = Field(
         default=None,
         ge=1,
-        description="torch threads the scheduler gave this worker (None: torch's default); "
+        description="torch threads this worker computes with (None: torch's default); "
         "provenance, not part of any key",
+    )
+    cpus: list[int] | None = Field(
+        default=None, description="the cores the scheduler gave this worker (None: any)"
     )
 
 
@@ -200,16 +206,19 @@ class EvaluateRequest(_Record):
     threads: int | None = Field(
         default=None,
         ge=1,
-        description="torch threads the scheduler gave this worker (None: torch's default); "
+        description="torch threads this worker computes with (None: torch's default); "
         "provenance, not part of any key",
+    )
+    cpus: list[int] | None = Field(
+        default=None, description="the cores the scheduler gave this worker (None: any)"
     )
     alone: bool = Field(
         default=False, description="the scheduler runs no other stage while this worker runs"
     )
-    threads_file: str | None = Field(
+    cores_file: str | None = Field(
         default=None,
-        description="a file where the scheduler may raise `threads` while the worker runs "
-        "(process/child.py ThreadGrant); None: the count stays",
+        description="a file where the scheduler may widen `cpus` while the worker runs "
+        "(process/child.py CoreGrant); None: the cores stay",
     )
 
 
@@ -244,8 +253,16 @@ class MetricStage(_Record):
     )
     threads_raised_to: int | None = Field(
         default=None,
-        description="the thread count the scheduler raised the worker to while it computed "
-        "this stage (cores another job freed); None: `threads` throughout",
+        description="stages computed while the scheduler still raised a worker's threads "
+        "with its cores: the count it raised them to; None for every stage since",
+    )
+    cores: int | None = Field(
+        default=None, description="cores the worker ran on when it started this stage (None: any)"
+    )
+    cores_raised_to: int | None = Field(
+        default=None,
+        description="the cores the scheduler widened the worker to while it computed this "
+        "stage (cores another job freed; the threads stay); None: `cores` throughout",
     )
     ran_alone: bool | None = Field(
         default=None, description="whether the study ran no other stage beside this worker"
