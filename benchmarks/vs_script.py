@@ -320,12 +320,12 @@ def run_default_study(args: argparse.Namespace) -> None:
             for variant in results["variants"]:
                 quantization = variant.get("quantization") or {}
                 threads[(variant["name"], "quantize")] = (
-                    f"{quantization.get('torch_threads')} on {quantization.get('cores')}"
+                    f"{quantization.get('torch_threads')} on {quantization.get('cores') or 'any'}"
                 )
             for manifest in out.glob("stages/*/*/manifest.json"):  # stages/<kind>/<key>/
                 stage = json.loads(manifest.read_text())
                 if "metric" in stage:
-                    count = f"{stage.get('threads')} on {stage.get('cores')}"
+                    count = f"{stage.get('threads')} on {stage.get('cores') or 'any'}"
                     if stage.get("cores_raised_to"):
                         count += f"->{stage['cores_raised_to']}"
                     threads[(stage["variant"], stage["metric"])] = count

@@ -532,7 +532,8 @@ def _evaluation_jobs(
             if not timed and variant.name in readers and eval_plan.baseline:
                 job_needs = (*needs, f"evaluate {eval_plan.baseline}")
             # An untimed evaluation on this machine's cores may be lent cores that free up
-            # while it runs; a timed one keeps its threads, and a fixed count stays fixed.
+            # while it runs (its threads stay); a timed one runs alone, and a fixed count
+            # keeps its cores.
             grant = logs / f"eval-{variant.name}.cores" if cores and not timed else None
             jobs.append(
                 Job(

@@ -643,6 +643,8 @@ def plots_section(results: StudyResults) -> Section:
 def _quantization_line(quant: QuantizationRecord) -> Spans:
     phases = ", ".join(f"{k} {s:,.1f} s" for k, s in quant.phases.items())
     threads = f", {quant.torch_threads} torch threads" if quant.torch_threads else ""
+    if quant.torch_threads and quant.cores and quant.cores != quant.torch_threads:
+        threads += f" on {quant.cores} core{'s' if quant.cores != 1 else ''}"
     text = f"Quantization: {quant.wall_s:,.1f} s wall, peak RSS {_mib(quant.peak_rss_bytes)}"
     return spans(text + threads + (f" (phases: {phases})" if phases else ""))
 
