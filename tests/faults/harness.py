@@ -279,6 +279,8 @@ VOLATILE = frozenset(
         "rss_peak_generating_bytes",
         "gpu_peak_bytes",
         "torch_threads",
+        "cores",  # where a stage's threads ran: the scheduler's share, none on Ray
+        "cores_raised_to",
         "attempt",
         "method_detail",  # names the memory available when the stage ran
         "files",  # a manifest's file list: sizes and hashes (.npz archives hold timestamps)
