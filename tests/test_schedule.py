@@ -175,9 +175,11 @@ def test_a_job_left_running_alone_is_lent_the_cores_of_those_that_ended() -> Non
         Job("timed", sleeper(0.01), alone=True, needs=("long",)),
     ]
     four = Capacity(cores=4, memory_bytes=None, max_parallel=4)
-    runs = {
-        r.name: r for r in run_jobs(jobs, four, on_raise=lambda j, n: shown.append((j.name, n)))
-    }
+
+    def show(job: Job, placement: Placement) -> None:
+        shown.append((job.name, len(placement.cpus or ())))
+
+    runs = {r.name: r for r in run_jobs(jobs, four, on_raise=show)}
     # long and short start with 1 thread each beside fixed's 1: one core is free at once
     # and every waiting job runs alone, so long (started first) and short share it
     assert runs["long"].cores == 1 and runs["short"].cores == 1

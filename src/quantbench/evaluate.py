@@ -591,7 +591,7 @@ def _worker_main(request_path: Path) -> None:
             )
             started = time.perf_counter()
             grant.poll()
-            cores_at_start = None if grant.cpus is None else len(grant.cpus)
+            cores_at_start = grant.cores
             try:
                 with AnonymousPeak() as anonymous:
                     record = metric.compute(context)
@@ -599,7 +599,7 @@ def _worker_main(request_path: Path) -> None:
                 traceback.print_exc()
                 errors[name] = f"{type(exc).__name__}: {exc}"
                 continue
-            cores_at_end = None if grant.cpus is None else len(grant.cpus)
+            cores_at_end = grant.cores
             stage = MetricStage(
                 metric=name,
                 variant=request.variant,

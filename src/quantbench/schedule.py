@@ -273,7 +273,7 @@ def run_jobs(
     capacity: Capacity,
     on_start: Callable[[Job, Placement], None] = lambda job, placement: None,
     on_skip: Callable[[Job], None] = lambda job: None,
-    on_raise: Callable[[Job, int], None] = lambda job, cores: None,
+    on_raise: Callable[[Job, Placement], None] = lambda job, placement: None,
 ) -> list[JobRun]:
     """Run `jobs` (in priority order) under `capacity`; every job's run, in `jobs` order.
 
@@ -341,7 +341,7 @@ def run_jobs(
                 state.cpus[name] = wider
                 state.running[name] = dataclasses.replace(state.running[name], cores=cores)
                 state.runs[name].raised.append((clock() - origin, cores))
-                on_raise(state.growable[name], cores)
+                on_raise(state.growable[name], Placement(state.runs[name].threads, wider))
         else:
             state.waiting.clear()
         if not state.running:

@@ -432,8 +432,6 @@ def _run_jobs(
             for job in jobs
         ]
 
-        threads: dict[str, int | None] = {}
-
         def on_start(job: Job, placement: Placement) -> None:
             count = placement.describe()
             progress.start_task(rows[job.name])
@@ -442,14 +440,12 @@ def _run_jobs(
                 phase="starting",
                 threads=f"{count}, alone" if job.alone else count,
             )
-            threads[job.name] = placement.threads
 
         def on_skip(job: Job) -> None:
             progress.update(rows[job.name], phase="[dim]skipped: its quantization failed")
 
-        def on_raise(job: Job, cores: int) -> None:
-            count = Placement(threads.get(job.name), tuple(range(cores))).describe()
-            progress.update(rows[job.name], threads=f"{count} (cores lent)")
+        def on_raise(job: Job, placement: Placement) -> None:
+            progress.update(rows[job.name], threads=f"{placement.describe()} (cores lent)")
 
         runs = run_jobs(jobs, capacity, on_start, on_skip, on_raise)
     variants = []

@@ -82,6 +82,11 @@ class CoreGrant:
         self.cpus = tuple(cpus) if cpus is not None else None
         self._seen: tuple[float, int] | None = None
 
+    @property
+    def cores(self) -> int | None:
+        """How many cores the worker runs on now (None: any)."""
+        return None if self.cpus is None else len(self.cpus)
+
     def poll(self) -> int | None:
         """The count of cores now in force, when the file names cores the worker did not
         have; None otherwise (no file, unchanged, unreadable)."""
@@ -100,7 +105,7 @@ class CoreGrant:
             return None
         self.cpus = tuple(sorted({*self.cpus, *granted}))
         run_on_cpus(self.cpus)
-        return len(self.cpus)
+        return self.cores
 
 
 def grant_cores(path: str, cpus: Sequence[int]) -> None:
