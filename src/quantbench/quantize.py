@@ -29,7 +29,6 @@ from quantbench.process.child import (
     AnonymousPeak,
     die_with_parent,
     emit,
-    factorizations_on_one_thread,
     limit_threads,
     peak_rss_bytes,
     run_on_cpus,
@@ -116,8 +115,7 @@ def _worker_main(request_path: Path) -> None:
         return
     with store.build(ref) as work:
         artifact = work / ARTIFACT_DIR
-        # Factorizations on one thread: the same weights whatever threads the scheduler gave.
-        with AnonymousPeak() as anonymous, factorizations_on_one_thread():
+        with AnonymousPeak() as anonymous:
             result, mixed = _quantize(request, store, artifact)
         result = result.model_copy(update={"peak_anonymous_bytes": anonymous.peak_bytes})
         manifest = QuantizedStage(

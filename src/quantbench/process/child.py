@@ -13,8 +13,7 @@ import resource
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -118,60 +117,6 @@ def grant_cores(path: str, cpus: Sequence[int]) -> None:
         os.replace(partial, path)
     except OSError:
         pass  # the worker keeps its cores; nothing is measured wrong
-
-
-FACTORIZATIONS = (
-    ("linalg", "cholesky"),
-    ("linalg", "cholesky_ex"),
-    ("", "cholesky_inverse"),
-    ("linalg", "inv"),
-)
-"""torch's LAPACK factorizations and inverses that llm-compressor and compressed-tensors call
-while they quantize: GPTQ's and SparseGPT's Hessian factors, transforms' inverses (module of
-`torch`, name)."""
-
-
-@contextmanager
-def factorizations_on_one_thread() -> Iterator[None]:
-    """Run torch's Cholesky factorizations and matrix inverses on one thread while the block
-    runs, every other operation on the threads the worker has.
-
-    MKL's threaded factorizations round differently with the thread count: on this project's
-    2-core CPUs a 64 x 64 Cholesky inverse already differs between 1 and 2 threads, and GPTQ's
-    rounding decisions cascade from its Hessian's factors, so a GPTQ quantization gave other
-    weights on another thread count (206 of the built-in model's 693 tensors;
-    benchmarks/gptq_threads.py). With these on one thread it gives the same weights on any
-    thread count, so the scheduler may give a quantization whatever cores are free. The cost
-    is one factorization per linear layer, columns^3 / 3 flops on one core instead of all of
-    them: small beside the Hessian sums over the calibration tokens. CUDA tensors are
-    unaffected (the thread count is the CPU's)."""
-    import torch
-
-    originals: list[tuple[Any, str, Callable[..., Any]]] = []
-
-    def on_one_thread(function: Callable[..., Any]) -> Callable[..., Any]:
-        def wrapped(*args: Any, **kwargs: Any) -> Any:
-            before = torch.get_num_threads()
-            if before == 1:
-                return function(*args, **kwargs)
-            torch.set_num_threads(1)
-            try:
-                return function(*args, **kwargs)
-            finally:
-                torch.set_num_threads(before)
-
-        return wrapped
-
-    for module_name, name in FACTORIZATIONS:
-        module = getattr(torch, module_name) if module_name else torch
-        original = getattr(module, name)
-        originals.append((module, name, original))
-        setattr(module, name, on_one_thread(original))
-    try:
-        yield
-    finally:
-        for module, name, original in reversed(originals):
-            setattr(module, name, original)
 
 
 def torch_threads() -> int:
