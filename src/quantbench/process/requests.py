@@ -73,6 +73,21 @@ def stage_record(manifest: Mapping[str, Any], kind: type[Stage]) -> Stage:
 # --- quantization ------------------------------------------------------------------------
 
 
+class _PlacedRequest(_Record):
+    """A worker request's placement: the threads it computes with and the cores they run on
+    (`schedule.Placement`)."""
+
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch threads this worker computes with (None: torch's default); "
+        "provenance, not part of any key",
+    )
+    cpus: list[int] | None = Field(
+        default=None, description="the cores the scheduler gave this worker (None: any)"
+    )
+
+
 class QuantizePlan(_Record):
     """What the driver decided for a variant before quantizing it; the worker copies it into
     the stage's manifest, so a finished stage describes its variant without the plan."""
@@ -92,7 +107,7 @@ class QuantizePlan(_Record):
     )
 
 
-class QuantizeRequest(_Record):
+class QuantizeRequest(_PlacedRequest):
     """`python -m quantbench.quantize REQUEST.json`: quantize one variant into its stage."""
 
     variant: str
@@ -105,15 +120,6 @@ class QuantizeRequest(_Record):
     calibration: StageRef | None = Field(description="the calibration stage, if it calibrates")
     compute_dtype: CalibrationDtype = Field(description="dtype to calibrate in (auto: chosen)")
     manifest: QuantizePlan = Field(description="copied into the committed stage's manifest")
-    threads: int | None = Field(
-        default=None,
-        ge=1,
-        description="torch threads this worker computes with (None: torch's default); "
-        "provenance, not part of any key",
-    )
-    cpus: list[int] | None = Field(
-        default=None, description="the cores the scheduler gave this worker (None: any)"
-    )
 
 
 class QuantizedStage(QuantizePlan):
@@ -135,7 +141,7 @@ class ScreenGroup(_Record):
     sizes_bytes: list[int]
 
 
-class SensitivityRequest(_Record):
+class SensitivityRequest(_PlacedRequest):
     """`python -m quantbench.sensitivity REQUEST.json`: screen every group of a model."""
 
     output: str = Field(description="the study's output folder: a path or a URL")
@@ -152,15 +158,6 @@ class SensitivityRequest(_Record):
     fixed_bytes: int = Field(ge=0)
     search_source: str
     disjoint_from_evaluation: bool | None
-    threads: int | None = Field(
-        default=None,
-        ge=1,
-        description="torch threads this worker computes with (None: torch's default); "
-        "provenance, not part of any key",
-    )
-    cpus: list[int] | None = Field(
-        default=None, description="the cores the scheduler gave this worker (None: any)"
-    )
 
 
 class SensitivityStage(_Record):
@@ -187,7 +184,7 @@ class DivergenceChoice(_Record):
     detail: str = ""
 
 
-class EvaluateRequest(_Record):
+class EvaluateRequest(_PlacedRequest):
     """`python -m quantbench.evaluate REQUEST.json`: a variant's pending metric stages."""
 
     artifact: StageRef = Field(description="the variant's quantize stage")
@@ -202,15 +199,6 @@ class EvaluateRequest(_Record):
     divergence: DivergenceChoice = DivergenceChoice()
     baseline_artifact: StageRef | None = Field(
         default=None, description="the baseline's quantize stage, for exact divergence"
-    )
-    threads: int | None = Field(
-        default=None,
-        ge=1,
-        description="torch threads this worker computes with (None: torch's default); "
-        "provenance, not part of any key",
-    )
-    cpus: list[int] | None = Field(
-        default=None, description="the cores the scheduler gave this worker (None: any)"
     )
     alone: bool = Field(
         default=False, description="the scheduler runs no other stage while this worker runs"
